@@ -1,0 +1,847 @@
+//! The segmented log: appends, reads, rolling, durability and retention.
+//!
+//! Concurrency, in three locks taken in this order and never held across each other's waits:
+//! - `writer` (a `Mutex`) serializes appends, rolls, retention and close. It is held during the
+//!   write system call, never during `fsync` of appends.
+//! - `shared` (an `RwLock`) holds what readers need: the segment list, the active segment's
+//!   in-memory index and its written/visible ends. It is held only for memory operations, so a
+//!   reader never waits for disk I/O of the writer and the writer never waits for a reader's.
+//! - `sync` (a `Mutex` + `Condvar`) runs group commit: the first appender that needs durability
+//!   becomes the leader, snapshots how far the active segment is written, fsyncs once and wakes
+//!   everyone whose data that covered. Appends that arrive meanwhile wait for the next round.
+//!
+//! Readers see only records that are durable under the log's policy (`visible`), so a consumer
+//! is never handed a record that a crash could take back.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use super::batch::{encode_batch, encoded_batch_len, BatchView};
+use super::config::{Durability, LogConfig};
+use super::error::{Error, FormatError, Result};
+use super::index::SegmentIndex;
+use super::io::{write_atomically, OpenMode, VFile, Vfs};
+use super::meta::{CleanShutdown, RecoveryPoint, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
+use super::record::{Record, RecordView};
+use super::recovery::{create_segment, now_ms, recover, ActiveState, RecoveryReport};
+use super::segment::{
+    segment_file_name, write_index_files, SealedSegment, SegmentBytes, SegmentRead, LOG_EXTENSION,
+    OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION,
+};
+
+/// Offsets an append was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    /// One past the last record appended.
+    pub next_offset: u64,
+}
+
+/// Batches returned by [`Log::read`], in offset order.
+#[derive(Clone, Debug, Default)]
+pub struct ReadResult {
+    pub batches: Vec<BatchView>,
+}
+
+impl ReadResult {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = RecordView<'_>> {
+        self.batches.iter().flat_map(BatchView::records)
+    }
+
+    /// Offset to read from next, if anything was returned.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.batches.last().map(BatchView::next_offset)
+    }
+
+    /// Total batch bytes returned.
+    pub fn bytes(&self) -> u64 {
+        self.batches.iter().map(|b| b.bytes().len() as u64).sum()
+    }
+}
+
+/// What a retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: u64,
+    pub bytes_freed: u64,
+    pub records_deleted: u64,
+}
+
+/// End of the written or visible part of the active segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct End {
+    next_offset: u64,
+    bytes: u64,
+}
+
+struct ActiveView {
+    base_offset: u64,
+    path: PathBuf,
+    file: Arc<dyn VFile>,
+    index: SegmentIndex,
+    written: End,
+    visible: End,
+}
+
+struct Shared {
+    sealed: VecDeque<Arc<SealedSegment>>,
+    active: ActiveView,
+}
+
+impl Shared {
+    fn start_offset(&self) -> u64 {
+        self.sealed
+            .front()
+            .map_or(self.active.base_offset, |s| s.base_offset)
+    }
+}
+
+/// Writer-private state; only touched with the `writer` lock held.
+struct Writer {
+    started_ms: i64,
+    encode_buf: Vec<u8>,
+}
+
+struct SyncState {
+    durable_next_offset: u64,
+    leader_active: bool,
+}
+
+struct LogInner {
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    config: LogConfig,
+    writer: Mutex<Writer>,
+    shared: RwLock<Shared>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    failed: AtomicBool,
+    closed: AtomicBool,
+    recovery: RecoveryReport,
+}
+
+/// A segmented, append-only, crash-safe log. Cheap to clone; clones share the log.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<LogInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning means a panic elsewhere; the state itself is kept consistent by the code that
+    // mutates it, so carrying on is correct.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Log {
+    /// Open the log in `dir` on the real file system, creating it if needed.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Log::open_with(Arc::new(super::io::OsVfs), dir, config)
+    }
+
+    /// Open the log through any [`Vfs`] (tests pass a `FaultVfs`).
+    pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let recovered = recover(&*vfs, &dir, &config)?;
+        let ActiveState {
+            base_offset,
+            path,
+            file,
+            index,
+            started_ms,
+        } = recovered.active;
+        let end = End {
+            next_offset: index.next_offset,
+            bytes: index.covered_bytes,
+        };
+        let shared = Shared {
+            sealed: recovered.sealed,
+            active: ActiveView {
+                base_offset,
+                path,
+                file,
+                index,
+                written: end,
+                visible: end,
+            },
+        };
+        let inner = Arc::new(LogInner {
+            dir,
+            vfs,
+            writer: Mutex::new(Writer {
+                started_ms,
+                encode_buf: Vec::new(),
+            }),
+            shared: RwLock::new(shared),
+            sync: Mutex::new(SyncState {
+                durable_next_offset: end.next_offset,
+                leader_active: false,
+            }),
+            synced: Condvar::new(),
+            failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            recovery: recovered.report,
+            config,
+        });
+        if let Durability::Interval(period) = inner.config.durability {
+            spawn_flusher(Arc::downgrade(&inner), period);
+        }
+        Ok(Log { inner })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// What opening the log found (clean or not, what was scanned and cut).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The first offset still stored.
+    pub fn start_offset(&self) -> u64 {
+        self.inner.read_shared().start_offset()
+    }
+
+    /// One past the last record written (durable or not).
+    pub fn next_offset(&self) -> u64 {
+        self.inner.read_shared().active.written.next_offset
+    }
+
+    /// One past the last record readers may see.
+    pub fn visible_next_offset(&self) -> u64 {
+        self.inner.read_shared().active.visible.next_offset
+    }
+
+    /// Bytes on disk over all segments.
+    pub fn size_bytes(&self) -> u64 {
+        let shared = self.inner.read_shared();
+        shared.sealed.iter().map(|s| s.size_bytes()).sum::<u64>() + shared.active.written.bytes
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.read_shared().sealed.len() + 1
+    }
+
+    /// Append `records` as one batch and return their offsets. Under [`Durability::Always`] this
+    /// returns only once the batch is on disk; an error means it may or may not be.
+    pub fn append(&self, records: &[Record]) -> Result<AppendInfo> {
+        let info = self.append_without_waiting(records)?;
+        if self.inner.config.durability == Durability::Always {
+            self.inner.wait_until_durable(info.next_offset)?;
+        }
+        Ok(info)
+    }
+
+    /// Write a batch without waiting for durability; pair with [`Log::wait_until_durable`]
+    /// (this is how an async front end keeps its task free while group commit runs).
+    pub fn append_without_waiting(&self, records: &[Record]) -> Result<AppendInfo> {
+        self.inner.append(records)
+    }
+
+    /// Block until every offset below `next_offset` is durable (fsynced).
+    pub fn wait_until_durable(&self, next_offset: u64) -> Result<()> {
+        self.inner.wait_until_durable(next_offset)
+    }
+
+    /// Read visible batches holding offsets from `from` on (from the start if `from` precedes
+    /// it), up to about `max_bytes` (at least one batch when any is available).
+    pub fn read(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {
+        self.inner.read(from, max_bytes)
+    }
+
+    /// Iterate visible records from `from` on, as owned records with their offsets.
+    pub fn iter(&self, from: u64) -> LogIter {
+        LogIter {
+            log: self.clone(),
+            next_offset: from,
+            buffered: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The first visible offset whose record's timestamp is at or after `timestamp_ms`.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        self.inner.offset_for_timestamp(timestamp_ms)
+    }
+
+    /// Seal the active segment and start a new one (no-op when the active segment is empty).
+    pub fn roll(&self) -> Result<()> {
+        let mut writer = self.inner.lock_writer()?;
+        self.inner.roll(&mut writer)
+    }
+
+    /// Delete old sealed segments according to the configured retention.
+    pub fn enforce_retention(&self) -> Result<RetentionReport> {
+        let _writer = self.inner.lock_writer()?;
+        self.inner.enforce_retention(now_ms())
+    }
+
+    /// Delete every sealed segment whose records all precede `offset` (for queues, once they
+    /// are acknowledged). The active segment is kept.
+    pub fn truncate_before(&self, offset: u64) -> Result<RetentionReport> {
+        let _writer = self.inner.lock_writer()?;
+        if offset > self.next_offset() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot truncate before {offset}: the log ends at {}",
+                self.next_offset()
+            )));
+        }
+        self.inner
+            .delete_front_segments(|segment, _| segment.next_offset <= offset)
+    }
+
+    /// Sync, write the active segment's indexes and the clean-shutdown marker. Later appends
+    /// fail with [`Error::Closed`]; reads keep working.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+/// Iterator over owned records; see [`Log::iter`].
+pub struct LogIter {
+    log: Log,
+    next_offset: u64,
+    buffered: VecDeque<(u64, Record)>,
+    done: bool,
+}
+
+/// Bytes fetched per read by [`LogIter`].
+const ITER_READ_BYTES: u64 = 1024 * 1024;
+
+impl Iterator for LogIter {
+    type Item = Result<(u64, Record)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffered.is_empty() && !self.done {
+            match self.log.read(self.next_offset, ITER_READ_BYTES) {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Ok(result) => {
+                    self.buffered
+                        .extend(result.records().map(|r| (r.offset, r.to_record())));
+                    match result.next_offset() {
+                        Some(next) => self.next_offset = next,
+                        None => self.done = true,
+                    }
+                }
+            }
+        }
+        self.buffered.pop_front().map(Ok)
+    }
+}
+
+fn spawn_flusher(log: Weak<LogInner>, period: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("potok-flusher".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            let Some(log) = log.upgrade() else { return };
+            if log.closed.load(Ordering::Acquire) || log.failed.load(Ordering::Acquire) {
+                return;
+            }
+            let written = log.read_shared().active.written.next_offset;
+            // A failure poisons the log; appends report it.
+            let _ = log.wait_until_durable(written);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the flusher thread; data syncs at roll and close only");
+    }
+}
+
+impl LogInner {
+    fn read_shared(&self) -> RwLockReadGuard<'_, Shared> {
+        self.shared.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_shared(&self) -> RwLockWriteGuard<'_, Shared> {
+        self.shared.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::PreviousIo);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>> {
+        let writer = lock(&self.writer);
+        self.check_usable()?;
+        Ok(writer)
+    }
+
+    /// Refuse all further writes: after a failed write or fsync the disk contents are unknown.
+    fn fail(&self, error: impl Into<Error>) -> Error {
+        let error = error.into();
+        tracing::error!(dir = %self.dir.display(), error = %error, "log failed; reopen to recover");
+        self.failed.store(true, Ordering::Release);
+        let _sync = lock(&self.sync);
+        self.synced.notify_all();
+        error
+    }
+
+    fn append(&self, records: &[Record]) -> Result<AppendInfo> {
+        if records.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an append needs at least one record".into(),
+            ));
+        }
+        let batch_bytes = encoded_batch_len(records);
+        if batch_bytes > self.config.batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                bytes: batch_bytes,
+                limit: self.config.batch_bytes_max,
+            });
+        }
+        let mut writer = self.lock_writer()?;
+        let (written, age_start) = {
+            let shared = self.read_shared();
+            (shared.active.written, writer.started_ms)
+        };
+        let too_big = written.bytes + batch_bytes > self.config.segment_bytes_max;
+        let too_old = self
+            .config
+            .segment_age_max
+            .is_some_and(|age| now_ms() - age_start >= age.as_millis() as i64);
+        if written.bytes > 0 && (too_big || too_old) {
+            self.roll(&mut writer)?;
+        }
+        let (file, written) = {
+            let shared = self.read_shared();
+            (Arc::clone(&shared.active.file), shared.active.written)
+        };
+        let mut buf = std::mem::take(&mut writer.encode_buf);
+        buf.clear();
+        let header = encode_batch(written.next_offset, records, &mut buf);
+        let result = file.write_at(&buf, written.bytes);
+        writer.encode_buf = buf;
+        if let Err(e) = result {
+            // Undo a partial write so the file ends at a batch boundary; if even that fails,
+            // the file's contents are unknown and the log must be reopened.
+            return Err(match file.set_len(written.bytes) {
+                Ok(()) => Error::Io(e),
+                Err(_) => self.fail(e),
+            });
+        }
+        if written.bytes == 0 {
+            writer.started_ms = if self.config.segment_age_max.is_some() {
+                now_ms()
+            } else {
+                header.first_timestamp_ms
+            };
+        }
+        let end = End {
+            next_offset: header.next_offset(),
+            bytes: written.bytes + u64::from(header.batch_len),
+        };
+        {
+            let mut shared = self.write_shared();
+            shared
+                .active
+                .index
+                .observe(&header, written.bytes, self.config.index_interval_bytes);
+            shared.active.written = end;
+            if self.config.durability == Durability::Never {
+                shared.active.visible = end;
+            }
+        }
+        Ok(AppendInfo {
+            base_offset: header.base_offset,
+            next_offset: end.next_offset,
+        })
+    }
+
+    /// Group commit: wait until `next_offset` is durable, leading an fsync if nobody is.
+    fn wait_until_durable(&self, next_offset: u64) -> Result<()> {
+        let mut sync = lock(&self.sync);
+        loop {
+            if sync.durable_next_offset >= next_offset {
+                return Ok(());
+            }
+            if self.failed.load(Ordering::Acquire) {
+                return Err(Error::PreviousIo);
+            }
+            if sync.leader_active {
+                sync = self.synced.wait(sync).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            sync.leader_active = true;
+            drop(sync);
+            let outcome = self.sync_active();
+            sync = lock(&self.sync);
+            sync.leader_active = false;
+            if let Ok(durable) = outcome {
+                sync.durable_next_offset = sync.durable_next_offset.max(durable);
+            }
+            self.synced.notify_all();
+            if let Err(e) = outcome {
+                return Err(e);
+            }
+        }
+    }
+
+    /// fsync the active segment up to what is written now; make it visible. Returns the offset
+    /// below which everything is durable.
+    fn sync_active(&self) -> Result<u64> {
+        let (file, base, written) = {
+            let shared = self.read_shared();
+            (
+                Arc::clone(&shared.active.file),
+                shared.active.base_offset,
+                shared.active.written,
+            )
+        };
+        if let Err(e) = file.sync_data() {
+            return Err(self.fail(e));
+        }
+        self.publish_visible(base, written);
+        Ok(written.next_offset)
+    }
+
+    fn publish_visible(&self, segment_base: u64, end: End) {
+        let mut shared = self.write_shared();
+        // A roll may have moved on; then the old segment was synced and published by it.
+        if shared.active.base_offset == segment_base
+            && end.next_offset > shared.active.visible.next_offset
+        {
+            shared.active.visible = end;
+        }
+    }
+
+    /// Seal the active segment and open a new one. Each step is ordered for crash safety:
+    /// the old segment and its indexes are durable before the recovery point moves past it.
+    fn roll(&self, writer: &mut Writer) -> Result<()> {
+        let (file, path, base, written, mut index) = {
+            let shared = self.read_shared();
+            let a = &shared.active;
+            (
+                Arc::clone(&a.file),
+                a.path.clone(),
+                a.base_offset,
+                a.written,
+                a.index.clone(),
+            )
+        };
+        if written.bytes == 0 {
+            return Ok(());
+        }
+        let step = || -> std::io::Result<(Arc<SealedSegment>, ActiveState)> {
+            file.sync_data()?;
+            index.seal();
+            write_index_files(&*self.vfs, &path, &index)?;
+            let map = self.vfs.open(&path, OpenMode::Read)?.map()?;
+            let sealed = SealedSegment::new(
+                base,
+                written.next_offset,
+                path.clone(),
+                map,
+                Some(Arc::new(index)),
+            );
+            let active = create_segment(&*self.vfs, &self.dir, written.next_offset)?;
+            Ok((Arc::new(sealed), active))
+        };
+        let (sealed, active) = step().map_err(|e| self.fail(e))?;
+        {
+            let mut sync = lock(&self.sync);
+            sync.durable_next_offset = sync.durable_next_offset.max(written.next_offset);
+            let mut shared = self.write_shared();
+            shared.sealed.push_back(sealed);
+            let end = End {
+                next_offset: written.next_offset,
+                bytes: 0,
+            };
+            shared.active = ActiveView {
+                base_offset: active.base_offset,
+                path: active.path,
+                file: active.file,
+                index: active.index,
+                written: end,
+                visible: end,
+            };
+            self.synced.notify_all();
+        }
+        writer.started_ms = active.started_ms;
+        if self.config.retention != Default::default() {
+            if let Err(e) = self.enforce_retention(now_ms()) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "retention after roll failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
+        let retention = &self.config.retention;
+        let interval = self.config.index_interval_bytes;
+        self.delete_front_segments(|segment, totals| {
+            let bytes_ok = retention
+                .bytes_max
+                .is_some_and(|max| totals.bytes - segment.size_bytes() >= max);
+            let records_ok = retention
+                .records_max
+                .is_some_and(|max| totals.records - segment.record_count() >= max);
+            let age_ok = retention.age_max.is_some_and(|age| {
+                segment.index(&*self.vfs, interval).max_timestamp_ms
+                    < now_ms.saturating_sub(age.as_millis() as i64)
+            });
+            bytes_ok || records_ok || age_ok
+        })
+    }
+
+    /// Delete sealed segments from the front while `doomed` says so; the caller holds the
+    /// writer lock. `doomed` sees the totals of what remains before this segment goes.
+    fn delete_front_segments(
+        &self,
+        doomed: impl Fn(&SealedSegment, Totals) -> bool,
+    ) -> Result<RetentionReport> {
+        let victims: Vec<Arc<SealedSegment>> = {
+            let shared = self.read_shared();
+            let mut totals = Totals {
+                bytes: shared.sealed.iter().map(|s| s.size_bytes()).sum::<u64>()
+                    + shared.active.written.bytes,
+                records: shared.active.written.next_offset - shared.start_offset(),
+            };
+            let mut victims = Vec::new();
+            for segment in &shared.sealed {
+                if !doomed(segment, totals) {
+                    break;
+                }
+                totals.bytes -= segment.size_bytes();
+                totals.records -= segment.record_count();
+                victims.push(Arc::clone(segment));
+            }
+            victims
+        };
+        if victims.is_empty() {
+            return Ok(RetentionReport::default());
+        }
+        self.write_shared().sealed.drain(..victims.len());
+        let mut report = RetentionReport::default();
+        // Oldest first, so a crash part-way leaves a contiguous log.
+        for segment in &victims {
+            for ext in [LOG_EXTENSION, OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+                let path = self.dir.join(segment_file_name(segment.base_offset, ext));
+                match self.vfs.remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            report.segments_deleted += 1;
+            report.bytes_freed += segment.size_bytes();
+            report.records_deleted += segment.record_count();
+        }
+        self.vfs.sync_dir(&self.dir)?;
+        Ok(report)
+    }
+
+    fn close(&self) -> Result<()> {
+        let _writer = lock(&self.writer);
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_usable()?;
+        let (file, base, written, mut index) = {
+            let shared = self.read_shared();
+            let a = &shared.active;
+            (
+                Arc::clone(&a.file),
+                a.base_offset,
+                a.written,
+                a.index.clone(),
+            )
+        };
+        let mut step = || -> std::io::Result<()> {
+            file.sync_data()?;
+            self.publish_visible(base, written);
+            index.seal();
+            let path = self.dir.join(segment_file_name(base, LOG_EXTENSION));
+            write_index_files(&*self.vfs, &path, &index)?;
+            let marker = CleanShutdown {
+                next_offset: written.next_offset,
+                active_base_offset: base,
+                active_bytes: written.bytes,
+            };
+            write_atomically(
+                &*self.vfs,
+                &self.dir.join(CLEAN_SHUTDOWN_FILE),
+                &marker.encode(),
+            )?;
+            // Keep the recovery point exact too, in case the marker is ever lost.
+            write_atomically(
+                &*self.vfs,
+                &self.dir.join(RECOVERY_POINT_FILE),
+                &RecoveryPoint { offset: base }.encode(),
+            )
+        };
+        step().map_err(|e| self.fail(e))?;
+        let mut sync = lock(&self.sync);
+        sync.durable_next_offset = sync.durable_next_offset.max(written.next_offset);
+        self.closed.store(true, Ordering::Release);
+        self.synced.notify_all();
+        Ok(())
+    }
+
+    fn read(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {
+        let mut result = ReadResult::default();
+        let mut cursor = from;
+        let mut budget = max_bytes.max(1);
+        while budget > 0 {
+            let before = result.batches.len();
+            let added = match self.locate(cursor) {
+                Located::End => break,
+                Located::Sealed(segment) => {
+                    cursor = cursor.max(segment.base_offset);
+                    let index = segment.index(&*self.vfs, self.config.index_interval_bytes);
+                    let (start_position, start_offset) = index.position_for_offset(cursor);
+                    let read = SegmentRead {
+                        path: &segment.log_path,
+                        bytes: SegmentBytes::Mapped(&segment.map),
+                        start_position,
+                        start_offset,
+                        end_position: segment.size_bytes(),
+                    };
+                    let added = read.read_into(cursor, budget, &mut result.batches)?;
+                    if result.batches.len() == before {
+                        return Err(Error::Corrupt {
+                            path: segment.log_path.clone(),
+                            position: segment.size_bytes(),
+                            reason: FormatError::UnexpectedOffset {
+                                expected: cursor,
+                                found: segment.next_offset,
+                            },
+                        });
+                    }
+                    added
+                }
+                Located::Active {
+                    file,
+                    path,
+                    start_position,
+                    start_offset,
+                    end_position,
+                    first,
+                } => {
+                    cursor = cursor.max(first);
+                    let read = SegmentRead {
+                        path: &path,
+                        bytes: SegmentBytes::File(&*file),
+                        start_position,
+                        start_offset,
+                        end_position,
+                    };
+                    read.read_into(cursor, budget, &mut result.batches)?
+                }
+            };
+            match result.batches.last() {
+                Some(last) if result.batches.len() > before => cursor = last.next_offset(),
+                _ => break,
+            }
+            budget = budget.saturating_sub(added);
+        }
+        Ok(result)
+    }
+
+    fn locate(&self, cursor: u64) -> Located {
+        let shared = self.read_shared();
+        let active = &shared.active;
+        if cursor >= active.visible.next_offset {
+            return Located::End;
+        }
+        let cursor = cursor.max(shared.start_offset());
+        if cursor >= active.base_offset {
+            let (start_position, start_offset) = active.index.position_for_offset(cursor);
+            return Located::Active {
+                file: Arc::clone(&active.file),
+                path: active.path.clone(),
+                start_position,
+                start_offset,
+                end_position: active.visible.bytes,
+                first: active.base_offset,
+            };
+        }
+        let i = shared.sealed.partition_point(|s| s.next_offset <= cursor);
+        match shared.sealed.get(i) {
+            Some(segment) => Located::Sealed(Arc::clone(segment)),
+            None => Located::End,
+        }
+    }
+
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let interval = self.config.index_interval_bytes;
+        let (sealed, active_start) = {
+            let shared = self.read_shared();
+            let active = &shared.active;
+            let start = if active.index.max_timestamp_ms >= timestamp_ms {
+                Some(active.index.position_for_timestamp(timestamp_ms).1)
+            } else {
+                None
+            };
+            (shared.sealed.iter().cloned().collect::<Vec<_>>(), start)
+        };
+        // The first segment holding a timestamp at or after the target holds the answer.
+        let start = sealed
+            .iter()
+            .map(|s| (s, s.index(&*self.vfs, interval)))
+            .find(|(_, index)| index.max_timestamp_ms >= timestamp_ms)
+            .map(|(_, index)| index.position_for_timestamp(timestamp_ms).1)
+            .or(active_start);
+        let Some(mut cursor) = start else {
+            return Ok(None);
+        };
+        loop {
+            let result = self.read(cursor, ITER_READ_BYTES)?;
+            if let Some(found) = result.records().find(|r| r.timestamp_ms >= timestamp_ms) {
+                return Ok(Some(found.offset));
+            }
+            match result.next_offset() {
+                Some(next) => cursor = next,
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Totals {
+    bytes: u64,
+    records: u64,
+}
+
+enum Located {
+    End,
+    Sealed(Arc<SealedSegment>),
+    Active {
+        file: Arc<dyn VFile>,
+        path: PathBuf,
+        start_position: u64,
+        start_offset: u64,
+        end_position: u64,
+        first: u64,
+    },
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
+            if let Err(e) = self.close() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "closing log on drop failed");
+            }
+        }
+    }
+}
