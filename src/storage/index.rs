@@ -420,12 +420,14 @@ mod tests {
             assert_eq!(pos, (base - 1000) / 2 * 100);
         }
         assert_eq!(index.position_for_offset(0), (0, 1000));
-        // Every batch at or before the returned position has timestamps below the target.
-        for target in [0i64, 1, 50, 400, 10_000] {
-            let (pos, _) = index.position_for_timestamp(target);
-            for i in 0..=(pos / 100) {
+        // No batch before the returned position holds a timestamp at or after the target, for
+        // every target (batch i has timestamp [5, 3, 9][i % 3] * i).
+        for target in -5i64..1000 {
+            let (pos, base) = index.position_for_timestamp(target);
+            assert_eq!(pos, (base - 1000) / 2 * 100);
+            for i in 0..(pos / 100) {
                 let ts = [5, 3, 9][i as usize % 3] * i as i64;
-                assert!(pos == 0 || ts < target, "batch {i} ts {ts} target {target}");
+                assert!(ts < target, "batch {i} ts {ts} skipped for target {target}");
             }
         }
         assert_eq!(

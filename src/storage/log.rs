@@ -491,9 +491,7 @@ impl LogInner {
                 sync.durable_next_offset = sync.durable_next_offset.max(durable);
             }
             self.synced.notify_all();
-            if let Err(e) = outcome {
-                return Err(e);
-            }
+            outcome?;
         }
     }
 
@@ -717,7 +715,7 @@ impl LogInner {
                         end_position: segment.size_bytes(),
                     };
                     let added = read.read_into(cursor, budget, &mut result.batches)?;
-                    if result.batches.len() == before {
+                    if before == 0 && result.batches.is_empty() {
                         return Err(Error::Corrupt {
                             path: segment.log_path.clone(),
                             position: segment.size_bytes(),

@@ -165,8 +165,8 @@ impl SegmentRead<'_> {
     }
 
     /// Append to `out` the verified batches holding offsets `from..`, stopping once `max_bytes`
-    /// would be exceeded (the first batch is always returned, so a reader makes progress).
-    /// Returns the bytes added.
+    /// would be exceeded. When `out` is empty the first batch is returned even if larger, so a
+    /// reader always makes progress. Returns the bytes added.
     pub fn read_into(&self, from: u64, max_bytes: u64, out: &mut Vec<BatchView>) -> Result<u64> {
         let (mut pos, mut expected) = (self.start_position, self.start_offset);
         // Walk headers to the batch that holds `from`.
@@ -192,6 +192,9 @@ impl SegmentRead<'_> {
             pos += u64::from(header.batch_len);
             expected = header.next_offset();
         };
+        if !out.is_empty() && u64::from(first.batch_len) > max_bytes {
+            return Ok(0);
+        }
         // One read for everything wanted, then split and verify each batch.
         let want = max_bytes.max(u64::from(first.batch_len));
         let chunk_len = want.min(self.end_position - pos);

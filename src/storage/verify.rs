@@ -188,36 +188,35 @@ fn check_index_files(
     }
 }
 
+/// Checks that a metadata file's bytes decode.
+type MetadataCheck = fn(&[u8]) -> bool;
+
 fn check_metadata(vfs: &dyn Vfs, dir: &Path, names: &[String], problems: &mut Vec<Problem>) {
-    let read = |name: &str| {
-        vfs.open(&dir.join(name), OpenMode::Read)
-            .and_then(|f| (*f).read_all())
-    };
-    if names.iter().any(|n| n == RECOVERY_POINT_FILE) {
-        if read(RECOVERY_POINT_FILE)
-            .ok()
-            .and_then(|b| RecoveryPoint::decode(&b))
-            .is_none()
-        {
-            let path = dir.join(RECOVERY_POINT_FILE);
-            problems.push(Problem {
-                path,
-                position: None,
-                message: "recovery point is damaged".into(),
-            });
+    let files: [(&str, MetadataCheck, &str); 2] = [
+        (
+            RECOVERY_POINT_FILE,
+            |b| RecoveryPoint::decode(b).is_some(),
+            "recovery point is damaged",
+        ),
+        (
+            CLEAN_SHUTDOWN_FILE,
+            |b| CleanShutdown::decode(b).is_some(),
+            "clean-shutdown marker is damaged",
+        ),
+    ];
+    for (name, valid, message) in files {
+        if !names.iter().any(|n| n == name) {
+            continue;
         }
-    }
-    if names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE) {
-        if read(CLEAN_SHUTDOWN_FILE)
-            .ok()
-            .and_then(|b| CleanShutdown::decode(&b))
-            .is_none()
-        {
-            let path = dir.join(CLEAN_SHUTDOWN_FILE);
+        let path = dir.join(name);
+        let bytes = vfs
+            .open(&path, OpenMode::Read)
+            .and_then(|f| (*f).read_all());
+        if !bytes.is_ok_and(|b| valid(&b)) {
             problems.push(Problem {
                 path,
                 position: None,
-                message: "clean-shutdown marker is damaged".into(),
+                message: message.into(),
             });
         }
     }

@@ -168,6 +168,41 @@ impl FaultVfs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// An independent copy of this file system's durable state (as if after a crash), for
+    /// trying many damages on the same starting point.
+    pub fn durable_copy(&self, seed: u64) -> FaultVfs {
+        let state = self.lock();
+        let inodes = state
+            .durable
+            .values()
+            .filter_map(|id| {
+                let inode = state.inodes.get(id)?;
+                let image = inode.durable.clone();
+                Some((
+                    *id,
+                    Inode {
+                        live: image.clone(),
+                        durable: image,
+                        dirty_from: None,
+                    },
+                ))
+            })
+            .collect();
+        FaultVfs {
+            state: Arc::new(Mutex::new(FsState {
+                live: state.durable.clone(),
+                durable: state.durable.clone(),
+                dirs: state.dirs.clone(),
+                inodes,
+                next_inode: state.next_inode,
+                epoch: 0,
+                faults: Faults::default(),
+                rng: fastrand::Rng::with_seed(seed),
+                crashes: 0,
+            })),
+        }
+    }
+
     /// Lose power: every open handle stops working, and the file system becomes what was durable
     /// (plus, with [`CrashMode::TornWrites`], some unsynced sectors). Disarms all faults.
     pub fn crash(&self, mode: CrashMode) {

@@ -55,6 +55,7 @@ pub trait Vfs: Send + Sync + 'static {
 
 /// An open file: the byte-level half of the seam. All positions are absolute (`pread`/`pwrite`),
 /// so one handle can be shared by a writer and many readers without a cursor.
+#[allow(clippy::len_without_is_empty)] // a file's length is an I/O call; emptiness is not asked
 pub trait VFile: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Read up to `buf.len()` bytes at `pos`; returns how many were read (0 at end of file).
