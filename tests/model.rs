@@ -211,8 +211,13 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises the count for soak runs (tests/soak.sh).
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn log_matches_model(ops in prop::collection::vec(op(), 1..60), seed in any::<u64>()) {

@@ -128,6 +128,22 @@ struct LogInner {
 }
 
 /// A segmented, append-only, crash-safe log. Cheap to clone; clones share the log.
+///
+/// ```
+/// use potok::storage::{Durability, Log, LogConfig, Record};
+///
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("orders");
+/// let log = Log::open(&path, LogConfig { durability: Durability::Always, ..LogConfig::default() })?;
+/// let record = Record::new(1_700_000_000_000, "hello").with_key("k").with_header("h", "v");
+/// let info = log.append(&[record])?; // returned after fdatasync (group commit)
+/// for r in log.read(info.base_offset, 1 << 20)?.records() {
+///     assert_eq!((r.offset, r.body), (0, &b"hello"[..]));
+/// }
+/// assert_eq!(log.offset_for_timestamp(1_600_000_000_000)?, Some(0));
+/// log.close()?; // or just drop it
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Log {
     inner: Arc<LogInner>,
