@@ -246,15 +246,19 @@ fn retention_by_bytes_records_and_age_deletes_whole_old_segments() {
     assert!(segments > 5);
     drop(log);
 
-    // By records: keep at least 100.
-    let config = LogConfig {
-        retention: Retention {
-            records_max: Some(100),
-            ..Default::default()
-        },
-        ..small_config(Durability::Never)
+    let reopen_with = |retention: Retention| {
+        let config = LogConfig {
+            retention,
+            ..small_config(Durability::Never)
+        };
+        open_fault(&vfs, config).unwrap()
     };
-    let log = open_fault(&vfs, config).unwrap();
+
+    // By records: keep at least 100.
+    let log = reopen_with(Retention {
+        records_max: Some(100),
+        ..Default::default()
+    });
     let report = log.enforce_retention().unwrap();
     assert!(report.segments_deleted > 0);
     let kept = log.next_offset() - log.start_offset();
@@ -266,14 +270,10 @@ fn retention_by_bytes_records_and_age_deletes_whole_old_segments() {
     drop(log);
 
     // By bytes: keep at least 2000 bytes.
-    let config = LogConfig {
-        retention: Retention {
-            bytes_max: Some(2000),
-            ..Default::default()
-        },
-        ..small_config(Durability::Never)
-    };
-    let log = open_fault(&vfs, config).unwrap();
+    let log = reopen_with(Retention {
+        bytes_max: Some(2000),
+        ..Default::default()
+    });
     log.enforce_retention().unwrap();
     assert!(
         log.size_bytes() >= 2000 && log.size_bytes() < 2000 + 4096 + 200,
@@ -283,14 +283,10 @@ fn retention_by_bytes_records_and_age_deletes_whole_old_segments() {
     drop(log);
 
     // By age: all timestamps are ancient (1970), so every sealed segment goes.
-    let config = LogConfig {
-        retention: Retention {
-            age_max: Some(Duration::from_secs(60)),
-            ..Default::default()
-        },
-        ..small_config(Durability::Never)
-    };
-    let log = open_fault(&vfs, config).unwrap();
+    let log = reopen_with(Retention {
+        age_max: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
     log.enforce_retention().unwrap();
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.next_offset(), 300);
