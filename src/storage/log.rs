@@ -486,6 +486,13 @@ impl LogInner {
 
     /// Group commit: wait until `next_offset` is durable, leading an fsync if nobody is.
     fn wait_until_durable(&self, next_offset: u64) -> Result<()> {
+        let written = self.read_shared().active.written.next_offset;
+        if next_offset > written {
+            // No fsync could ever cover it; waiting would spin.
+            return Err(Error::InvalidArgument(format!(
+                "cannot wait for offset {next_offset}: the log is written up to {written}"
+            )));
+        }
         let mut sync = lock(&self.sync);
         loop {
             if sync.durable_next_offset >= next_offset {
