@@ -150,7 +150,10 @@ fn under_always_readers_see_only_durable_records() {
     assert_eq!(read_all(&log).unwrap().len(), 1);
     log.wait_until_durable(info.next_offset).unwrap();
     assert_eq!(read_all(&log).unwrap().len(), 2);
-    assert!(matches!(log.wait_until_durable(3), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        log.wait_until_durable(3),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]

@@ -825,8 +825,11 @@ impl LogInner {
         let Some(mut cursor) = start else {
             return Ok(None);
         };
+        // The index lands within a few KiB of the answer: read one batch first, then more.
+        let mut budget = 1;
         loop {
-            let result = self.read(cursor, ITER_READ_BYTES)?;
+            let result = self.read(cursor, budget)?;
+            budget = (budget.max(4096) * 4).min(ITER_READ_BYTES);
             if let Some(found) = result.records().find(|r| r.timestamp_ms >= timestamp_ms) {
                 return Ok(Some(found.offset));
             }
