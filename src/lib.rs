@@ -5,8 +5,10 @@
 //! Dependencies point downward only (see `DESIGN.md` in the shared docs):
 //!
 //! - `main.rs`: the `potok` command line (`verify`, `inspect`; `serve` arrives with RESP).
+//! - [`broker`]: the protocol-neutral model (catalog, streams) and the embeddable API.
 //! - [`storage`]: segmented logs with indexes, group commit, recovery and retention.
 //!
 //! The broker layer and the RESP/AMQP front ends build on [`storage`].
 
+pub mod broker;
 pub mod storage;

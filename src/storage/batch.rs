@@ -34,7 +34,7 @@ pub const BATCH_HEADER_BYTES: usize = MAX_TIMESTAMP_AT + 8;
 pub const BATCH_BYTES_MAX: u32 = 256 * 1024 * 1024;
 
 const _: () = assert!(BATCH_HEADER_BYTES == 48);
-const _: () = assert!(BATCH_HEADER_BYTES % 8 == 0);
+const _: () = assert!(BATCH_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(BATCH_HEADER_BYTES + RECORD_BYTES_MIN <= BATCH_BYTES_MAX as usize);
 
 /// The decoded fixed header of a batch.

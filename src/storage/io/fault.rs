@@ -363,6 +363,31 @@ impl Vfs for FaultVfs {
             .collect())
     }
 
+    fn list_subdirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.lock();
+        state.check_powered()?;
+        Ok(state
+            .dirs
+            .iter()
+            .filter(|d| d.parent() == Some(dir))
+            .filter_map(|d| d.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Removes files and directories at once, durably (a simplification: the broker syncs the
+    /// parent right after, and a resurrected half-deleted directory is cleaned up on open).
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.tick()?;
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        state.dirs.retain(|d| !d.starts_with(dir));
+        state.live.retain(|p, _| !p.starts_with(dir));
+        state.durable.retain(|p, _| !p.starts_with(dir));
+        Ok(())
+    }
+
     /// Directories are durable as soon as they exist: the engine creates them once, up front,
     /// and syncs their parent; modelling lost directories would test the broker, not the log.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

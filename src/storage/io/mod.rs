@@ -47,7 +47,11 @@ pub trait Vfs: Send + Sync + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Names (not paths) of the regular files directly inside `dir`, in no particular order.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Names of the directories directly inside `dir`.
+    fn list_subdirs(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Remove a directory and everything in it (durable once the parent is synced).
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Make the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;

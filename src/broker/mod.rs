@@ -1,0 +1,296 @@
+//! The broker: the protocol-neutral message model and the embeddable API.
+//!
+//! # Layout
+//!
+//! - [`catalog`]: durable names → numeric ids; entity directories are named by id.
+//! - [`stream_id`], [`stream`]: Redis-style streams on a log.
+//!
+//! A data directory holds `catalog`, `LOCK` (held while a broker has it open) and one directory
+//! per entity kind (`streams/<id>/`), each a log. Front ends (RESP, AMQP) translate to calls here
+//! and keep only per-connection state.
+
+pub mod catalog;
+pub mod stream;
+pub mod stream_id;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::storage::io::{OsVfs, Vfs};
+use crate::storage::{Durability, LogConfig};
+use catalog::{Catalog, EntityKind, NAME_BYTES_MAX};
+pub use stream::{Added, Entry, IdSpec, Stream, StreamError};
+pub use stream_id::StreamId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("data directory {0} is in use by another process")]
+    Locked(PathBuf),
+    #[error("name longer than {NAME_BYTES_MAX} bytes")]
+    NameTooLong,
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// Settings for the logs the broker creates.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Template for every stream's log.
+    pub stream_log: LogConfig,
+}
+
+impl BrokerConfig {
+    pub fn with_durability(durability: Durability) -> BrokerConfig {
+        BrokerConfig {
+            stream_log: LogConfig {
+                durability,
+                ..LogConfig::default()
+            },
+        }
+    }
+}
+
+struct State {
+    catalog: Catalog,
+    streams: HashMap<Bytes, Arc<Stream>>,
+}
+
+/// The message broker over one data directory.
+pub struct Broker {
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    config: BrokerConfig,
+    state: Mutex<State>,
+    /// Held for the broker's life: one process per data directory.
+    _lock: Option<File>,
+}
+
+impl Broker {
+    /// Open (or create) the data directory on the real file system, locking it.
+    pub fn open(dir: impl AsRef<Path>, config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        if lock.try_lock().is_err() {
+            return Err(BrokerError::Locked(dir.to_path_buf()));
+        }
+        let mut broker = Broker::open_with(Arc::new(OsVfs), dir, config)?;
+        broker._lock = Some(lock);
+        Ok(broker)
+    }
+
+    /// Open through any [`Vfs`] (tests use the fault-injecting one). Does not lock.
+    pub fn open_with(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        config: BrokerConfig,
+    ) -> Result<Broker, BrokerError> {
+        vfs.create_dir_all(dir)?;
+        let catalog = Catalog::load(&*vfs, dir)?;
+        let streams_dir = dir.join(EntityKind::Stream.dir_name());
+        vfs.create_dir_all(&streams_dir)?;
+        // Entities whose catalog entry never became durable (or was removed) leave directories.
+        let live: Vec<String> = catalog.entries().map(|(_, e)| e.id.to_string()).collect();
+        for orphan in vfs
+            .list_subdirs(&streams_dir)?
+            .into_iter()
+            .filter(|d| !live.contains(d))
+        {
+            tracing::info!(dir = %streams_dir.join(&orphan).display(), "removing orphaned entity directory");
+            vfs.remove_dir_all(&streams_dir.join(orphan))?;
+        }
+        vfs.sync_dir(&streams_dir)?;
+        let mut streams = HashMap::new();
+        for (name, entry) in catalog.entries() {
+            let stream = Stream::open(
+                Arc::clone(&vfs),
+                &streams_dir.join(entry.id.to_string()),
+                config.stream_log.clone(),
+            )?;
+            streams.insert(name.clone(), Arc::new(stream));
+        }
+        Ok(Broker {
+            dir: dir.to_path_buf(),
+            vfs,
+            config,
+            state: Mutex::new(State { catalog, streams }),
+            _lock: None,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stream(&self, name: &[u8]) -> Option<Arc<Stream>> {
+        self.lock().streams.get(name).cloned()
+    }
+
+    /// The stream called `name`, created (durably, in the catalog) if it does not exist.
+    pub fn stream_or_create(&self, name: &[u8]) -> Result<Arc<Stream>, BrokerError> {
+        if name.len() > NAME_BYTES_MAX {
+            return Err(BrokerError::NameTooLong);
+        }
+        let mut state = self.lock();
+        if let Some(stream) = state.streams.get(name) {
+            return Ok(Arc::clone(stream));
+        }
+        let name = Bytes::copy_from_slice(name);
+        let entry = state.catalog.insert(name.clone(), EntityKind::Stream);
+        let dir = self.entity_dir(EntityKind::Stream, entry.id);
+        // The log exists before the catalog names it; a crash between leaves an orphan that
+        // the next open removes.
+        let opened = Stream::open(Arc::clone(&self.vfs), &dir, self.config.stream_log.clone())
+            .map_err(BrokerError::from)
+            .and_then(|stream| {
+                self.vfs
+                    .sync_dir(&self.dir.join(EntityKind::Stream.dir_name()))?;
+                state.catalog.save(&*self.vfs)?;
+                Ok(stream)
+            });
+        match opened {
+            Ok(stream) => {
+                let stream = Arc::new(stream);
+                state.streams.insert(name, Arc::clone(&stream));
+                Ok(stream)
+            }
+            Err(e) => {
+                state.catalog.remove(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn entity_dir(&self, kind: EntityKind, id: u64) -> PathBuf {
+        self.dir.join(kind.dir_name()).join(id.to_string())
+    }
+
+    /// Names of every entity with its kind, sorted.
+    pub fn names(&self) -> Vec<(Bytes, EntityKind)> {
+        self.lock()
+            .catalog
+            .entries()
+            .map(|(n, e)| (n.clone(), e.kind))
+            .collect()
+    }
+
+    pub fn kind_of(&self, name: &[u8]) -> Option<EntityKind> {
+        self.lock().catalog.get(name).map(|e| e.kind)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().catalog.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Delete an entity and free its disk space. Returns whether it existed.
+    pub fn delete(&self, name: &[u8]) -> Result<bool, BrokerError> {
+        let mut state = self.lock();
+        let Some(entry) = state.catalog.remove(name) else {
+            return Ok(false);
+        };
+        // Durably forget it first: a crash after this leaves only an orphan directory.
+        state.catalog.save(&*self.vfs)?;
+        if let Some(stream) = state.streams.remove(name) {
+            // Readers holding the stream keep working on unlinked files; no marker is needed.
+            let _ = stream.close();
+        }
+        let dir = self.entity_dir(entry.kind, entry.id);
+        self.vfs.remove_dir_all(&dir)?;
+        self.vfs.sync_dir(&self.dir.join(entry.kind.dir_name()))?;
+        Ok(true)
+    }
+
+    /// Delete every entity.
+    pub fn delete_all(&self) -> Result<(), BrokerError> {
+        for (name, _) in self.names() {
+            self.delete(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Sync and close every log cleanly.
+    pub fn close(&self) -> Result<(), BrokerError> {
+        let state = self.lock();
+        for stream in state.streams.values() {
+            stream.close()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::io::{CrashMode, FaultVfs};
+
+    fn open(vfs: &FaultVfs) -> Broker {
+        Broker::open_with(
+            Arc::new(vfs.clone()),
+            Path::new("/data"),
+            BrokerConfig::with_durability(Durability::Always),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn streams_persist_and_deletes_free_their_directories() {
+        let vfs = FaultVfs::new(1);
+        let broker = open(&vfs);
+        let s = broker.stream_or_create(b"../evil").unwrap();
+        let added = s
+            .add(
+                IdSpec::Explicit(StreamId::new(1, 1)),
+                vec![(Bytes::from("f"), Bytes::from("v"))],
+            )
+            .unwrap();
+        s.wait_durable(added.next_offset).unwrap();
+        broker.stream_or_create(b"other").unwrap();
+        assert!(
+            vfs.exists(Path::new("/data/streams/1")),
+            "directories are named by id"
+        );
+        vfs.crash(CrashMode::DropUnsynced);
+        drop((s, broker));
+        let broker = open(&vfs);
+        assert_eq!(broker.names().len(), 2);
+        let s = broker.stream(b"../evil").unwrap();
+        assert_eq!(s.last_id(), StreamId::new(1, 1));
+        assert!(broker.delete(b"../evil").unwrap());
+        assert!(!broker.delete(b"../evil").unwrap());
+        assert!(!vfs.exists(Path::new("/data/streams/1")));
+        drop((s, broker));
+        let broker = open(&vfs);
+        assert_eq!(
+            broker.names(),
+            vec![(Bytes::from("other"), EntityKind::Stream)]
+        );
+    }
+
+    #[test]
+    fn orphaned_directories_are_removed_on_open() {
+        let vfs = FaultVfs::new(2);
+        vfs.create_dir_all(Path::new("/data/streams/77")).unwrap();
+        let broker = open(&vfs);
+        assert!(!vfs.exists(Path::new("/data/streams/77")));
+        assert!(broker.is_empty());
+    }
+}
