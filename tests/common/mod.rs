@@ -29,7 +29,7 @@ pub fn record(n: u64) -> Record {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(n as u8))
         .collect();
     let mut r = Record::new(1_700_000_000_000 + (n as i64 * 7919) % 100_000, body);
-    if n % 3 != 0 {
+    if !n.is_multiple_of(3) {
         r = r.with_key(format!("key-{n}"));
     }
     for h in 0..(n % 4) {
