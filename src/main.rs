@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use potok::server::{self, ServerConfig};
 use potok::storage::io::{OpenMode, OsVfs, Vfs};
 use potok::storage::verify::{find_log_dirs, inspect_segment, verify_log_dir, InspectOptions};
+use potok::storage::Durability;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server. Settings come from flags, else environment variables, else the config
+    /// file, else the defaults.
+    Serve(ServeArgs),
     /// Check every batch's CRC, offset continuity and the indexes of every log under DIR.
     /// Exits 0 only when everything is clean.
     Verify {
@@ -39,6 +44,81 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML file with any of: data_dir, resp_addr, fsync.
+    #[arg(long, env = "POTOK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where data lives [default: ./data].
+    #[arg(long, env = "POTOK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// RESP listen address [default: 127.0.0.1:6379].
+    #[arg(long, env = "POTOK_RESP_ADDR")]
+    resp_addr: Option<String>,
+    /// Durability of appends: always, never, or an interval like 100ms [default: always].
+    #[arg(long, env = "POTOK_FSYNC")]
+    fsync: Option<Durability>,
+}
+
+/// The config file's keys; unknown keys are an error, so typos do not pass silently.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    resp_addr: Option<String>,
+    fsync: Option<String>,
+}
+
+fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
+    let file: FileConfig = match &args.config {
+        None => FileConfig::default(),
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    let defaults = ServerConfig::default();
+    let file_fsync = file.fsync.map(|f| f.parse::<Durability>()).transpose()?;
+    Ok(ServerConfig {
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
+        resp_addr: args
+            .resp_addr
+            .or(file.resp_addr)
+            .unwrap_or(defaults.resp_addr),
+        durability: args.fsync.or(file_fsync).unwrap_or(defaults.durability),
+        ..defaults
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    let config = server_config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(server::run(config, shutdown_signal()))
+        .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -46,6 +126,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("potok: {e}");
+                return ExitCode::from(1);
+            }
+        },
         Command::Verify { dir } => verify(&dir),
         Command::Inspect {
             segment,

@@ -1,0 +1,89 @@
+//! Connection commands: PING, ECHO, SELECT, QUIT, HELLO.
+
+use bytes::Bytes;
+
+use super::{Context, Reply};
+use crate::protocol::resp::args::{parse_i64, Args};
+use crate::protocol::resp::reply::Protocol;
+
+/// The Redis version Potok's command set is compatible with (clients use it to pick features).
+pub const REDIS_COMPATIBLE_VERSION: &str = "7.0.15";
+
+/// `PING [message]`
+pub fn ping(args: &mut Args, _: &mut Context<'_>) -> Result<Reply, Reply> {
+    let reply = match args.optional() {
+        None => Reply::Status("PONG"),
+        Some(message) => Reply::Bulk(message),
+    };
+    args.finish().map_err(|_| Reply::wrong_arity("ping"))?;
+    Ok(reply)
+}
+
+/// `ECHO message`
+pub fn echo(args: &mut Args, _: &mut Context<'_>) -> Result<Reply, Reply> {
+    Ok(Reply::Bulk(args.required()?))
+}
+
+/// `SELECT index`: Potok has one database, 0.
+pub fn select(args: &mut Args, _: &mut Context<'_>) -> Result<Reply, Reply> {
+    match parse_i64(&args.required()?)? {
+        0 => Ok(Reply::ok()),
+        _ => Err(Reply::error("ERR DB index is out of range")),
+    }
+}
+
+/// `QUIT`: reply OK, then close the connection.
+pub fn quit(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    context.session.closing = true;
+    Ok(Reply::ok())
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`
+pub fn hello(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let mut protocol = context.session.protocol;
+    if let Some(version) = args.optional() {
+        protocol = match parse_i64(&version) {
+            Ok(2) => Protocol::Resp2,
+            Ok(3) => Protocol::Resp3,
+            Ok(_) => return Err(Reply::error("NOPROTO unsupported protocol version")),
+            Err(_) => {
+                return Err(Reply::error(
+                    "ERR Protocol version is not an integer or out of range",
+                ))
+            }
+        };
+    }
+    let mut name: Option<Bytes> = None;
+    while args.remaining() > 0 {
+        if args.eat("AUTH") && args.remaining() >= 2 {
+            // No password is configured yet: like Redis's nopass default user, accept it.
+            args.optional();
+            args.optional();
+        } else if args.eat("SETNAME") && args.remaining() >= 1 {
+            name = args.optional();
+        } else {
+            let option = args.optional().unwrap_or_default();
+            return Err(Reply::error(format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&option)
+            )));
+        }
+    }
+    context.session.protocol = protocol;
+    if name.is_some() {
+        context.session.name = name;
+    }
+    let proto = if protocol == Protocol::Resp3 { 3 } else { 2 };
+    Ok(Reply::Map(vec![
+        (Reply::bulk("server"), Reply::bulk("redis")),
+        (
+            Reply::bulk("version"),
+            Reply::bulk(REDIS_COMPATIBLE_VERSION),
+        ),
+        (Reply::bulk("proto"), Reply::Integer(proto)),
+        (Reply::bulk("id"), Reply::Integer(context.session.id as i64)),
+        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        (Reply::bulk("role"), Reply::bulk("master")),
+        (Reply::bulk("modules"), Reply::Array(Vec::new())),
+    ]))
+}

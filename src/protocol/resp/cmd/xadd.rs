@@ -1,0 +1,74 @@
+//! `XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] *|ms-*|id field value
+//! [field value ...]`
+
+use bytes::Bytes;
+
+use super::{existing_stream, Context, PendingAck, Reply};
+use crate::broker::{IdSpec, StreamError, StreamId};
+use crate::protocol::resp::args::Args;
+
+pub const INVALID_STREAM_ID: &str = "ERR Invalid stream ID specified as stream command argument";
+
+/// `*`, `ms-*`, `ms-seq` or `ms` (meaning `ms-0`).
+fn parse_id_spec(arg: &[u8]) -> Result<IdSpec, Reply> {
+    if arg == b"*" {
+        return Ok(IdSpec::Auto);
+    }
+    if let Some(ms) = arg.strip_suffix(b"-*") {
+        let id = StreamId::parse(ms, 0).filter(|_| !ms.contains(&b'-'));
+        return id
+            .map(|id| IdSpec::AutoSequence(id.ms))
+            .ok_or_else(|| Reply::error(INVALID_STREAM_ID));
+    }
+    StreamId::parse(arg, 0)
+        .map(IdSpec::Explicit)
+        .ok_or_else(|| Reply::error(INVALID_STREAM_ID))
+}
+
+pub fn stream_error(e: StreamError) -> Reply {
+    Reply::error(format!("ERR {e}"))
+}
+
+pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let key = args.required()?;
+    let mut make_stream = true;
+    loop {
+        if args.eat("NOMKSTREAM") {
+            make_stream = false;
+        } else if args.eat("MAXLEN") || args.eat("MINID") {
+            return Err(Reply::error(
+                "ERR XADD trimming (MAXLEN/MINID) is not supported yet; use XADD without it",
+            ));
+        } else {
+            break;
+        }
+    }
+    let spec = parse_id_spec(&args.required()?)?;
+    let values = args.rest();
+    if values.is_empty() || !values.len().is_multiple_of(2) {
+        return Err(Reply::wrong_arity("xadd"));
+    }
+    // Checked before the stream is created, so a bad request changes nothing.
+    if spec == IdSpec::Explicit(StreamId::MIN) {
+        return Err(stream_error(StreamError::IdZero));
+    }
+    let fields: Vec<(Bytes, Bytes)> = values
+        .chunks_exact(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect();
+    let stream = match existing_stream(context, &key) {
+        Some(stream) => stream,
+        None if !make_stream => return Ok(Reply::Nil),
+        None => context
+            .broker
+            .stream_or_create(&key)
+            .map_err(|e| Reply::error(format!("ERR {e}")))?,
+    };
+    let added = stream.add(spec, fields).map_err(stream_error)?;
+    context.pending.push(PendingAck {
+        stream,
+        next_offset: added.next_offset,
+        reply_index: context.reply_index,
+    });
+    Ok(Reply::bulk(added.id.to_string()))
+}

@@ -1,0 +1,13 @@
+//! The RESP front end: Redis clients speak to the broker through it.
+//!
+//! - [`request`]: request decoding (multibulk via `redis-protocol`, inline), with limits.
+//! - [`reply`]: replies, encoded as RESP2 or RESP3.
+//! - [`args`]: the argument cursor commands parse with.
+//! - [`cmd`]: the command table and one file per command family.
+//! - [`connection`]: one client's read → execute → reply loop.
+
+pub mod args;
+pub mod cmd;
+pub mod connection;
+pub mod reply;
+pub mod request;

@@ -1,0 +1,147 @@
+//! Replies, encoded for the connection's protocol: RESP2 or RESP3 (after `HELLO 3`).
+//!
+//! The differences handled here: nulls (`$-1` / `*-1` in RESP2, `_` in RESP3), maps (`%` in
+//! RESP3, flattened to arrays in RESP2), and push frames (`>` in RESP3, arrays in RESP2).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`
+    Status(&'static str),
+    /// `-ERR ...`: the full text, including its code (`ERR`, `WRONGTYPE`, ...).
+    Error(String),
+    Integer(i64),
+    Bulk(Bytes),
+    /// A missing value: `$-1` in RESP2.
+    Nil,
+    /// A missing array: `*-1` in RESP2.
+    NilArray,
+    Array(Vec<Reply>),
+    Map(Vec<(Reply, Reply)>),
+    Push(Vec<Reply>),
+}
+
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Resp2,
+    Resp3,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Status("OK")
+    }
+
+    pub fn error(text: impl Into<String>) -> Reply {
+        Reply::Error(text.into())
+    }
+
+    pub fn bulk(bytes: impl Into<Bytes>) -> Reply {
+        Reply::Bulk(bytes.into())
+    }
+
+    pub fn wrong_arity(command: &str) -> Reply {
+        Reply::Error(format!(
+            "ERR wrong number of arguments for '{}' command",
+            command.to_ascii_lowercase()
+        ))
+    }
+
+    pub fn syntax_error() -> Reply {
+        Reply::error("ERR syntax error")
+    }
+
+    pub fn not_an_integer() -> Reply {
+        Reply::error("ERR value is not an integer or out of range")
+    }
+
+    pub fn wrong_type() -> Reply {
+        Reply::error("WRONGTYPE Operation against a key holding the wrong kind of value")
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+
+    /// Append this reply's encoding to `out`. Nesting is bounded by how replies are built
+    /// (stream entries are at most four levels deep), so recursion here is bounded too.
+    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+        let resp3 = protocol == Protocol::Resp3;
+        match self {
+            Reply::Status(s) => line(out, b'+', s.as_bytes()),
+            Reply::Error(e) => line(out, b'-', e.replace(['\r', '\n'], " ").as_bytes()),
+            Reply::Integer(n) => line(out, b':', n.to_string().as_bytes()),
+            Reply::Bulk(b) => {
+                line(out, b'$', b.len().to_string().as_bytes());
+                out.put_slice(b);
+                out.put_slice(b"\r\n");
+            }
+            Reply::Nil if resp3 => out.put_slice(b"_\r\n"),
+            Reply::Nil => out.put_slice(b"$-1\r\n"),
+            Reply::NilArray if resp3 => out.put_slice(b"_\r\n"),
+            Reply::NilArray => out.put_slice(b"*-1\r\n"),
+            Reply::Array(items) => {
+                line(out, b'*', items.len().to_string().as_bytes());
+                items.iter().for_each(|i| i.encode(protocol, out));
+            }
+            Reply::Push(items) => {
+                line(
+                    out,
+                    if resp3 { b'>' } else { b'*' },
+                    items.len().to_string().as_bytes(),
+                );
+                items.iter().for_each(|i| i.encode(protocol, out));
+            }
+            Reply::Map(pairs) => {
+                if resp3 {
+                    line(out, b'%', pairs.len().to_string().as_bytes());
+                } else {
+                    line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
+                }
+                for (k, v) in pairs {
+                    k.encode(protocol, out);
+                    v.encode(protocol, out);
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut BytesMut, prefix: u8, body: &[u8]) {
+    out.reserve(body.len() + 3);
+    out.put_u8(prefix);
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(reply: &Reply, protocol: Protocol) -> String {
+        let mut out = BytesMut::new();
+        reply.encode(protocol, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn resp2_and_resp3_encodings() {
+        let map = Reply::Map(vec![(Reply::bulk("a"), Reply::Integer(1))]);
+        assert_eq!(encoded(&map, Protocol::Resp2), "*2\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(encoded(&map, Protocol::Resp3), "%1\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(encoded(&Reply::Nil, Protocol::Resp2), "$-1\r\n");
+        assert_eq!(encoded(&Reply::NilArray, Protocol::Resp2), "*-1\r\n");
+        assert_eq!(encoded(&Reply::NilArray, Protocol::Resp3), "_\r\n");
+        assert_eq!(
+            encoded(&Reply::Push(vec![Reply::bulk("x")]), Protocol::Resp3),
+            ">1\r\n$1\r\nx\r\n"
+        );
+        assert_eq!(
+            encoded(&Reply::error("ERR a\r\nb"), Protocol::Resp2),
+            "-ERR a  b\r\n"
+        );
+        assert_eq!(encoded(&Reply::ok(), Protocol::Resp3), "+OK\r\n");
+    }
+}

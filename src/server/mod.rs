@@ -1,0 +1,104 @@
+//! The server: listeners, connection tasks, limits and graceful shutdown.
+//!
+//! Shutdown follows mini-redis: a broadcast tells every connection to stop; each connection task
+//! holds a clone of an mpsc sender it never uses, so when `recv` returns `None` every task has
+//! finished. Then the broker syncs and closes every log cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, Semaphore};
+
+use crate::broker::{Broker, BrokerConfig};
+use crate::protocol::resp::request::RequestLimits;
+use crate::storage::Durability;
+
+/// Everything `potok serve` can be told.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub resp_addr: String,
+    pub durability: Durability,
+    pub clients_max: usize,
+    pub request_limits: RequestLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            data_dir: PathBuf::from("./data"),
+            resp_addr: "127.0.0.1:6379".into(),
+            durability: Durability::Always,
+            clients_max: 10_000,
+            request_limits: RequestLimits::default(),
+        }
+    }
+}
+
+/// Run until `shutdown` completes; then stop accepting, let connections finish their current
+/// round, and close the broker cleanly.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let broker_config = BrokerConfig::with_durability(config.durability);
+    let data_dir = config.data_dir.clone();
+    let broker = Arc::new(
+        tokio::task::spawn_blocking(move || Broker::open(data_dir, broker_config)).await??,
+    );
+    let listener = TcpListener::bind(&config.resp_addr).await?;
+    let local: SocketAddr = listener.local_addr()?;
+    tracing::info!(addr = %local, data_dir = %config.data_dir.display(), fsync = %config.durability, "RESP listening");
+    // Tests and scripts wait for this line to learn the port.
+    println!("potok: RESP listening on {local}");
+
+    let (notify_shutdown, _) = broadcast::channel::<()>(1);
+    let (tasks_done_tx, mut tasks_done_rx) = mpsc::channel::<()>(1);
+    let permits = Arc::new(Semaphore::new(config.clients_max));
+    let next_client_id = AtomicU64::new(1);
+    let accept_loop = async {
+        loop {
+            let (mut socket, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+                continue;
+            };
+            let broker = Arc::clone(&broker);
+            let shutdown_rx = notify_shutdown.subscribe();
+            let done = tasks_done_tx.clone();
+            let id = next_client_id.fetch_add(1, Ordering::Relaxed);
+            let limits = config.request_limits;
+            tokio::spawn(async move {
+                crate::protocol::resp::connection::serve(socket, broker, limits, id, shutdown_rx)
+                    .await;
+                drop((permit, done));
+            });
+        }
+    };
+    tokio::select! {
+        _ = accept_loop => {}
+        _ = shutdown => tracing::info!("shutting down"),
+    }
+    drop(listener);
+    drop(notify_shutdown);
+    drop(tasks_done_tx);
+    let _ = tasks_done_rx.recv().await;
+    let closing = Arc::clone(&broker);
+    tokio::task::spawn_blocking(move || closing.close()).await??;
+    tracing::info!("clean shutdown complete");
+    Ok(())
+}

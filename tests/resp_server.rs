@@ -1,0 +1,460 @@
+//! The real server over TCP, driven by the `redis` crate (RESP2 and RESP3) and by raw bytes:
+//! streams, keyspace, pipelining, bad input, restart, and kill -9.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redis::{Connection, RedisResult};
+
+/// A `potok serve` child process on a free port.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[]).expect("server starts")
+    }
+
+    fn start_with(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_potok"))
+            .args(["serve", "--resp-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("potok: RESP listening on ") else {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            let _ = child.wait();
+            return Err(stderr);
+        };
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        Ok(Server { child, port })
+    }
+
+    fn connect(&self) -> Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    fn connect_resp3(&self) -> Connection {
+        let url = format!("redis://127.0.0.1:{}/?protocol=resp3", self.port);
+        redis::Client::open(url).unwrap().get_connection().unwrap()
+    }
+
+    /// Send raw bytes on a fresh connection; return what came back before close or a pause.
+    fn raw(&self, request: &[u8]) -> (Vec<u8>, bool) {
+        let mut socket = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        socket.write_all(request).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf) {
+                Ok(0) => return (reply, true),
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(_) => return (reply, false),
+            }
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn xadd(con: &mut Connection, key: &str, id: &str, fields: &[(&str, &str)]) -> RedisResult<String> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg(id);
+    for (f, v) in fields {
+        cmd.arg(*f).arg(*v);
+    }
+    cmd.query(con)
+}
+
+type Entries = Vec<(String, Vec<String>)>;
+
+fn xrange(con: &mut Connection, key: &str, start: &str, end: &str) -> Entries {
+    redis::cmd("XRANGE")
+        .arg(key)
+        .arg(start)
+        .arg(end)
+        .query(con)
+        .unwrap()
+}
+
+fn error_text(result: RedisResult<redis::Value>) -> String {
+    let e = result.unwrap_err();
+    format!("{} {}", e.code().unwrap_or(""), e.detail().unwrap_or(""))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn streams_round_trip_over_resp2_and_resp3() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    for (i, mut con) in [server.connect(), server.connect_resp3()]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("s{i}");
+        assert_eq!(
+            xadd(&mut con, &key, "1-1", &[("a", "1"), ("b", "2")]).unwrap(),
+            "1-1"
+        );
+        assert_eq!(xadd(&mut con, &key, "1-*", &[("c", "3")]).unwrap(), "1-2");
+        let auto = xadd(&mut con, &key, "*", &[("d", "4")]).unwrap();
+        assert!(auto.ends_with("-0") && auto.len() > 10, "{auto}");
+        let all = xrange(&mut con, &key, "-", "+");
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[0],
+            (
+                "1-1".to_string(),
+                vec!["a".into(), "1".into(), "b".into(), "2".into()]
+            )
+        );
+        assert_eq!(
+            xrange(&mut con, &key, "(1-1", "1"),
+            vec![("1-2".to_string(), vec!["c".into(), "3".into()])]
+        );
+        let newest: Entries = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(newest[0].0, auto);
+        let len: i64 = redis::cmd("XLEN").arg(&key).query(&mut con).unwrap();
+        assert_eq!(len, 3);
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut con).unwrap();
+        assert_eq!(kind, "stream");
+        let missing: Entries = xrange(&mut con, "nope", "-", "+");
+        assert!(missing.is_empty());
+        let nil: Option<String> = redis::cmd("XADD")
+            .arg("nope")
+            .arg("NOMKSTREAM")
+            .arg("*")
+            .arg("f")
+            .arg("v")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(nil, None);
+    }
+    let mut con = server.connect();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("s*").query(&mut con).unwrap();
+    keys.sort();
+    assert_eq!(keys, vec!["s0", "s1"]);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("s0")
+        .arg("s0")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(exists, 2);
+    let deleted: i64 = redis::cmd("DEL")
+        .arg("s0")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let size: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(size, 1);
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    let size: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(size, 0);
+}
+
+#[test]
+fn errors_match_redis_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    xadd(&mut con, "s", "5-5", &[("f", "v")]).unwrap();
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["XADD", "s", "0-0", "f", "v"],
+            "ERR The ID specified in XADD must be greater than 0-0",
+        ),
+        (
+            &["XADD", "s", "5-5", "f", "v"],
+            "ERR The ID specified in XADD is equal or smaller than the target stream top item",
+        ),
+        (
+            &["XADD", "s", "abc", "f", "v"],
+            "ERR Invalid stream ID specified as stream command argument",
+        ),
+        (
+            &["XADD", "s", "*", "f"],
+            "ERR wrong number of arguments for 'xadd' command",
+        ),
+        (
+            &["XADD", "s"],
+            "ERR wrong number of arguments for 'xadd' command",
+        ),
+        (
+            &["XRANGE", "s", "-", "+", "COUNT", "x"],
+            "ERR value is not an integer or out of range",
+        ),
+        (&["XRANGE", "s", "-", "+", "FOO"], "ERR syntax error"),
+        (&["SELECT", "1"], "ERR DB index is out of range"),
+        (
+            &["NOSUCH", "a", "b"],
+            "ERR unknown command 'NOSUCH', with args beginning with: 'a' 'b'",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = redis::cmd(args[0]);
+        args[1..].iter().for_each(|a| {
+            cmd.arg(*a);
+        });
+        assert_eq!(error_text(cmd.query(&mut con)), expected, "{args:?}");
+    }
+    // A new key with a rejected ID is not created.
+    assert!(xadd(&mut con, "fresh", "0-0", &[("f", "v")]).is_err());
+    let exists: i64 = redis::cmd("EXISTS").arg("fresh").query(&mut con).unwrap();
+    assert_eq!(exists, 0);
+    assert_eq!(xrange(&mut con, "s", "-", "+").len(), 1);
+}
+
+#[test]
+fn malformed_requests_get_protocol_errors_and_the_server_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    xadd(&mut con, "s", "1-1", &[("f", "v")]).unwrap();
+    let cases: [(&[u8], &[u8]); 5] = [
+        (
+            b"*2\r\n$4\r\nPING\r\n$-5\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n:5\r\n",
+            b"-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        (
+            b"*2\r\n$4\r\nECHO\r\n$999999999999\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*99999999\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"PING \"open\r\n",
+            b"-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+    ];
+    for (request, expected) in cases {
+        let (reply, closed) = server.raw(request);
+        assert_eq!(reply, expected, "{:?}", String::from_utf8_lossy(request));
+        assert!(closed, "the connection closes after a protocol error");
+    }
+    let (reply, closed) = server.raw(&vec![b'x'; 100 * 1024]);
+    assert_eq!(reply, b"-ERR Protocol error: too big inline request\r\n");
+    assert!(closed);
+    // Inline commands and pipelines, on one connection that stays open.
+    let (reply, closed) = server.raw(b"PING\r\nECHO \"a b\"\r\n*1\r\n$4\r\nPING\r\n");
+    assert_eq!(reply, b"+PONG\r\n$3\r\na b\r\n+PONG\r\n");
+    assert!(!closed);
+    let (reply, closed) = server.raw(b"QUIT\r\n");
+    assert_eq!((reply.as_slice(), closed), (&b"+OK\r\n"[..], true));
+    // The earlier connection and the data are unaffected.
+    assert_eq!(xrange(&mut con, "s", "-", "+").len(), 1);
+}
+
+#[test]
+fn pipelined_appends_are_acknowledged_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let mut pipe = redis::pipe();
+    for n in 1..=500 {
+        pipe.cmd("XADD")
+            .arg("p")
+            .arg(format!("{n}-0"))
+            .arg("n")
+            .arg(n);
+    }
+    pipe.cmd("XLEN").arg("p");
+    let (ids, len): (Vec<String>, i64) = {
+        let mut replies: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+        let len = redis::from_redis_value(replies.pop().unwrap()).unwrap();
+        (
+            replies
+                .into_iter()
+                .map(|v| redis::from_redis_value(v).unwrap())
+                .collect(),
+            len,
+        )
+    };
+    assert_eq!(ids, (1..=500).map(|n| format!("{n}-0")).collect::<Vec<_>>());
+    assert_eq!(len, 500, "a read after appends in one pipeline sees them");
+}
+
+#[test]
+fn data_survives_a_clean_restart_and_the_directory_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    for n in 1..=50 {
+        xadd(
+            &mut con,
+            "orders",
+            &format!("{n}-1"),
+            &[("n", &n.to_string())],
+        )
+        .unwrap();
+    }
+    drop(con);
+    assert!(server.terminate().success(), "SIGTERM exits 0");
+    let verify = Command::new(env!("CARGO_BIN_EXE_potok"))
+        .arg("verify")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let entries = xrange(&mut con, "orders", "-", "+");
+    assert_eq!(entries.len(), 50);
+    assert_eq!(entries[49].0, "50-1");
+    assert!(
+        xadd(&mut con, "orders", "50-1", &[("n", "dup")]).is_err(),
+        "the last ID survived the restart"
+    );
+    assert_eq!(
+        xadd(&mut con, "orders", "50-*", &[("n", "next")]).unwrap(),
+        "50-2"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Server::start(dir.path());
+    let err = Server::start_with(dir.path(), &[])
+        .err()
+        .expect("the second server must not start");
+    assert!(err.contains("in use by another process"), "{err}");
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let port = server.port;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let mut acked = Vec::new();
+                for n in 0.. {
+                    match xadd(
+                        &mut con,
+                        "k9",
+                        "*",
+                        &[("writer", &w.to_string()), ("n", &n.to_string())],
+                    ) {
+                        Ok(id) => acked.push((id, w, n)),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill9();
+    let mut acked: Vec<(String, i32, i32)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acked.len() > 20, "the writers got going: {}", acked.len());
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let stored = xrange(&mut con, "k9", "-", "+");
+    let ids: Vec<&String> = stored.iter().map(|(id, _)| id).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "no entry is duplicated");
+    let position: std::collections::HashMap<&String, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    acked.sort();
+    for (id, writer, n) in &acked {
+        let at = *position
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged entry {id} lost"));
+        assert_eq!(
+            stored[at].1,
+            vec![
+                "writer".to_string(),
+                writer.to_string(),
+                "n".into(),
+                n.to_string()
+            ]
+        );
+    }
+    // Each writer's entries are in the order it wrote them.
+    for w in 0..4 {
+        let ns: Vec<i32> = stored
+            .iter()
+            .filter(|(_, f)| f[1] == w.to_string())
+            .map(|(_, f)| f[3].parse().unwrap())
+            .collect();
+        assert!(
+            ns.windows(2).all(|p| p[0] < p[1]),
+            "writer {w} out of order"
+        );
+    }
+}
