@@ -157,6 +157,41 @@ fn under_always_readers_see_only_durable_records() {
 }
 
 #[test]
+fn the_visibility_listener_runs_when_records_become_visible() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    for durability in [
+        Durability::Always,
+        Durability::Never,
+        Durability::Interval(Duration::from_millis(2)),
+    ] {
+        let vfs = FaultVfs::new(10);
+        let log = open_fault(&vfs, small_config(durability)).unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&calls);
+        let seen = log.clone();
+        log.set_visibility_listener(Arc::new(move || {
+            assert!(
+                seen.visible_next_offset() > 0,
+                "called only once something is visible"
+            );
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        log.append(&[record(0)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{durability}: listener never ran"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(log.visible_next_offset(), 1);
+        // The listener holds a clone of the log; break the cycle.
+        log.set_visibility_listener(Arc::new(|| {}));
+    }
+}
+
+#[test]
 fn interval_durability_syncs_in_the_background() {
     let vfs = FaultVfs::new(3);
     let config = small_config(Durability::Interval(Duration::from_millis(5)));

@@ -458,3 +458,132 @@ fn kill_9_loses_no_acknowledged_entry() {
         );
     }
 }
+
+type StreamReply = Vec<(String, Entries)>;
+
+#[test]
+fn xread_returns_new_entries_and_blocks_until_they_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    xadd(&mut con, "a", "1-1", &[("f", "1")]).unwrap();
+    xadd(&mut con, "a", "2-1", &[("f", "2")]).unwrap();
+    xadd(&mut con, "b", "5-1", &[("g", "5")]).unwrap();
+    let got: StreamReply = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("a")
+        .arg("b")
+        .arg("nope")
+        .arg("1-1")
+        .arg("0")
+        .arg("0")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "a".to_string(),
+                vec![("2-1".to_string(), vec!["f".to_string(), "2".to_string()])]
+            ),
+            (
+                "b".to_string(),
+                vec![("5-1".to_string(), vec!["g".to_string(), "5".to_string()])]
+            ),
+        ]
+    );
+    let none: Option<StreamReply> = redis::cmd("XREAD")
+        .arg("STREAMS")
+        .arg("a")
+        .arg("$")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(none, None, "nothing after $ without BLOCK: a nil reply");
+    let timed_out: Option<StreamReply> = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(50)
+        .arg("STREAMS")
+        .arg("a")
+        .arg("$")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(timed_out, None);
+    let unbalanced = redis::cmd("XREAD")
+        .arg("STREAMS")
+        .arg("a")
+        .arg("b")
+        .arg("0")
+        .query::<redis::Value>(&mut con);
+    assert!(error_text(unbalanced).starts_with("ERR Unbalanced 'xread' list of streams"));
+
+    // BLOCK 0 on an existing stream and on a key that does not exist yet; another client
+    // appends while they wait, and a third client is served meanwhile.
+    let port = server.port;
+    let blocked: Vec<_> = ["a", "later"]
+        .into_iter()
+        .map(|key| {
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let got: StreamReply = redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(0)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg("$")
+                    .query(&mut con)
+                    .unwrap();
+                got
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut other = server.connect();
+    let pong: String = redis::cmd("PING").query(&mut other).unwrap();
+    assert_eq!(pong, "PONG", "blocked readers do not stall other clients");
+    xadd(&mut other, "a", "3-1", &[("f", "3")]).unwrap();
+    xadd(&mut other, "later", "1-1", &[("h", "1")]).unwrap();
+    let results: Vec<StreamReply> = blocked.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        results[0],
+        vec![(
+            "a".to_string(),
+            vec![("3-1".to_string(), vec!["f".to_string(), "3".to_string()])]
+        )]
+    );
+    assert_eq!(
+        results[1],
+        vec![(
+            "later".to_string(),
+            vec![("1-1".to_string(), vec!["h".to_string(), "1".to_string()])]
+        )]
+    );
+}
+
+#[test]
+fn requests_after_a_blocking_read_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut socket = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    socket
+        .write_all(b"XREAD BLOCK 100 STREAMS s $\r\nPING\r\n")
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"+PONG\r\n") {
+        let mut buf = [0u8; 256];
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0);
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        reply, b"*-1\r\n+PONG\r\n",
+        "the timeout's nil comes first, then PONG"
+    );
+}

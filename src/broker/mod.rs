@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod stream;
 pub mod stream_id;
+pub mod waiters;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,6 +27,8 @@ use crate::storage::{Durability, LogConfig};
 use catalog::{Catalog, EntityKind, NAME_BYTES_MAX};
 pub use stream::{Added, Entry, IdSpec, Stream, StreamError};
 pub use stream_id::StreamId;
+use tokio::sync::Notify;
+use waiters::Waiters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -60,6 +63,8 @@ impl BrokerConfig {
 struct State {
     catalog: Catalog,
     streams: HashMap<Bytes, Arc<Stream>>,
+    /// Readers blocked on names that do not exist yet.
+    creation_waiters: HashMap<Bytes, Arc<Waiters>>,
 }
 
 /// The message broker over one data directory.
@@ -124,7 +129,11 @@ impl Broker {
             dir: dir.to_path_buf(),
             vfs,
             config,
-            state: Mutex::new(State { catalog, streams }),
+            state: Mutex::new(State {
+                catalog,
+                streams,
+                creation_waiters: HashMap::new(),
+            }),
             _lock: None,
         })
     }
@@ -166,12 +175,31 @@ impl Broker {
         match opened {
             Ok(stream) => {
                 let stream = Arc::new(stream);
-                state.streams.insert(name, Arc::clone(&stream));
+                state.streams.insert(name.clone(), Arc::clone(&stream));
+                if let Some(waiters) = state.creation_waiters.remove(&name) {
+                    waiters.wake_all();
+                }
                 Ok(stream)
             }
             Err(e) => {
                 state.catalog.remove(&name);
                 Err(e)
+            }
+        }
+    }
+
+    /// Wake `notify` once when the stream `name` gets new visible entries, or is created.
+    pub fn register_stream_waiter(&self, name: &[u8], notify: &Arc<Notify>) {
+        let mut state = self.lock();
+        match state.streams.get(name) {
+            Some(stream) => stream.register_waiter(notify),
+            None => {
+                let key = Bytes::copy_from_slice(name);
+                state
+                    .creation_waiters
+                    .entry(key)
+                    .or_default()
+                    .register(notify);
             }
         }
     }
@@ -212,6 +240,8 @@ impl Broker {
         if let Some(stream) = state.streams.remove(name) {
             // Readers holding the stream keep working on unlinked files; no marker is needed.
             let _ = stream.close();
+            // Blocked readers re-check and, as in Redis, go on waiting for a new stream.
+            stream.wake_waiters();
         }
         let dir = self.entity_dir(entry.kind, entry.id);
         self.vfs.remove_dir_all(&dir)?;

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::stream_id::StreamId;
+use super::waiters::Waiters;
 use crate::storage::{self, Log, LogConfig, Record, RecordView};
 
 /// How XADD chooses the new entry's ID.
@@ -59,6 +60,8 @@ struct StreamState {
 pub struct Stream {
     log: Log,
     state: Mutex<StreamState>,
+    /// Readers blocked until new entries become visible.
+    waiters: Arc<Waiters>,
 }
 
 /// Bytes read per step while scanning entries.
@@ -79,10 +82,24 @@ impl Stream {
             }
             _ => StreamId::MIN,
         };
+        let waiters = Arc::new(Waiters::default());
+        let wake = Arc::clone(&waiters);
+        log.set_visibility_listener(Arc::new(move || wake.wake_all()));
         Ok(Stream {
             log,
             state: Mutex::new(StreamState { last_id }),
+            waiters,
         })
+    }
+
+    /// Wake `notify` once when new entries become visible.
+    pub fn register_waiter(&self, notify: &Arc<tokio::sync::Notify>) {
+        self.waiters.register(notify);
+    }
+
+    /// Wake every blocked reader (the stream is being deleted).
+    pub fn wake_waiters(&self) {
+        self.waiters.wake_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, StreamState> {

@@ -125,7 +125,12 @@ struct LogInner {
     failed: AtomicBool,
     closed: AtomicBool,
     recovery: RecoveryReport,
+    /// Called (without locks held) whenever records become visible to readers.
+    visibility_listener: Mutex<Option<VisibilityListener>>,
 }
+
+/// A callback run when new records become visible (to wake blocked readers).
+pub type VisibilityListener = Arc<dyn Fn() + Send + Sync>;
 
 /// A segmented, append-only, crash-safe log. Cheap to clone; clones share the log.
 ///
@@ -204,6 +209,7 @@ impl Log {
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             recovery: recovered.report,
+            visibility_listener: Mutex::new(None),
             config,
         });
         if let Durability::Interval(period) = inner.config.durability {
@@ -218,6 +224,13 @@ impl Log {
 
     pub fn config(&self) -> &LogConfig {
         &self.inner.config
+    }
+
+    /// Run `listener` whenever records become visible: after the fsync that makes them durable
+    /// (`always`, `interval`) or after the write (`never`). It runs on the thread that made them
+    /// visible, with no lock held, so it must be quick (wake someone, do not read).
+    pub fn set_visibility_listener(&self, listener: VisibilityListener) {
+        *lock(&self.inner.visibility_listener) = Some(listener);
     }
 
     /// What opening the log found (clean or not, what was scanned and cut).
@@ -478,6 +491,9 @@ impl LogInner {
                 shared.active.visible = end;
             }
         }
+        if self.config.durability == Durability::Never {
+            self.notify_visible();
+        }
         Ok(AppendInfo {
             base_offset: header.base_offset,
             next_offset: end.next_offset,
@@ -537,12 +553,25 @@ impl LogInner {
     }
 
     fn publish_visible(&self, segment_base: u64, end: End) {
-        let mut shared = self.write_shared();
-        // A roll may have moved on; then the old segment was synced and published by it.
-        if shared.active.base_offset == segment_base
-            && end.next_offset > shared.active.visible.next_offset
-        {
-            shared.active.visible = end;
+        let advanced = {
+            let mut shared = self.write_shared();
+            // A roll may have moved on; then the old segment was synced and published by it.
+            let advanced = shared.active.base_offset == segment_base
+                && end.next_offset > shared.active.visible.next_offset;
+            if advanced {
+                shared.active.visible = end;
+            }
+            advanced
+        };
+        if advanced {
+            self.notify_visible();
+        }
+    }
+
+    fn notify_visible(&self) {
+        let listener = lock(&self.visibility_listener).clone();
+        if let Some(listener) = listener {
+            listener();
         }
     }
 
@@ -598,6 +627,7 @@ impl LogInner {
             };
             self.synced.notify_all();
         }
+        self.notify_visible();
         writer.started_ms = active.started_ms;
         if self.config.retention != Default::default() {
             if let Err(e) = self.enforce_retention(now_ms()) {

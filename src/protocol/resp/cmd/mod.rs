@@ -13,6 +13,7 @@ mod keyspace;
 mod xadd;
 mod xlen;
 mod xrange;
+mod xread;
 
 use std::sync::Arc;
 
@@ -49,6 +50,19 @@ pub struct PendingAck {
     pub reply_index: usize,
 }
 
+/// Re-runs a blocked read: `Ok(Some(reply))` once there is data.
+pub type RetryRead = Box<dyn FnMut(&Broker) -> Result<Option<Reply>, Reply> + Send>;
+
+/// A read that found nothing and waits (XREAD BLOCK): the connection registers for wake-ups on
+/// `keys`, re-runs `retry` after each, and replies `timeout_reply` if `timeout` passes first.
+pub struct Blocked {
+    pub keys: Vec<Bytes>,
+    /// `None`: wait forever (BLOCK 0).
+    pub timeout: Option<std::time::Duration>,
+    pub retry: RetryRead,
+    pub timeout_reply: Reply,
+}
+
 /// What a handler can reach.
 pub struct Context<'a> {
     pub broker: &'a Broker,
@@ -57,6 +71,8 @@ pub struct Context<'a> {
     pub pending: &'a mut Vec<PendingAck>,
     /// Index its reply will have in the round.
     pub reply_index: usize,
+    /// Set by a handler whose reply must wait for data; its returned reply is then ignored.
+    pub blocked: &'a mut Option<Blocked>,
 }
 
 type Handler = fn(&mut Args, &mut Context<'_>) -> Result<Reply, Reply>;
@@ -103,6 +119,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     },
     spec("xlen", 2, xlen::xlen),
     spec("xrange", -4, xrange::xrange),
+    spec("xread", -4, xread::xread),
     spec("xrevrange", -4, xrange::xrevrange),
 ];
 
@@ -139,6 +156,7 @@ pub fn execute(
     args: Vec<Bytes>,
     pending: &mut Vec<PendingAck>,
     replies: &mut [Reply],
+    blocked: &mut Option<Blocked>,
 ) -> Reply {
     let Some(spec) = lookup(&args[0]) else {
         return unknown_command(&args);
@@ -157,6 +175,7 @@ pub fn execute(
         session,
         pending,
         reply_index,
+        blocked,
     };
     match (spec.handler)(&mut args, &mut context) {
         Ok(reply) | Err(reply) => reply,

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::{existing_stream, Context, PendingAck, Reply};
 use crate::broker::{IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
+use crate::storage::Durability;
 
 pub const INVALID_STREAM_ID: &str = "ERR Invalid stream ID specified as stream command argument";
 
@@ -65,10 +66,14 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
             .map_err(|e| Reply::error(format!("ERR {e}")))?,
     };
     let added = stream.add(spec, fields).map_err(stream_error)?;
-    context.pending.push(PendingAck {
-        stream,
-        next_offset: added.next_offset,
-        reply_index: context.reply_index,
-    });
+    // Under `always` the reply waits for the fsync (shared by the pipeline); under `interval`
+    // and `never` the policy is to acknowledge once written.
+    if stream.log().config().durability == Durability::Always {
+        context.pending.push(PendingAck {
+            stream,
+            next_offset: added.next_offset,
+            reply_index: context.reply_index,
+        });
+    }
     Ok(Reply::bulk(added.id.to_string()))
 }
