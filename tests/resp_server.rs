@@ -587,3 +587,115 @@ fn requests_after_a_blocking_read_wait_their_turn() {
         "the timeout's nil comes first, then PONG"
     );
 }
+
+#[test]
+fn deletions_trims_and_setid_match_redis_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    for n in 1..=10 {
+        xadd(&mut con, "s", &format!("{n}-1"), &[("f", &n.to_string())]).unwrap();
+    }
+    let int = |con: &mut Connection, args: &[&str]| -> i64 {
+        let mut cmd = redis::cmd(args[0]);
+        args[1..].iter().for_each(|a| {
+            cmd.arg(*a);
+        });
+        cmd.query(con).unwrap()
+    };
+    assert_eq!(int(&mut con, &["XDEL", "s", "2-1", "3-1", "99-1"]), 2);
+    assert_eq!(int(&mut con, &["XLEN", "s"]), 8);
+    assert_eq!(int(&mut con, &["XTRIM", "s", "MAXLEN", "5"]), 3);
+    assert_eq!(xrange(&mut con, "s", "-", "+")[0].0, "6-1");
+    assert_eq!(int(&mut con, &["XTRIM", "s", "MINID", "8"]), 2);
+    let _: () = redis::cmd("XSETID")
+        .arg("s")
+        .arg("20-1")
+        .query(&mut con)
+        .unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg("t")
+        .arg("MAXLEN")
+        .arg("2")
+        .arg("*")
+        .arg("a")
+        .arg("b")
+        .query(&mut con)
+        .unwrap();
+    assert!(!id.is_empty());
+    for n in 0..5 {
+        let _: String = redis::cmd("XADD")
+            .arg("t")
+            .arg("MAXLEN")
+            .arg("=")
+            .arg("2")
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .query(&mut con)
+            .unwrap();
+    }
+    assert_eq!(int(&mut con, &["XLEN", "t"]), 2);
+    let errors: [(&[&str], &str); 5] = [
+        (
+            &["XTRIM", "s", "MAXLEN", "=", "1", "LIMIT", "5"],
+            "ERR syntax error, LIMIT cannot be used without the special ~ option",
+        ),
+        (
+            &["XTRIM", "s", "LIMIT", "5"],
+            "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy",
+        ),
+        (
+            &["XTRIM", "s", "MAXLEN", "-1"],
+            "ERR The MAXLEN argument must be >= 0.",
+        ),
+        (
+            &["XSETID", "s", "5-5"],
+            "ERR The ID specified in XSETID is smaller than the target stream top item",
+        ),
+        (&["XSETID", "nosuch", "1-1"], "ERR no such key"),
+    ];
+    for (args, expected) in errors {
+        let mut cmd = redis::cmd(args[0]);
+        args[1..].iter().for_each(|a| {
+            cmd.arg(*a);
+        });
+        assert_eq!(error_text(cmd.query(&mut con)), expected, "{args:?}");
+    }
+    let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg("s")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        redis::from_redis_value::<i64>(info["length"].clone()).unwrap(),
+        3
+    );
+    assert_eq!(
+        redis::from_redis_value::<String>(info["last-generated-id"].clone()).unwrap(),
+        "20-1"
+    );
+    assert_eq!(
+        redis::from_redis_value::<String>(info["max-deleted-entry-id"].clone()).unwrap(),
+        "3-1"
+    );
+    assert_eq!(
+        redis::from_redis_value::<i64>(info["entries-added"].clone()).unwrap(),
+        10
+    );
+
+    // All of it is durable: kill -9 and look again.
+    server.kill9();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let ids: Vec<String> = xrange(&mut con, "s", "-", "+")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, vec!["8-1", "9-1", "10-1"]);
+    assert!(
+        xadd(&mut con, "s", "20-1", &[("f", "v")]).is_err(),
+        "XSETID's last ID survived"
+    );
+    assert_eq!(int(&mut con, &["XLEN", "t"]), 2);
+}

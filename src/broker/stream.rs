@@ -1,16 +1,22 @@
-//! A stream (Redis Streams): a log whose records are entries with IDs.
+//! A stream (Redis Streams): a log whose records are entries with IDs, plus a metadata journal.
 //!
 //! Each entry is one record: key = the 16-byte ID (see [`StreamId::to_key`]), headers = the
 //! field/value pairs in order, timestamp = the ID's milliseconds, body empty. Offsets are dense and
 //! IDs increase with them, so the log's time index finds an ID's neighbourhood and a short scan
-//! finds the ID. The last generated ID is the ID of the last record, recovered from the log.
+//! finds the ID. The last generated ID is the ID of the last record (or XSETID's, if larger).
+//!
+//! Deletions (XDEL) and trimming (XTRIM, XADD MAXLEN/MINID) are operations in the stream's
+//! journal (`meta/`): tombstones and a logical first offset. Trimming also frees whole segments
+//! of the log. Reads skip trimmed and deleted entries.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::journal::Journal;
 use super::stream_id::StreamId;
+use super::stream_meta::{MetaOp, StreamMeta};
 use super::waiters::Waiters;
 use crate::storage::{self, Log, LogConfig, Record, RecordView};
 
@@ -24,6 +30,20 @@ pub enum IdSpec {
     /// An explicit `ms-seq`.
     Explicit(StreamId),
 }
+
+/// What XTRIM (or XADD's trimming) keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrimStrategy {
+    /// At most this many entries (the newest).
+    MaxLen(u64),
+    /// Only entries with IDs at or above this.
+    MinId(StreamId),
+}
+
+/// With `~`, trimming removes entries in steps of this many, like Redis's radix-tree nodes.
+pub const APPROXIMATE_TRIM_STEP: u64 = 100;
+/// With `~` and no LIMIT, at most this many entries go per call (Redis: 100 × node size).
+pub const APPROXIMATE_TRIM_LIMIT: u64 = 100 * APPROXIMATE_TRIM_STEP;
 
 /// One stream entry as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +60,12 @@ pub enum StreamError {
     IdTooSmall,
     #[error("The stream has exhausted the last possible ID, unable to add more items")]
     IdsExhausted,
+    #[error("The ID specified in XSETID is smaller than the target stream top item")]
+    SetIdTooSmall,
+    #[error("The entries_added specified in XSETID is smaller than the target stream length")]
+    EntriesAddedTooSmall,
+    #[error("The ID specified in XSETID is smaller than the provided max_deleted_entry_id")]
+    SetIdBelowMaxDeleted,
     #[error(transparent)]
     Storage(#[from] storage::Error),
 }
@@ -52,13 +78,27 @@ pub struct Added {
     pub next_offset: u64,
 }
 
+/// Figures XINFO STREAM reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub length: u64,
+    pub last_id: StreamId,
+    pub max_deleted: StreamId,
+    pub entries_added: u64,
+    pub first_entry: Option<Entry>,
+    pub last_entry: Option<Entry>,
+}
+
 struct StreamState {
     last_id: StreamId,
+    /// Shared with readers, replaced on change (copy on write).
+    meta: Arc<StreamMeta>,
 }
 
 /// A stream. Cheap to share (`Arc`); appends are serialized so IDs follow offsets.
 pub struct Stream {
     log: Log,
+    journal: Journal,
     state: Mutex<StreamState>,
     /// Readers blocked until new entries become visible.
     waiters: Arc<Waiters>,
@@ -66,6 +106,8 @@ pub struct Stream {
 
 /// Bytes read per step while scanning entries.
 const SCAN_READ_BYTES: u64 = 256 * 1024;
+/// The journal's directory inside the stream's.
+const JOURNAL_DIR: &str = "meta";
 
 impl Stream {
     pub fn open(
@@ -73,8 +115,18 @@ impl Stream {
         dir: &Path,
         config: LogConfig,
     ) -> Result<Stream, StreamError> {
-        let log = Log::open_with(vfs, dir, config)?;
-        let last_id = match log.next_offset().checked_sub(1) {
+        let log = Log::open_with(Arc::clone(&vfs), dir, config)?;
+        let (journal, ops) = Journal::open(vfs, &dir.join(JOURNAL_DIR))?;
+        let mut meta = StreamMeta::default();
+        for op in ops {
+            match MetaOp::decode(&op) {
+                Some(op) => meta.apply(&op),
+                None => {
+                    tracing::error!(dir = %dir.display(), "skipping an undecodable journal operation")
+                }
+            }
+        }
+        let tail_id = match log.next_offset().checked_sub(1) {
             Some(last) if last >= log.start_offset() => {
                 let result = log.read(last, 1)?;
                 let record = result.records().last();
@@ -82,14 +134,27 @@ impl Stream {
             }
             _ => StreamId::MIN,
         };
+        let last_id = tail_id.max(meta.last_id_floor);
         let waiters = Arc::new(Waiters::default());
         let wake = Arc::clone(&waiters);
         log.set_visibility_listener(Arc::new(move || wake.wake_all()));
         Ok(Stream {
             log,
-            state: Mutex::new(StreamState { last_id }),
+            journal,
+            state: Mutex::new(StreamState {
+                last_id,
+                meta: Arc::new(meta),
+            }),
             waiters,
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn meta(&self) -> Arc<StreamMeta> {
+        Arc::clone(&self.lock().meta)
     }
 
     /// Wake `notify` once when new entries become visible.
@@ -102,10 +167,6 @@ impl Stream {
         self.waiters.wake_all();
     }
 
-    fn lock(&self) -> MutexGuard<'_, StreamState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn log(&self) -> &Log {
         &self.log
     }
@@ -114,9 +175,9 @@ impl Stream {
         self.lock().last_id
     }
 
-    /// Entries readers can see.
+    /// Live entries readers can see.
     pub fn len(&self) -> u64 {
-        self.log.visible_next_offset() - self.log.start_offset()
+        self.meta().live_count(self.log.visible_next_offset())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,7 +226,20 @@ impl Stream {
         Ok(self.log.wait_until_durable(next_offset)?)
     }
 
-    /// The offset of the first visible entry whose ID is at least `id` (the visible end if none).
+    /// Record a metadata operation durably and apply it. The caller holds the state lock, so
+    /// operations apply in journal order.
+    fn commit(&self, state: &mut StreamState, op: MetaOp) -> Result<(), StreamError> {
+        self.journal.append(op.encode())?;
+        Arc::make_mut(&mut state.meta).apply(&op);
+        if self.journal.wants_snapshot() {
+            self.journal
+                .snapshot(MetaOp::Snapshot((*state.meta).clone()).encode())?;
+        }
+        Ok(())
+    }
+
+    /// The offset of the first visible record whose ID is at least `id` (the visible end if
+    /// none), deleted or not.
     fn offset_of(&self, id: StreamId) -> Result<u64, StreamError> {
         let end = self.log.visible_next_offset();
         let Some(mut offset) = self.log.offset_for_timestamp(id.timestamp_ms())? else {
@@ -185,7 +259,7 @@ impl Stream {
         }
     }
 
-    /// Entries with `start <= id <= end`, oldest first, at most `count`.
+    /// Live entries with `start <= id <= end`, oldest first, at most `count`.
     pub fn range(
         &self,
         start: StreamId,
@@ -197,10 +271,11 @@ impl Stream {
         if start > end || limit == 0 {
             return Ok(entries);
         }
-        let mut offset = self.offset_of(start)?;
+        let meta = self.meta();
+        let mut offset = self.offset_of(start)?.max(meta.first_offset);
         while entries.len() < limit {
             let result = self.log.read(offset, SCAN_READ_BYTES)?;
-            for record in result.records() {
+            for record in result.records().filter(|r| meta.is_live(r.offset)) {
                 let Some(entry) = to_entry(&record) else {
                     continue;
                 };
@@ -217,7 +292,7 @@ impl Stream {
         Ok(entries)
     }
 
-    /// Entries with `start <= id <= end`, newest first, at most `count`.
+    /// Live entries with `start <= id <= end`, newest first, at most `count`.
     pub fn rev_range(
         &self,
         end: StreamId,
@@ -228,35 +303,181 @@ impl Stream {
         if start > end || limit == 0 {
             return Ok(Vec::new());
         }
-        let high = match end.successor() {
+        let meta = self.meta();
+        let mut high = match end.successor() {
             Some(after) => self.offset_of(after)?,
             None => self.log.visible_next_offset(),
         };
-        let low = self.offset_of(start)?;
-        // Offsets are dense and every record is an entry, so the newest `count` start here.
-        let from = high.saturating_sub(limit as u64).max(low);
+        let low = self.offset_of(start)?.max(meta.first_offset);
         let mut entries = Vec::new();
-        let mut offset = from;
-        while offset < high {
-            let result = self.log.read(offset, SCAN_READ_BYTES)?;
-            entries.extend(
-                result
+        // Read windows backwards from `high`; tombstones mean a window may hold fewer entries.
+        while high > low && entries.len() < limit {
+            let wanted = (limit - entries.len()) as u64;
+            let from = high.saturating_sub(wanted.max(64)).max(low);
+            let mut window = Vec::new();
+            let mut offset = from;
+            while offset < high {
+                let result = self.log.read(offset, SCAN_READ_BYTES)?;
+                let live = result
                     .records()
-                    .filter(|r| r.offset < high)
-                    .filter_map(|r| to_entry(&r)),
-            );
-            match result.next_offset() {
-                Some(next) => offset = next,
-                None => break,
+                    .filter(|r| r.offset < high && meta.is_live(r.offset));
+                window.extend(live.filter_map(|r| to_entry(&r)));
+                match result.next_offset() {
+                    Some(next) => offset = next,
+                    None => break,
+                }
             }
+            entries.extend(window.into_iter().rev().take(limit - entries.len()));
+            high = from;
         }
-        entries.reverse();
         Ok(entries)
     }
 
+    /// XDEL: delete the entries with these IDs; returns how many existed.
+    pub fn delete(&self, ids: &[StreamId]) -> Result<u64, StreamError> {
+        let mut state = self.lock();
+        let mut deleted = 0;
+        for &id in ids {
+            let offset = self.offset_of(id)?;
+            if !state.meta.is_live(offset) || offset >= self.log.visible_next_offset() {
+                continue;
+            }
+            let result = self.log.read(offset, 1)?;
+            let found = result.records().next().and_then(|r| entry_id(&r));
+            if found == Some(id) {
+                self.commit(&mut state, MetaOp::Delete { offset, id })?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// XTRIM (and XADD's MAXLEN/MINID): returns how many live entries were removed. With
+    /// `approximate` (`~`) it removes only whole steps of [`APPROXIMATE_TRIM_STEP`] entries and
+    /// at most `limit` (default [`APPROXIMATE_TRIM_LIMIT`]; 0 means no limit).
+    pub fn trim(
+        &self,
+        strategy: TrimStrategy,
+        approximate: bool,
+        limit: Option<u64>,
+    ) -> Result<u64, StreamError> {
+        let mut state = self.lock();
+        let meta = Arc::clone(&state.meta);
+        // Count what is written, not only what is visible: XADD trims right after its own
+        // append, which under fsync=always is not visible yet.
+        let end = self.log.next_offset();
+        let live = meta.live_count(end);
+        let exact_first = match strategy {
+            TrimStrategy::MaxLen(keep) if live <= keep => return Ok(0),
+            TrimStrategy::MaxLen(keep) => meta.offset_after_live(live - keep),
+            TrimStrategy::MinId(id) => self.offset_of(id)?,
+        };
+        // Live entries below the exact cut point.
+        let removable = live - meta_live_from(&meta, exact_first, end);
+        let to_remove = if approximate {
+            let limit = match limit {
+                Some(0) => u64::MAX,
+                Some(n) => n,
+                None => APPROXIMATE_TRIM_LIMIT,
+            };
+            let capped = removable.min(limit);
+            capped - capped % APPROXIMATE_TRIM_STEP
+        } else {
+            removable
+        };
+        if to_remove == 0 {
+            return Ok(0);
+        }
+        let new_first = meta.offset_after_live(to_remove);
+        self.commit(
+            &mut state,
+            MetaOp::Trim {
+                first_offset: new_first,
+            },
+        )?;
+        // Free whole segments now wholly trimmed.
+        self.log
+            .truncate_before(new_first.min(self.log.next_offset()))?;
+        Ok(to_remove)
+    }
+
+    /// XSETID: move the last ID (and optionally the entries-added count and max deleted ID).
+    pub fn set_id(
+        &self,
+        last_id: StreamId,
+        entries_added: Option<u64>,
+        max_deleted: Option<StreamId>,
+    ) -> Result<(), StreamError> {
+        let mut state = self.lock();
+        let end = self.log.next_offset();
+        let meta = Arc::clone(&state.meta);
+        if let Some(max_deleted) = max_deleted {
+            if last_id < max_deleted {
+                return Err(StreamError::SetIdBelowMaxDeleted);
+            }
+        }
+        let length = meta.live_count(end);
+        if entries_added.is_some_and(|n| n < length) {
+            return Err(StreamError::EntriesAddedTooSmall);
+        }
+        // The newest live entry bounds the ID from below (Redis checks the top item).
+        if length > 0 && last_id < self.newest_live_id(&meta, end)? {
+            return Err(StreamError::SetIdTooSmall);
+        }
+        let op = MetaOp::SetId {
+            last_id,
+            entries_added: entries_added.unwrap_or_else(|| meta.entries_added(end)),
+            entries_added_at: end,
+            max_deleted: max_deleted.unwrap_or(meta.max_deleted),
+        };
+        self.commit(&mut state, op)?;
+        state.last_id = last_id;
+        Ok(())
+    }
+
+    fn newest_live_id(&self, meta: &StreamMeta, end: u64) -> Result<StreamId, StreamError> {
+        let mut offset = end;
+        while offset > meta.first_offset {
+            offset -= 1;
+            if meta.is_live(offset) {
+                let result = self.log.read(offset, 1)?;
+                let id = result.records().next().and_then(|r| entry_id(&r));
+                if let Some(id) = id {
+                    return Ok(id);
+                }
+            }
+        }
+        Ok(StreamId::MIN)
+    }
+
+    /// Figures for XINFO STREAM.
+    pub fn info(&self) -> Result<StreamInfo, StreamError> {
+        let (last_id, meta) = {
+            let state = self.lock();
+            (state.last_id, Arc::clone(&state.meta))
+        };
+        let first = self.range(StreamId::MIN, StreamId::MAX, Some(1))?.pop();
+        let last = self.rev_range(StreamId::MAX, StreamId::MIN, Some(1))?.pop();
+        Ok(StreamInfo {
+            length: meta.live_count(self.log.visible_next_offset()),
+            last_id,
+            max_deleted: meta.max_deleted,
+            entries_added: meta.entries_added(self.log.next_offset()),
+            first_entry: first,
+            last_entry: last,
+        })
+    }
+
     pub fn close(&self) -> Result<(), StreamError> {
+        self.journal.close()?;
         Ok(self.log.close()?)
     }
+}
+
+/// Live entries in `[from, end)`.
+fn meta_live_from(meta: &StreamMeta, from: u64, end: u64) -> u64 {
+    let from = from.max(meta.first_offset).min(end);
+    (end - from) - meta.deleted.range(from..end).count() as u64
 }
 
 fn entry_id(record: &RecordView<'_>) -> Option<StreamId> {
@@ -289,6 +510,23 @@ mod tests {
 
     fn fields(n: u64) -> Vec<(Bytes, Bytes)> {
         vec![(Bytes::from("n"), Bytes::from(n.to_string()))]
+    }
+
+    fn add(stream: &Stream, ms: u64, seq: u64) -> StreamId {
+        let added = stream
+            .add(IdSpec::Explicit(StreamId::new(ms, seq)), fields(ms))
+            .unwrap();
+        stream.wait_durable(added.next_offset).unwrap();
+        added.id
+    }
+
+    fn all_ids(stream: &Stream) -> Vec<StreamId> {
+        stream
+            .range(StreamId::MIN, StreamId::MAX, None)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect()
     }
 
     #[test]
@@ -346,19 +584,29 @@ mod tests {
         let stream = open(&vfs);
         let mut ids = Vec::new();
         for n in 0..300u64 {
-            let added = stream
-                .add(
-                    IdSpec::Explicit(StreamId::new(1000 + n / 3, n % 3)),
-                    fields(n),
-                )
-                .unwrap();
-            stream.wait_durable(added.next_offset).unwrap();
-            ids.push(added.id);
+            ids.push(add(&stream, 1000 + n / 3, n % 3));
         }
+        // Delete a scattering of entries, then trim the oldest.
+        let doomed: Vec<StreamId> = ids
+            .iter()
+            .copied()
+            .filter(|id| id.ms % 7 == 0 || id.seq == 2 && id.ms % 5 == 0)
+            .collect();
+        assert_eq!(stream.delete(&doomed).unwrap(), doomed.len() as u64);
+        assert_eq!(
+            stream.delete(&doomed).unwrap(),
+            0,
+            "deleting twice deletes nothing"
+        );
+        ids.retain(|id| !doomed.contains(id));
+        let removed = stream.trim(TrimStrategy::MaxLen(150), false, None).unwrap();
+        assert_eq!(removed, ids.len() as u64 - 150);
+        ids.drain(..removed as usize);
         drop(stream);
         let stream = open(&vfs);
-        assert_eq!(stream.last_id(), *ids.last().unwrap());
-        assert_eq!(stream.len(), 300);
+        assert_eq!(stream.last_id(), StreamId::new(1099, 2));
+        assert_eq!(stream.len(), 150);
+        assert_eq!(all_ids(&stream), ids);
         let bounds = [
             StreamId::MIN,
             StreamId::new(1000, 1),
@@ -369,7 +617,7 @@ mod tests {
         ];
         for &start in &bounds {
             for &end in &bounds {
-                for count in [None, Some(0), Some(1), Some(7)] {
+                for count in [None, Some(0), Some(1), Some(7), Some(100)] {
                     let expected: Vec<StreamId> = ids
                         .iter()
                         .copied()
@@ -394,9 +642,95 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn trimming_by_id_and_approximately_and_freeing_segments() {
+        let vfs = FaultVfs::new(3);
+        let stream = open(&vfs);
+        for n in 1..=1000u64 {
+            add(&stream, n, 0);
+        }
+        let size = stream.log().size_bytes();
         assert_eq!(
-            stream.range(StreamId::MIN, StreamId::MAX, Some(1)).unwrap()[0].fields,
-            fields(0)
+            stream
+                .trim(TrimStrategy::MinId(StreamId::new(101, 0)), false, None)
+                .unwrap(),
+            100
         );
+        assert_eq!(all_ids(&stream)[0], StreamId::new(101, 0));
+        // `~` trims in whole steps only, and never below the threshold.
+        assert_eq!(
+            stream.trim(TrimStrategy::MaxLen(850), true, None).unwrap(),
+            0
+        );
+        assert_eq!(
+            stream.trim(TrimStrategy::MaxLen(750), true, None).unwrap(),
+            100
+        );
+        assert_eq!(
+            stream
+                .trim(TrimStrategy::MaxLen(10), true, Some(250))
+                .unwrap(),
+            200
+        );
+        assert_eq!(stream.len(), 600);
+        assert!(
+            stream.log().size_bytes() < size,
+            "whole trimmed segments are freed"
+        );
+        assert_eq!(
+            stream.trim(TrimStrategy::MaxLen(0), false, None).unwrap(),
+            600
+        );
+        assert!(stream.is_empty());
+        assert_eq!(
+            stream.last_id(),
+            StreamId::new(1000, 0),
+            "the last ID survives trimming"
+        );
+        drop(stream);
+        let stream = open(&vfs);
+        assert!(stream.is_empty());
+        assert!(matches!(
+            stream.add(IdSpec::Explicit(StreamId::new(1000, 0)), fields(0)),
+            Err(StreamError::IdTooSmall)
+        ));
+    }
+
+    #[test]
+    fn set_id_is_validated_and_persisted() {
+        let vfs = FaultVfs::new(4);
+        let stream = open(&vfs);
+        add(&stream, 10, 1);
+        assert!(matches!(
+            stream.set_id(StreamId::new(5, 5), None, None),
+            Err(StreamError::SetIdTooSmall)
+        ));
+        assert!(matches!(
+            stream.set_id(StreamId::new(30, 1), Some(0), None),
+            Err(StreamError::EntriesAddedTooSmall)
+        ));
+        assert!(matches!(
+            stream.set_id(StreamId::new(30, 1), None, Some(StreamId::new(40, 1))),
+            Err(StreamError::SetIdBelowMaxDeleted)
+        ));
+        stream
+            .set_id(StreamId::new(20, 1), Some(7), Some(StreamId::new(3, 0)))
+            .unwrap();
+        drop(stream);
+        let stream = open(&vfs);
+        assert_eq!(stream.last_id(), StreamId::new(20, 1));
+        let info = stream.info().unwrap();
+        assert_eq!(
+            (info.entries_added, info.max_deleted, info.length),
+            (7, StreamId::new(3, 0), 1)
+        );
+        assert!(matches!(
+            stream.add(IdSpec::Explicit(StreamId::new(20, 1)), fields(0)),
+            Err(StreamError::IdTooSmall)
+        ));
+        add(&stream, 21, 0);
+        assert_eq!(stream.info().unwrap().entries_added, 8);
     }
 }

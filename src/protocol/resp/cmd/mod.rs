@@ -11,9 +11,12 @@ mod command;
 mod connection;
 mod keyspace;
 mod xadd;
+mod xdel;
+mod xinfo;
 mod xlen;
 mod xrange;
 mod xread;
+mod xtrim;
 
 use std::sync::Arc;
 
@@ -117,10 +120,14 @@ pub static COMMANDS: &[CommandSpec] = &[
         defers_ack: true,
         handler: xadd::xadd,
     },
+    spec("xdel", -3, xdel::xdel),
+    spec("xinfo", -2, xinfo::xinfo),
     spec("xlen", 2, xlen::xlen),
     spec("xrange", -4, xrange::xrange),
     spec("xread", -4, xread::xread),
     spec("xrevrange", -4, xrange::xrevrange),
+    spec("xsetid", -3, xdel::xsetid),
+    spec("xtrim", -4, xtrim::xtrim),
 ];
 
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {

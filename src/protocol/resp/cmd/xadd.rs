@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::xtrim::{combine, parse_limit, parse_threshold};
 use super::{existing_stream, Context, PendingAck, Reply};
 use crate::broker::{IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
@@ -32,18 +33,21 @@ pub fn stream_error(e: StreamError) -> Reply {
 
 pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let key = args.required()?;
-    let mut make_stream = true;
+    let (mut make_stream, mut trim, mut limit) = (true, None, None);
     loop {
         if args.eat("NOMKSTREAM") {
             make_stream = false;
-        } else if args.eat("MAXLEN") || args.eat("MINID") {
-            return Err(Reply::error(
-                "ERR XADD trimming (MAXLEN/MINID) is not supported yet; use XADD without it",
-            ));
+        } else if args.eat("MAXLEN") {
+            trim = Some(parse_threshold(args, true)?);
+        } else if args.eat("MINID") {
+            trim = Some(parse_threshold(args, false)?);
+        } else if args.eat("LIMIT") {
+            limit = Some(parse_limit(args)?);
         } else {
             break;
         }
     }
+    let trim = combine(trim, limit)?;
     let spec = parse_id_spec(&args.required()?)?;
     let values = args.rest();
     if values.is_empty() || !values.len().is_multiple_of(2) {
@@ -66,6 +70,11 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
             .map_err(|e| Reply::error(format!("ERR {e}")))?,
     };
     let added = stream.add(spec, fields).map_err(stream_error)?;
+    if let Some(trim) = trim {
+        stream
+            .trim(trim.strategy, trim.approximate, trim.limit)
+            .map_err(stream_error)?;
+    }
     // Under `always` the reply waits for the fsync (shared by the pipeline); under `interval`
     // and `never` the policy is to acknowledge once written.
     if stream.log().config().durability == Durability::Always {
