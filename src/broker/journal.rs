@@ -52,6 +52,18 @@ impl Journal {
         Ok(())
     }
 
+    /// Append one operation without waiting for durability (group deliveries: a crash may
+    /// then cause a redelivery, never a loss). Returns the offset to wait for, if wanted.
+    pub fn append_without_waiting(&self, op: Vec<u8>) -> storage::Result<u64> {
+        let info = self.log.append_without_waiting(&[Record::new(0, op)])?;
+        self.ops_since_snapshot.fetch_add(1, Ordering::Relaxed);
+        Ok(info.next_offset)
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
     /// Whether enough operations have accumulated that a snapshot is worth writing.
     pub fn wants_snapshot(&self) -> bool {
         self.ops_since_snapshot.load(Ordering::Relaxed) >= OPS_PER_SNAPSHOT

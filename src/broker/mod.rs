@@ -10,8 +10,10 @@
 //! and keep only per-connection state.
 
 pub mod catalog;
+pub mod group;
 pub mod journal;
 pub mod stream;
+pub mod stream_groups;
 pub mod stream_id;
 pub mod stream_meta;
 pub mod waiters;
@@ -28,6 +30,10 @@ use crate::storage::io::{OsVfs, Vfs};
 use crate::storage::{Durability, LogConfig};
 use catalog::{Catalog, EntityKind, NAME_BYTES_MAX};
 pub use stream::{Added, Entry, IdSpec, Stream, StreamError, StreamInfo, TrimStrategy};
+pub use stream_groups::{
+    AutoClaimed, ClaimOptions, ConsumerInfo, GroupInfo, GroupStart, PendingFilter, PendingRow,
+    PendingSummary,
+};
 pub use stream_id::StreamId;
 use tokio::sync::Notify;
 use waiters::Waiters;

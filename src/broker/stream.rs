@@ -66,6 +66,11 @@ pub enum StreamError {
     EntriesAddedTooSmall,
     #[error("The ID specified in XSETID is smaller than the provided max_deleted_entry_id")]
     SetIdBelowMaxDeleted,
+    /// The group does not exist (each command words this its own way).
+    #[error("no such consumer group")]
+    NoGroup,
+    #[error("Consumer Group name already exists")]
+    BusyGroup,
     #[error(transparent)]
     Storage(#[from] storage::Error),
 }
@@ -89,16 +94,16 @@ pub struct StreamInfo {
     pub last_entry: Option<Entry>,
 }
 
-struct StreamState {
-    last_id: StreamId,
+pub(super) struct StreamState {
+    pub(super) last_id: StreamId,
     /// Shared with readers, replaced on change (copy on write).
-    meta: Arc<StreamMeta>,
+    pub(super) meta: Arc<StreamMeta>,
 }
 
 /// A stream. Cheap to share (`Arc`); appends are serialized so IDs follow offsets.
 pub struct Stream {
-    log: Log,
-    journal: Journal,
+    pub(super) log: Log,
+    pub(super) journal: Journal,
     state: Mutex<StreamState>,
     /// Readers blocked until new entries become visible.
     waiters: Arc<Waiters>,
@@ -149,11 +154,11 @@ impl Stream {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, StreamState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, StreamState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn meta(&self) -> Arc<StreamMeta> {
+    pub(super) fn meta(&self) -> Arc<StreamMeta> {
         Arc::clone(&self.lock().meta)
     }
 
@@ -228,8 +233,24 @@ impl Stream {
 
     /// Record a metadata operation durably and apply it. The caller holds the state lock, so
     /// operations apply in journal order.
-    fn commit(&self, state: &mut StreamState, op: MetaOp) -> Result<(), StreamError> {
+    pub(super) fn commit(&self, state: &mut StreamState, op: MetaOp) -> Result<(), StreamError> {
         self.journal.append(op.encode())?;
+        self.applied(state, op)
+    }
+
+    /// Record an operation without waiting for durability; returns the journal offset that a
+    /// caller may wait for.
+    pub(super) fn commit_lazily(
+        &self,
+        state: &mut StreamState,
+        op: MetaOp,
+    ) -> Result<u64, StreamError> {
+        let next_offset = self.journal.append_without_waiting(op.encode())?;
+        self.applied(state, op)?;
+        Ok(next_offset)
+    }
+
+    fn applied(&self, state: &mut StreamState, op: MetaOp) -> Result<(), StreamError> {
         Arc::make_mut(&mut state.meta).apply(&op);
         if self.journal.wants_snapshot() {
             self.journal
@@ -238,9 +259,14 @@ impl Stream {
         Ok(())
     }
 
+    /// The journal's log, for waiting on lazily committed operations.
+    pub fn journal_log(&self) -> &Log {
+        self.journal.log()
+    }
+
     /// The offset of the first visible record whose ID is at least `id` (the visible end if
     /// none), deleted or not.
-    fn offset_of(&self, id: StreamId) -> Result<u64, StreamError> {
+    pub(super) fn offset_of(&self, id: StreamId) -> Result<u64, StreamError> {
         let end = self.log.visible_next_offset();
         let Some(mut offset) = self.log.offset_for_timestamp(id.timestamp_ms())? else {
             return Ok(end);
@@ -266,12 +292,22 @@ impl Stream {
         end: StreamId,
         count: Option<usize>,
     ) -> Result<Vec<Entry>, StreamError> {
+        self.range_in(&self.meta(), start, end, count)
+    }
+
+    /// [`Stream::range`] against a given metadata state (callers holding the state lock).
+    pub(super) fn range_in(
+        &self,
+        meta: &StreamMeta,
+        start: StreamId,
+        end: StreamId,
+        count: Option<usize>,
+    ) -> Result<Vec<Entry>, StreamError> {
         let limit = count.unwrap_or(usize::MAX);
         let mut entries = Vec::new();
         if start > end || limit == 0 {
             return Ok(entries);
         }
-        let meta = self.meta();
         let mut offset = self.offset_of(start)?.max(meta.first_offset);
         while entries.len() < limit {
             let result = self.log.read(offset, SCAN_READ_BYTES)?;
@@ -451,6 +487,26 @@ impl Stream {
     }
 
     /// Figures for XINFO STREAM.
+    /// The live entry with exactly this ID, if any.
+    pub fn entry(&self, id: StreamId) -> Result<Option<Entry>, StreamError> {
+        self.entry_in(&self.meta(), id)
+    }
+
+    /// [`Stream::entry`] against a given metadata state (callers holding the state lock).
+    pub(super) fn entry_in(
+        &self,
+        meta: &StreamMeta,
+        id: StreamId,
+    ) -> Result<Option<Entry>, StreamError> {
+        let offset = self.offset_of(id)?;
+        if !meta.is_live(offset) || offset >= self.log.visible_next_offset() {
+            return Ok(None);
+        }
+        let result = self.log.read(offset, 1)?;
+        let entry = result.records().next().and_then(|r| to_entry(&r));
+        Ok(entry.filter(|e| e.id == id))
+    }
+
     pub fn info(&self) -> Result<StreamInfo, StreamError> {
         let (last_id, meta) = {
             let state = self.lock();
@@ -484,7 +540,7 @@ fn entry_id(record: &RecordView<'_>) -> Option<StreamId> {
     record.key.and_then(StreamId::from_key)
 }
 
-fn to_entry(record: &RecordView<'_>) -> Option<Entry> {
+pub(super) fn to_entry(record: &RecordView<'_>) -> Option<Entry> {
     Some(Entry {
         id: entry_id(record)?,
         fields: record

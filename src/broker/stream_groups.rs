@@ -1,0 +1,639 @@
+//! Consumer-group operations on a stream (XGROUP, XREADGROUP, XACK, XPENDING, XCLAIM,
+//! XAUTOCLAIM, XINFO GROUPS/CONSUMERS).
+//!
+//! Durability: creating, destroying and resetting groups and consumers is journaled durably
+//! before the reply. Deliveries and claims are journaled lazily: a crash can only make an entry
+//! be delivered again, never lose one or forget a group. Acknowledgements return the journal
+//! offset so the front end can hold the reply until it is durable (sharing fsyncs).
+
+use bytes::Bytes;
+
+use super::group::GroupState;
+use super::stream::{Entry, Stream, StreamError};
+use super::stream_id::StreamId;
+use super::stream_meta::MetaOp;
+use crate::storage::recovery::now_ms;
+
+/// Where XGROUP CREATE / SETID put the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupStart {
+    /// `$`: after the last entry.
+    Last,
+    Id(StreamId),
+}
+
+/// XPENDING's summary form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingSummary {
+    pub count: u64,
+    pub smallest: Option<StreamId>,
+    pub largest: Option<StreamId>,
+    pub per_consumer: Vec<(Bytes, u64)>,
+}
+
+/// One row of XPENDING's extended form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRow {
+    pub id: StreamId,
+    pub consumer: Bytes,
+    pub idle_ms: u64,
+    pub delivery_count: u64,
+}
+
+/// XPENDING's extended-form filter.
+#[derive(Clone, Debug)]
+pub struct PendingFilter {
+    pub min_idle_ms: u64,
+    pub start: StreamId,
+    pub end: StreamId,
+    pub count: usize,
+    pub consumer: Option<Bytes>,
+}
+
+/// XCLAIM's options.
+#[derive(Clone, Debug, Default)]
+pub struct ClaimOptions {
+    /// Set the delivery time this many ms in the past (IDLE) ...
+    pub idle_ms: Option<u64>,
+    /// ... or to this absolute time (TIME).
+    pub time_ms: Option<i64>,
+    pub retry_count: Option<u64>,
+    pub force: bool,
+    pub just_id: bool,
+    pub last_id: Option<StreamId>,
+}
+
+/// What XAUTOCLAIM did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoClaimed {
+    /// Where the next call should start (0-0 when the scan is complete).
+    pub next: StreamId,
+    pub claimed: Vec<Entry>,
+    /// Pending entries whose stream entries were deleted; dropped from the PEL.
+    pub deleted: Vec<StreamId>,
+}
+
+/// XINFO GROUPS row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub name: Bytes,
+    pub consumers: u64,
+    pub pending: u64,
+    pub last_delivered: StreamId,
+    pub entries_read: Option<u64>,
+    pub lag: Option<u64>,
+}
+
+/// XINFO CONSUMERS row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub name: Bytes,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+fn idle(now: i64, then: i64) -> u64 {
+    u64::try_from(now.saturating_sub(then)).unwrap_or(0)
+}
+
+impl Stream {
+    fn group_of<'a>(
+        groups: &'a std::collections::BTreeMap<Bytes, GroupState>,
+        group: &[u8],
+    ) -> Result<&'a GroupState, StreamError> {
+        groups.get(group).ok_or(StreamError::NoGroup)
+    }
+
+    pub fn has_group(&self, group: &[u8]) -> bool {
+        self.meta().groups.contains_key(group)
+    }
+
+    pub fn create_group(
+        &self,
+        group: &Bytes,
+        start: GroupStart,
+        entries_read: Option<u64>,
+    ) -> Result<(), StreamError> {
+        let mut state = self.lock();
+        if state.meta.groups.contains_key(group) {
+            return Err(StreamError::BusyGroup);
+        }
+        let added = state.meta.entries_added(self.log.next_offset());
+        let (last_delivered, default_read) = match start {
+            GroupStart::Last => (state.last_id, Some(added)),
+            GroupStart::Id(id) if id == StreamId::MIN => (id, Some(0)),
+            GroupStart::Id(id) if id >= state.last_id => (id, Some(added)),
+            GroupStart::Id(id) => (id, None),
+        };
+        let op = MetaOp::GroupCreate {
+            group: group.clone(),
+            last_delivered,
+            entries_read: entries_read.or(default_read),
+        };
+        self.commit(&mut state, op)
+    }
+
+    /// Returns whether the group existed.
+    pub fn destroy_group(&self, group: &Bytes) -> Result<bool, StreamError> {
+        let mut state = self.lock();
+        if !state.meta.groups.contains_key(group) {
+            return Ok(false);
+        }
+        self.commit(
+            &mut state,
+            MetaOp::GroupDestroy {
+                group: group.clone(),
+            },
+        )?;
+        drop(state);
+        // Readers blocked on the group find out.
+        self.wake_waiters();
+        Ok(true)
+    }
+
+    pub fn set_group_id(
+        &self,
+        group: &Bytes,
+        start: GroupStart,
+        entries_read: Option<u64>,
+    ) -> Result<(), StreamError> {
+        let mut state = self.lock();
+        Self::group_of(&state.meta.groups, group)?;
+        let last_delivered = match start {
+            GroupStart::Last => state.last_id,
+            GroupStart::Id(id) => id,
+        };
+        self.commit(
+            &mut state,
+            MetaOp::GroupSetId {
+                group: group.clone(),
+                last_delivered,
+                entries_read,
+            },
+        )
+    }
+
+    /// Returns whether the consumer was created (false: it existed).
+    pub fn create_consumer(&self, group: &Bytes, consumer: &Bytes) -> Result<bool, StreamError> {
+        let mut state = self.lock();
+        if Self::group_of(&state.meta.groups, group)?
+            .consumers
+            .contains_key(consumer)
+        {
+            return Ok(false);
+        }
+        let op = MetaOp::ConsumerCreate {
+            group: group.clone(),
+            consumer: consumer.clone(),
+            time_ms: now_ms(),
+        };
+        self.commit(&mut state, op)?;
+        Ok(true)
+    }
+
+    /// Returns how many pending entries the consumer had.
+    pub fn delete_consumer(&self, group: &Bytes, consumer: &Bytes) -> Result<u64, StreamError> {
+        let mut state = self.lock();
+        let g = Self::group_of(&state.meta.groups, group)?;
+        if !g.consumers.contains_key(consumer) {
+            return Ok(0);
+        }
+        let pending = g.pending_of(consumer) as u64;
+        self.commit(
+            &mut state,
+            MetaOp::ConsumerDelete {
+                group: group.clone(),
+                consumer: consumer.clone(),
+            },
+        )?;
+        Ok(pending)
+    }
+
+    /// XREADGROUP with `>`: entries after the group's last delivered ID, now delivered to
+    /// `consumer` (and pending unless `noack`).
+    pub fn read_group_new(
+        &self,
+        group: &Bytes,
+        consumer: &Bytes,
+        count: Option<usize>,
+        noack: bool,
+    ) -> Result<Vec<Entry>, StreamError> {
+        let mut state = self.lock();
+        let last_delivered = Self::group_of(&state.meta.groups, group)?.last_delivered;
+        let entries = match last_delivered.successor() {
+            Some(start) => self.range_in(&state.meta, start, StreamId::MAX, count)?,
+            None => Vec::new(),
+        };
+        let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
+        let op = MetaOp::Deliver {
+            group: group.clone(),
+            consumer: consumer.clone(),
+            ids,
+            time_ms: now_ms(),
+            advance: true,
+            noack,
+        };
+        self.commit_lazily(&mut state, op)?;
+        Ok(entries)
+    }
+
+    /// XREADGROUP with an ID: the consumer's pending entries after `after`, delivered again.
+    /// Deleted entries come back as `(id, None)`.
+    pub fn read_group_history(
+        &self,
+        group: &Bytes,
+        consumer: &Bytes,
+        after: StreamId,
+        count: Option<usize>,
+    ) -> Result<Vec<(StreamId, Option<Entry>)>, StreamError> {
+        let mut state = self.lock();
+        let g = Self::group_of(&state.meta.groups, group)?;
+        let ids: Vec<StreamId> = match after.successor() {
+            Some(start) => g
+                .pending
+                .range(start..)
+                .filter(|(_, p)| p.consumer == consumer)
+                .map(|(id, _)| *id)
+                .take(count.unwrap_or(usize::MAX))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            found.push((id, self.entry_in(&state.meta, id)?));
+        }
+        let op = MetaOp::Deliver {
+            group: group.clone(),
+            consumer: consumer.clone(),
+            ids,
+            time_ms: now_ms(),
+            advance: false,
+            noack: false,
+        };
+        self.commit_lazily(&mut state, op)?;
+        Ok(found)
+    }
+
+    /// XACK: returns how many were pending, and the journal offset to wait for before replying.
+    pub fn ack(&self, group: &Bytes, ids: &[StreamId]) -> Result<(u64, Option<u64>), StreamError> {
+        let mut state = self.lock();
+        let Some(g) = state.meta.groups.get(group) else {
+            return Ok((0, None));
+        };
+        let acked: Vec<StreamId> = ids
+            .iter()
+            .copied()
+            .filter(|id| g.pending.contains_key(id))
+            .collect();
+        if acked.is_empty() {
+            return Ok((0, None));
+        }
+        let count = acked.len() as u64;
+        let wait = self.commit_lazily(
+            &mut state,
+            MetaOp::Ack {
+                group: group.clone(),
+                ids: acked,
+            },
+        )?;
+        Ok((count, Some(wait)))
+    }
+
+    pub fn pending_summary(&self, group: &[u8]) -> Result<PendingSummary, StreamError> {
+        let meta = self.meta();
+        let g = Self::group_of(&meta.groups, group)?;
+        let mut per_consumer: std::collections::BTreeMap<Bytes, u64> = Default::default();
+        for p in g.pending.values() {
+            *per_consumer.entry(p.consumer.clone()).or_default() += 1;
+        }
+        Ok(PendingSummary {
+            count: g.pending.len() as u64,
+            smallest: g.pending.keys().next().copied(),
+            largest: g.pending.keys().next_back().copied(),
+            per_consumer: per_consumer.into_iter().collect(),
+        })
+    }
+
+    pub fn pending_range(
+        &self,
+        group: &[u8],
+        filter: &PendingFilter,
+    ) -> Result<Vec<PendingRow>, StreamError> {
+        let meta = self.meta();
+        let g = Self::group_of(&meta.groups, group)?;
+        if filter.start > filter.end {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        Ok(g.pending
+            .range(filter.start..=filter.end)
+            .filter(|(_, p)| filter.consumer.as_ref().is_none_or(|c| *c == p.consumer))
+            .map(|(id, p)| PendingRow {
+                id: *id,
+                consumer: p.consumer.clone(),
+                idle_ms: idle(now, p.delivery_time_ms),
+                delivery_count: p.delivery_count,
+            })
+            .filter(|row| row.idle_ms >= filter.min_idle_ms)
+            .take(filter.count)
+            .collect())
+    }
+
+    /// XCLAIM: hand pending entries idle at least `min_idle_ms` to `consumer`. Returns the
+    /// claimed entries (IDs only with JUSTID, as entries without fields).
+    pub fn claim(
+        &self,
+        group: &Bytes,
+        consumer: &Bytes,
+        min_idle_ms: u64,
+        ids: &[StreamId],
+        options: &ClaimOptions,
+    ) -> Result<Vec<Entry>, StreamError> {
+        let mut state = self.lock();
+        let g = Self::group_of(&state.meta.groups, group)?.clone();
+        let now = now_ms();
+        let delivery_time = match (options.time_ms, options.idle_ms) {
+            (Some(time), _) => time,
+            (None, Some(idle)) => now.saturating_sub(i64::try_from(idle).unwrap_or(i64::MAX)),
+            (None, None) => now,
+        };
+        let (mut claims, mut claimed, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
+        for &id in ids {
+            let entry = self.entry_in(&state.meta, id)?;
+            let pending = g.pending.get(&id);
+            let previous_count = match (pending, options.force) {
+                (Some(p), _) if idle(now, p.delivery_time_ms) >= min_idle_ms => p.delivery_count,
+                (Some(_), _) => continue,
+                (None, true) if entry.is_some() => 0,
+                (None, _) => continue,
+            };
+            let Some(entry) = entry else {
+                // The stream entry is gone: drop it from the PEL, as Redis 7 does.
+                dropped.push(id);
+                continue;
+            };
+            let count = options.retry_count.unwrap_or(if options.just_id {
+                previous_count
+            } else {
+                previous_count + 1
+            });
+            claims.push((id, delivery_time, count));
+            claimed.push(if options.just_id {
+                Entry {
+                    id,
+                    fields: Vec::new(),
+                }
+            } else {
+                entry
+            });
+        }
+        if let Some(last_id) = options.last_id.filter(|l| *l > g.last_delivered) {
+            let op = MetaOp::GroupSetId {
+                group: group.clone(),
+                last_delivered: last_id,
+                entries_read: g.entries_read,
+            };
+            self.commit_lazily(&mut state, op)?;
+        }
+        if !dropped.is_empty() {
+            self.commit_lazily(
+                &mut state,
+                MetaOp::PendingDrop {
+                    group: group.clone(),
+                    ids: dropped,
+                },
+            )?;
+        }
+        let op = MetaOp::Claim {
+            group: group.clone(),
+            consumer: consumer.clone(),
+            claims,
+            time_ms: now,
+        };
+        self.commit_lazily(&mut state, op)?;
+        Ok(claimed)
+    }
+
+    /// XAUTOCLAIM: scan the PEL from `start`, claiming up to `count` entries idle at least
+    /// `min_idle_ms`; examines at most `count * 10` entries per call, as Redis does.
+    pub fn autoclaim(
+        &self,
+        group: &Bytes,
+        consumer: &Bytes,
+        min_idle_ms: u64,
+        start: StreamId,
+        count: usize,
+        just_id: bool,
+    ) -> Result<AutoClaimed, StreamError> {
+        let mut state = self.lock();
+        let g = Self::group_of(&state.meta.groups, group)?.clone();
+        let now = now_ms();
+        let mut attempts = count.saturating_mul(10);
+        let (mut claims, mut claimed, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        let mut next = StreamId::MIN;
+        for (&id, p) in g.pending.range(start..) {
+            if claimed.len() == count || attempts == 0 {
+                next = id;
+                break;
+            }
+            attempts -= 1;
+            if idle(now, p.delivery_time_ms) < min_idle_ms {
+                continue;
+            }
+            match self.entry_in(&state.meta, id)? {
+                None => deleted.push(id),
+                Some(entry) => {
+                    let delivery_count = if just_id {
+                        p.delivery_count
+                    } else {
+                        p.delivery_count + 1
+                    };
+                    claims.push((id, now, delivery_count));
+                    claimed.push(if just_id {
+                        Entry {
+                            id,
+                            fields: Vec::new(),
+                        }
+                    } else {
+                        entry
+                    });
+                }
+            }
+        }
+        if !deleted.is_empty() {
+            self.commit_lazily(
+                &mut state,
+                MetaOp::PendingDrop {
+                    group: group.clone(),
+                    ids: deleted.clone(),
+                },
+            )?;
+        }
+        let op = MetaOp::Claim {
+            group: group.clone(),
+            consumer: consumer.clone(),
+            claims,
+            time_ms: now,
+        };
+        self.commit_lazily(&mut state, op)?;
+        Ok(AutoClaimed {
+            next,
+            claimed,
+            deleted,
+        })
+    }
+
+    pub fn groups_info(&self) -> Vec<GroupInfo> {
+        let meta = self.meta();
+        let added = meta.entries_added(self.log.next_offset());
+        meta.groups
+            .iter()
+            .map(|(name, g)| GroupInfo {
+                name: name.clone(),
+                consumers: g.consumers.len() as u64,
+                pending: g.pending.len() as u64,
+                last_delivered: g.last_delivered,
+                entries_read: g.entries_read,
+                lag: g.entries_read.map(|read| added.saturating_sub(read)),
+            })
+            .collect()
+    }
+
+    pub fn consumers_info(&self, group: &[u8]) -> Result<Vec<ConsumerInfo>, StreamError> {
+        let meta = self.meta();
+        let g = Self::group_of(&meta.groups, group)?;
+        let now = now_ms();
+        Ok(g.consumers
+            .iter()
+            .map(|(name, c)| ConsumerInfo {
+                name: name.clone(),
+                pending: g.pending_of(name) as u64,
+                idle_ms: idle(now, c.seen_time_ms),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::stream::IdSpec;
+    use crate::storage::io::{CrashMode, FaultVfs};
+    use crate::storage::LogConfig;
+
+    fn open(vfs: &FaultVfs) -> Stream {
+        Stream::open(Arc::new(vfs.clone()), Path::new("/s"), LogConfig::default()).unwrap()
+    }
+
+    fn add(stream: &Stream, ms: u64) -> StreamId {
+        let added = stream
+            .add(
+                IdSpec::Explicit(StreamId::new(ms, 0)),
+                vec![(Bytes::from("n"), Bytes::from(ms.to_string()))],
+            )
+            .unwrap();
+        stream.wait_durable(added.next_offset).unwrap();
+        added.id
+    }
+
+    #[test]
+    fn a_group_delivers_acks_claims_and_survives_a_crash() {
+        let vfs = FaultVfs::new(1);
+        let stream = open(&vfs);
+        let ids: Vec<StreamId> = (1..=5).map(|ms| add(&stream, ms)).collect();
+        let (g, alice, bob) = (Bytes::from("g"), Bytes::from("alice"), Bytes::from("bob"));
+        stream
+            .create_group(&g, GroupStart::Id(StreamId::MIN), None)
+            .unwrap();
+        assert!(matches!(
+            stream.create_group(&g, GroupStart::Last, None),
+            Err(StreamError::BusyGroup)
+        ));
+        let got = stream.read_group_new(&g, &alice, Some(2), false).unwrap();
+        assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
+        let got = stream.read_group_new(&g, &bob, None, false).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            stream.ack(&g, &[ids[0], StreamId::new(99, 0)]).unwrap().0,
+            1
+        );
+        let summary = stream.pending_summary(b"g").unwrap();
+        assert_eq!(
+            (summary.count, summary.smallest, summary.largest),
+            (4, Some(ids[1]), Some(ids[4]))
+        );
+        assert_eq!(
+            summary.per_consumer,
+            vec![(alice.clone(), 1), (bob.clone(), 3)]
+        );
+        let claimed = stream
+            .claim(
+                &g,
+                &alice,
+                0,
+                &[ids[2], StreamId::new(77, 0)],
+                &ClaimOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let history = stream
+            .read_group_history(&g, &alice, StreamId::MIN, None)
+            .unwrap();
+        assert_eq!(
+            history.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![ids[1], ids[2]]
+        );
+        let auto = stream
+            .autoclaim(&g, &bob, 0, StreamId::MIN, 2, false)
+            .unwrap();
+        assert_eq!((auto.claimed.len(), auto.next), (2, ids[3]));
+        // Deliveries are journaled lazily; an ack or a group change makes them durable.
+        stream.create_consumer(&g, &Bytes::from("zed")).unwrap();
+        vfs.crash(CrashMode::DropUnsynced);
+        drop(stream);
+        let stream = open(&vfs);
+        let summary = stream.pending_summary(b"g").unwrap();
+        assert_eq!(summary.count, 4);
+        assert_eq!(summary.per_consumer, vec![(bob.clone(), 4)]);
+        assert_eq!(stream.groups_info()[0].last_delivered, ids[4]);
+        assert_eq!(stream.consumers_info(b"g").unwrap().len(), 3);
+        assert_eq!(stream.delete_consumer(&g, &bob).unwrap(), 4);
+        assert!(stream.destroy_group(&g).unwrap());
+        assert!(matches!(
+            stream.pending_summary(b"g"),
+            Err(StreamError::NoGroup)
+        ));
+    }
+
+    #[test]
+    fn lost_deliveries_mean_redelivery_never_loss() {
+        let vfs = FaultVfs::new(2);
+        let stream = open(&vfs);
+        let g = Bytes::from("g");
+        stream
+            .create_group(&g, GroupStart::Id(StreamId::MIN), None)
+            .unwrap();
+        let ids: Vec<StreamId> = (1..=3).map(|ms| add(&stream, ms)).collect();
+        assert_eq!(
+            stream
+                .read_group_new(&g, &Bytes::from("c"), None, false)
+                .unwrap()
+                .len(),
+            3
+        );
+        vfs.crash(CrashMode::DropUnsynced);
+        drop(stream);
+        let stream = open(&vfs);
+        let again = stream
+            .read_group_new(&g, &Bytes::from("c"), None, false)
+            .unwrap();
+        assert_eq!(
+            again.iter().map(|e| e.id).collect::<Vec<_>>(),
+            ids,
+            "delivered again after the crash"
+        );
+    }
+}
