@@ -699,3 +699,207 @@ fn deletions_trims_and_setid_match_redis_and_survive_kill_9() {
     );
     assert_eq!(int(&mut con, &["XLEN", "t"]), 2);
 }
+
+fn run(con: &mut Connection, args: &[&str]) -> RedisResult<redis::Value> {
+    let mut cmd = redis::cmd(args[0]);
+    args[1..].iter().for_each(|a| {
+        cmd.arg(*a);
+    });
+    cmd.query(con)
+}
+
+fn ids_of(reply: StreamReply) -> Vec<String> {
+    reply
+        .into_iter()
+        .flat_map(|(_, entries)| entries.into_iter().map(|(id, _)| id))
+        .collect()
+}
+
+#[test]
+fn consumer_groups_deliver_ack_claim_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    for n in 1..=5 {
+        xadd(
+            &mut con,
+            "jobs",
+            &format!("{n}-1"),
+            &[("job", &n.to_string())],
+        )
+        .unwrap();
+    }
+    run(&mut con, &["XGROUP", "CREATE", "jobs", "workers", "0"]).unwrap();
+    assert_eq!(
+        error_text(run(&mut con, &["XGROUP", "CREATE", "jobs", "workers", "0"])),
+        "BUSYGROUP Consumer Group name already exists"
+    );
+    let read = |con: &mut Connection, consumer: &str, count: usize| -> Vec<String> {
+        let reply: Option<StreamReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("workers")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg("jobs")
+            .arg(">")
+            .query(con)
+            .unwrap();
+        reply.map(ids_of).unwrap_or_default()
+    };
+    assert_eq!(read(&mut con, "alice", 2), vec!["1-1", "2-1"]);
+    assert_eq!(read(&mut con, "bob", 10), vec!["3-1", "4-1", "5-1"]);
+    assert!(read(&mut con, "bob", 10).is_empty(), "nothing new");
+    let acked: i64 = redis::cmd("XACK")
+        .arg("jobs")
+        .arg("workers")
+        .arg("1-1")
+        .arg("4-1")
+        .arg("9-9")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(acked, 2);
+    let summary: (i64, String, String, Vec<(String, String)>) = redis::cmd("XPENDING")
+        .arg("jobs")
+        .arg("workers")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        summary,
+        (
+            3,
+            "2-1".into(),
+            "5-1".into(),
+            vec![("alice".into(), "1".into()), ("bob".into(), "2".into())]
+        )
+    );
+    let claimed: Vec<String> = redis::cmd("XCLAIM")
+        .arg("jobs")
+        .arg("workers")
+        .arg("carol")
+        .arg(0)
+        .arg("2-1")
+        .arg("JUSTID")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(claimed, vec!["2-1"]);
+    let auto: (String, Entries, Vec<String>) = redis::cmd("XAUTOCLAIM")
+        .arg("jobs")
+        .arg("workers")
+        .arg("dave")
+        .arg(0)
+        .arg("0")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((auto.0.as_str(), auto.1.len()), ("3-1", 1));
+    let history: StreamReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("dave")
+        .arg("STREAMS")
+        .arg("jobs")
+        .arg("0")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(ids_of(history), vec!["2-1"]);
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("jobs")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        redis::from_redis_value::<i64>(groups[0]["pending"].clone()).unwrap(),
+        3
+    );
+    assert_eq!(
+        redis::from_redis_value::<String>(groups[0]["last-delivered-id"].clone()).unwrap(),
+        "5-1"
+    );
+    assert_eq!(
+        error_text(run(
+            &mut con,
+            &["XREADGROUP", "GROUP", "nope", "x", "STREAMS", "jobs", ">"]
+        )),
+        "NOGROUP No such key 'jobs' or consumer group 'nope' in XREADGROUP with GROUP option"
+    );
+
+    // kill -9: the group, its last delivered ID and every unacknowledged entry remain; acked
+    // entries are not pending again.
+    server.kill9();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let rows: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+        .arg("jobs")
+        .arg("workers")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut con)
+        .unwrap();
+    let pending: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert!(
+        pending.contains(&"3-1") && pending.contains(&"5-1") && pending.contains(&"2-1"),
+        "{pending:?}"
+    );
+    assert!(
+        !pending.contains(&"1-1") && !pending.contains(&"4-1"),
+        "acknowledged entries stay acknowledged: {pending:?}"
+    );
+    xadd(&mut con, "jobs", "6-1", &[("job", "6")]).unwrap();
+    assert_eq!(
+        read(&mut con, "alice", 10),
+        vec!["6-1"],
+        "only new entries: the last delivered ID survived"
+    );
+}
+
+#[test]
+fn blocked_group_reads_wake_on_new_entries_and_fail_when_the_group_or_key_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    for key in ["a", "b", "c"] {
+        run(&mut con, &["XGROUP", "CREATE", key, "g", "$", "MKSTREAM"]).unwrap();
+    }
+    let port = server.port;
+    let waiter = |key: &'static str| {
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            run(
+                &mut con,
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c1",
+                    "BLOCK",
+                    "0",
+                    "STREAMS",
+                    key,
+                    ">",
+                ],
+            )
+        })
+    };
+    let (on_a, on_b, on_c) = (waiter("a"), waiter("b"), waiter("c"));
+    std::thread::sleep(Duration::from_millis(200));
+    xadd(&mut con, "a", "1-1", &[("f", "v")]).unwrap();
+    run(&mut con, &["XGROUP", "DESTROY", "b", "g"]).unwrap();
+    run(&mut con, &["DEL", "c"]).unwrap();
+    let got: StreamReply = redis::from_redis_value(on_a.join().unwrap().unwrap()).unwrap();
+    assert_eq!(ids_of(got), vec!["1-1"]);
+    assert_eq!(
+        error_text(on_b.join().unwrap()),
+        "NOGROUP the consumer group this client was blocked on no longer exists"
+    );
+    assert_eq!(
+        error_text(on_c.join().unwrap()),
+        "UNBLOCKED the stream key no longer exists"
+    );
+}

@@ -209,6 +209,48 @@ impl Stream {
         Ok(pending)
     }
 
+    /// Journal a delivery (lazily). Reading nothing writes nothing, except that a consumer
+    /// seen for the first time is created, as in Redis.
+    fn record_delivery(
+        &self,
+        state: &mut super::stream::StreamState,
+        group: &Bytes,
+        consumer: &Bytes,
+        ids: Vec<StreamId>,
+        advance: bool,
+        noack: bool,
+    ) -> Result<(), StreamError> {
+        let time_ms = now_ms();
+        if ids.is_empty() {
+            let known = state
+                .meta
+                .groups
+                .get(group)
+                .is_some_and(|g| g.consumers.contains_key(consumer));
+            if !known {
+                self.commit_lazily(
+                    state,
+                    MetaOp::ConsumerCreate {
+                        group: group.clone(),
+                        consumer: consumer.clone(),
+                        time_ms,
+                    },
+                )?;
+            }
+            return Ok(());
+        }
+        let op = MetaOp::Deliver {
+            group: group.clone(),
+            consumer: consumer.clone(),
+            ids,
+            time_ms,
+            advance,
+            noack,
+        };
+        self.commit_lazily(state, op)?;
+        Ok(())
+    }
+
     /// XREADGROUP with `>`: entries after the group's last delivered ID, now delivered to
     /// `consumer` (and pending unless `noack`).
     pub fn read_group_new(
@@ -225,15 +267,7 @@ impl Stream {
             None => Vec::new(),
         };
         let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
-        let op = MetaOp::Deliver {
-            group: group.clone(),
-            consumer: consumer.clone(),
-            ids,
-            time_ms: now_ms(),
-            advance: true,
-            noack,
-        };
-        self.commit_lazily(&mut state, op)?;
+        self.record_delivery(&mut state, group, consumer, ids, true, noack)?;
         Ok(entries)
     }
 
@@ -262,15 +296,7 @@ impl Stream {
         for &id in &ids {
             found.push((id, self.entry_in(&state.meta, id)?));
         }
-        let op = MetaOp::Deliver {
-            group: group.clone(),
-            consumer: consumer.clone(),
-            ids,
-            time_ms: now_ms(),
-            advance: false,
-            noack: false,
-        };
-        self.commit_lazily(&mut state, op)?;
+        self.record_delivery(&mut state, group, consumer, ids, false, false)?;
         Ok(found)
     }
 

@@ -218,6 +218,11 @@ impl Log {
         Ok(Log { inner })
     }
 
+    /// Whether two handles are the same open log.
+    pub fn same_log(&self, other: &Log) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }

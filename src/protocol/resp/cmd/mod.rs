@@ -10,10 +10,14 @@
 mod command;
 mod connection;
 mod keyspace;
+mod xack;
 mod xadd;
+mod xclaim;
 mod xdel;
+mod xgroup;
 mod xinfo;
 mod xlen;
+mod xpending;
 mod xrange;
 mod xread;
 mod xtrim;
@@ -25,6 +29,7 @@ use bytes::Bytes;
 use super::args::Args;
 use super::reply::{Protocol, Reply};
 use crate::broker::{Broker, Stream};
+use crate::storage::Log;
 
 /// Per-connection state.
 pub struct Session {
@@ -46,9 +51,10 @@ impl Session {
     }
 }
 
-/// An appended entry whose reply must wait until it is durable.
+/// A reply that must wait until a log is durable up to `next_offset` (an XADD's entry, an
+/// XACK's journal record).
 pub struct PendingAck {
-    pub stream: Arc<Stream>,
+    pub log: Log,
     pub next_offset: u64,
     pub reply_index: usize,
 }
@@ -115,16 +121,27 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("type", 2, keyspace::type_of),
     spec("unlink", -2, keyspace::del),
     CommandSpec {
+        name: "xack",
+        arity: -4,
+        defers_ack: true,
+        handler: xack::xack,
+    },
+    CommandSpec {
         name: "xadd",
         arity: -5,
         defers_ack: true,
         handler: xadd::xadd,
     },
+    spec("xautoclaim", -6, xclaim::xautoclaim),
+    spec("xclaim", -6, xclaim::xclaim),
     spec("xdel", -3, xdel::xdel),
+    spec("xgroup", -2, xgroup::xgroup),
     spec("xinfo", -2, xinfo::xinfo),
     spec("xlen", 2, xlen::xlen),
+    spec("xpending", -3, xpending::xpending),
     spec("xrange", -4, xrange::xrange),
     spec("xread", -4, xread::xread),
+    spec("xreadgroup", -7, xread::xreadgroup),
     spec("xrevrange", -4, xrange::xrevrange),
     spec("xsetid", -3, xdel::xsetid),
     spec("xtrim", -4, xtrim::xtrim),
@@ -189,23 +206,20 @@ pub fn execute(
     }
 }
 
-/// Wait until every pending append is durable (one wait per stream, for its highest offset).
-/// An append whose durability failed gets an error reply instead of its ID.
+/// Wait until every pending reply's log is durable (one wait per log, for its highest offset).
+/// A reply whose durability failed becomes an error instead.
 pub fn settle(pending: &mut Vec<PendingAck>, replies: &mut [Reply]) {
     while let Some(first) = pending.first() {
-        let stream = Arc::clone(&first.stream);
-        let (same, rest): (Vec<PendingAck>, Vec<PendingAck>) = pending
-            .drain(..)
-            .partition(|p| Arc::ptr_eq(&p.stream, &stream));
+        let log = first.log.clone();
+        let (same, rest): (Vec<PendingAck>, Vec<PendingAck>) =
+            pending.drain(..).partition(|p| p.log.same_log(&log));
         *pending = rest;
         let highest = same.iter().map(|p| p.next_offset).max().unwrap_or(0);
-        if let Err(e) = stream.wait_durable(highest) {
-            tracing::error!(error = %e, "append not durable; failing its reply");
+        if let Err(e) = log.wait_until_durable(highest) {
+            tracing::error!(error = %e, "write not durable; failing its reply");
             for p in same {
                 if let Some(reply) = replies.get_mut(p.reply_index) {
-                    *reply = Reply::error(format!(
-                        "ERR append failed, the entry may not be stored: {e}"
-                    ));
+                    *reply = Reply::error(format!("ERR write failed, it may not be stored: {e}"));
                 }
             }
         }

@@ -79,7 +79,7 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     // and `never` the policy is to acknowledge once written.
     if stream.log().config().durability == Durability::Always {
         context.pending.push(PendingAck {
-            stream,
+            log: stream.log().clone(),
             next_offset: added.next_offset,
             reply_index: context.reply_index,
         });

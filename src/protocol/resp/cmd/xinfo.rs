@@ -1,4 +1,4 @@
-//! `XINFO STREAM key` and `XINFO HELP` (GROUPS and CONSUMERS arrive with consumer groups).
+//! `XINFO STREAM key`, `XINFO GROUPS key`, `XINFO CONSUMERS key group`, `XINFO HELP`.
 
 use super::xadd::stream_error;
 use super::xrange::entry_reply;
@@ -9,9 +9,15 @@ pub fn xinfo(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
     let sub = args.required()?;
     match sub.to_ascii_uppercase().as_slice() {
         b"STREAM" => stream(args, context),
+        b"GROUPS" => groups(args, context),
+        b"CONSUMERS" => consumers(args, context),
         b"HELP" => Ok(Reply::Array(
             [
                 "XINFO <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "CONSUMERS <key> <groupname>",
+                "    Show consumers of <groupname>.",
+                "GROUPS <key>",
+                "    Show the stream consumer groups.",
                 "STREAM <key>",
                 "    Show information about the stream.",
                 "HELP",
@@ -22,14 +28,23 @@ pub fn xinfo(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
             .collect(),
         )),
         _ => Err(Reply::error(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try XINFO HELP.",
+            "ERR unknown subcommand '{}'. Try XINFO HELP.",
             String::from_utf8_lossy(&sub)
         ))),
     }
 }
 
+/// The next argument, or Redis's arity error for `xinfo|<subcommand>`.
+fn required(args: &mut Args, sub: &str) -> Result<bytes::Bytes, Reply> {
+    args.optional().ok_or_else(|| {
+        Reply::error(format!(
+            "ERR wrong number of arguments for 'xinfo|{sub}' command"
+        ))
+    })
+}
+
 fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let key = args.required()?;
+    let key = required(args, "stream")?;
     args.finish()?;
     let Some(stream) = existing_stream(context, &key) else {
         return Err(Reply::error("ERR no such key"));
@@ -62,8 +77,68 @@ fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
             Reply::bulk("recorded-first-entry-id"),
             Reply::bulk(first_id),
         ),
-        (Reply::bulk("groups"), Reply::Integer(0)),
+        (
+            Reply::bulk("groups"),
+            Reply::Integer(stream.groups_info().len() as i64),
+        ),
         (Reply::bulk("first-entry"), entry(info.first_entry)),
         (Reply::bulk("last-entry"), entry(info.last_entry)),
     ]))
+}
+
+fn groups(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let key = required(args, "groups")?;
+    args.finish()?;
+    let stream = existing_stream(context, &key).ok_or_else(|| Reply::error("ERR no such key"))?;
+    Ok(Reply::Array(
+        stream
+            .groups_info()
+            .into_iter()
+            .map(|g| {
+                Reply::Map(vec![
+                    (Reply::bulk("name"), Reply::Bulk(g.name)),
+                    (Reply::bulk("consumers"), Reply::Integer(g.consumers as i64)),
+                    (Reply::bulk("pending"), Reply::Integer(g.pending as i64)),
+                    (
+                        Reply::bulk("last-delivered-id"),
+                        Reply::bulk(g.last_delivered.to_string()),
+                    ),
+                    (
+                        Reply::bulk("entries-read"),
+                        g.entries_read
+                            .map_or(Reply::Nil, |n| Reply::Integer(n as i64)),
+                    ),
+                    (
+                        Reply::bulk("lag"),
+                        g.lag.map_or(Reply::Nil, |n| Reply::Integer(n as i64)),
+                    ),
+                ])
+            })
+            .collect(),
+    ))
+}
+
+fn consumers(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let (key, group) = (required(args, "consumers")?, required(args, "consumers")?);
+    args.finish()?;
+    let stream = existing_stream(context, &key).ok_or_else(|| Reply::error("ERR no such key"))?;
+    let consumers = stream.consumers_info(&group).map_err(|_| {
+        Reply::error(format!(
+            "NOGROUP No such consumer group '{}' for key name '{}'",
+            String::from_utf8_lossy(&group),
+            String::from_utf8_lossy(&key)
+        ))
+    })?;
+    Ok(Reply::Array(
+        consumers
+            .into_iter()
+            .map(|c| {
+                Reply::Map(vec![
+                    (Reply::bulk("name"), Reply::Bulk(c.name)),
+                    (Reply::bulk("pending"), Reply::Integer(c.pending as i64)),
+                    (Reply::bulk("idle"), Reply::Integer(c.idle_ms as i64)),
+                ])
+            })
+            .collect(),
+    ))
 }

@@ -1,4 +1,6 @@
-//! `XREAD [COUNT count] [BLOCK milliseconds] STREAMS key [key ...] id [id ...]`
+//! `XREAD [COUNT count] [BLOCK milliseconds] STREAMS key [key ...] id [id ...]` and
+//! `XREADGROUP GROUP group consumer [COUNT count] [BLOCK milliseconds] [NOACK] STREAMS key
+//! [key ...] id [id ...]`.
 
 use std::time::Duration;
 
@@ -7,19 +9,27 @@ use bytes::Bytes;
 use super::xadd::{stream_error, INVALID_STREAM_ID};
 use super::xrange::entry_reply;
 use super::{Blocked, Context, Reply};
-use crate::broker::{Broker, StreamId};
+use crate::broker::{Broker, StreamError, StreamId};
 use crate::protocol::resp::args::{parse_i64, Args};
 use crate::protocol::resp::reply::Protocol;
 
-/// Parse the options before `STREAMS`: (count, block timeout).
-fn parse_options(args: &mut Args) -> Result<(Option<usize>, Option<Duration>), Reply> {
-    let (mut count, mut block) = (None, None);
+#[derive(Default)]
+struct Options {
+    count: Option<usize>,
+    block: Option<Duration>,
+    noack: bool,
+    group: Option<(Bytes, Bytes)>,
+}
+
+/// Parse the options before `STREAMS`.
+fn parse_options(args: &mut Args, group_allowed: bool) -> Result<Options, Reply> {
+    let mut options = Options::default();
     loop {
         if args.eat("STREAMS") {
-            return Ok((count, block));
+            return Ok(options);
         } else if args.eat("COUNT") {
             let value = args.optional().ok_or_else(Reply::syntax_error)?;
-            count = Some(parse_i64(&value)?.max(0) as usize);
+            options.count = Some(parse_i64(&value)?.max(0) as usize);
         } else if args.eat("BLOCK") {
             let value = args.optional().ok_or_else(Reply::syntax_error)?;
             let ms = parse_i64(&value)
@@ -27,10 +37,41 @@ fn parse_options(args: &mut Args) -> Result<(Option<usize>, Option<Duration>), R
             if ms < 0 {
                 return Err(Reply::error("ERR timeout is negative"));
             }
-            block = Some(Duration::from_millis(ms as u64));
+            options.block = Some(Duration::from_millis(ms as u64));
+        } else if group_allowed && args.eat("NOACK") {
+            options.noack = true;
+        } else if group_allowed && args.eat("GROUP") {
+            let group = args.optional().ok_or_else(Reply::syntax_error)?;
+            let consumer = args.optional().ok_or_else(Reply::syntax_error)?;
+            options.group = Some((group, consumer));
         } else {
             return Err(Reply::syntax_error());
         }
+    }
+}
+
+/// Split `key ... id ...` in halves.
+fn keys_and_ids(args: &mut Args, command: &str) -> Result<(Vec<Bytes>, Vec<Bytes>), Reply> {
+    let rest = args.rest();
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return Err(Reply::error(format!(
+            "ERR Unbalanced '{command}' list of streams: for each stream key an ID or '$' must be specified."
+        )));
+    }
+    let (keys, ids) = rest.split_at(rest.len() / 2);
+    Ok((keys.to_vec(), ids.to_vec()))
+}
+
+/// XREAD's reply: per stream, its entries; RESP3 as a map.
+fn streams_reply(found: Vec<(Reply, Reply)>, protocol: Protocol) -> Reply {
+    match protocol {
+        Protocol::Resp3 => Reply::Map(found),
+        Protocol::Resp2 => Reply::Array(
+            found
+                .into_iter()
+                .map(|(k, v)| Reply::Array(vec![k, v]))
+                .collect(),
+        ),
     }
 }
 
@@ -57,54 +98,162 @@ fn read_after(
             ));
         }
     }
-    if found.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(match protocol {
-        Protocol::Resp3 => Reply::Map(found),
-        Protocol::Resp2 => Reply::Array(
-            found
-                .into_iter()
-                .map(|(k, v)| Reply::Array(vec![k, v]))
-                .collect(),
-        ),
-    }))
+    Ok((!found.is_empty()).then(|| streams_reply(found, protocol)))
 }
 
 pub fn xread(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let (count, block) = parse_options(args)?;
-    let rest = args.rest();
-    if rest.is_empty() || !rest.len().is_multiple_of(2) {
-        return Err(Reply::error(
-            "ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.",
-        ));
-    }
-    let (keys, ids) = rest.split_at(rest.len() / 2);
-    let keys = keys.to_vec();
+    let options = parse_options(args, false)?;
+    let (keys, ids) = keys_and_ids(args, "xread")?;
     // `$` means "what is newest now", fixed at call time so a blocked read sees what follows.
     let after: Vec<StreamId> = keys
         .iter()
-        .zip(ids)
+        .zip(&ids)
         .map(|(key, id)| match id.as_ref() {
-            b"$" => Ok(context
-                .broker
-                .stream(key)
-                .map_or(StreamId::MIN, |s| s.last_id())),
+            b"$" => Ok(context.broker.stream(key).map_or(StreamId::MIN, |s| s.last_id())),
+            b">" => Err(Reply::error(
+                "ERR The > ID can be specified only when calling XREADGROUP using the GROUP <group> <consumer> option.",
+            )),
             id => StreamId::parse(id, 0).ok_or_else(|| Reply::error(INVALID_STREAM_ID)),
         })
         .collect::<Result<_, _>>()?;
-    let protocol = context.session.protocol;
+    let (protocol, count) = (context.session.protocol, options.count);
     if let Some(reply) = read_after(context.broker, &keys, &after, count, protocol)? {
         return Ok(reply);
     }
-    let Some(timeout) = block else {
+    let Some(timeout) = options.block else {
         return Ok(Reply::NilArray);
     };
-    let watched = keys.clone();
     *context.blocked = Some(Blocked {
-        keys: watched,
+        keys: keys.clone(),
         timeout: (!timeout.is_zero()).then_some(timeout),
         retry: Box::new(move |broker: &Broker| read_after(broker, &keys, &after, count, protocol)),
+        timeout_reply: Reply::NilArray,
+    });
+    Ok(Reply::NilArray)
+}
+
+/// Where XREADGROUP reads a stream from.
+#[derive(Clone, Copy)]
+enum GroupRead {
+    /// `>`: entries never delivered to the group.
+    New,
+    /// An ID: this consumer's pending entries after it.
+    History(StreamId),
+}
+
+struct GroupReadRequest {
+    group: Bytes,
+    consumer: Bytes,
+    keys: Vec<Bytes>,
+    reads: Vec<GroupRead>,
+    count: Option<usize>,
+    noack: bool,
+    protocol: Protocol,
+}
+
+impl GroupReadRequest {
+    /// One pass over the streams. `Ok(None)`: only `>` reads, and nothing new.
+    fn run(&self, broker: &Broker, blocked_before: bool) -> Result<Option<Reply>, Reply> {
+        let mut found = Vec::new();
+        for (key, read) in self.keys.iter().zip(&self.reads) {
+            let Some(stream) = broker.stream(key) else {
+                return Err(if blocked_before {
+                    Reply::error("UNBLOCKED the stream key no longer exists")
+                } else {
+                    no_group_for_read(key, &self.group)
+                });
+            };
+            let no_group = |e: StreamError| match e {
+                StreamError::NoGroup if blocked_before => Reply::error(
+                    "NOGROUP the consumer group this client was blocked on no longer exists",
+                ),
+                StreamError::NoGroup => no_group_for_read(key, &self.group),
+                other => stream_error(other),
+            };
+            match read {
+                GroupRead::New => {
+                    let entries = stream
+                        .read_group_new(&self.group, &self.consumer, self.count, self.noack)
+                        .map_err(no_group)?;
+                    if !entries.is_empty() {
+                        found.push((
+                            Reply::Bulk(key.clone()),
+                            Reply::Array(entries.into_iter().map(entry_reply).collect()),
+                        ));
+                    }
+                }
+                GroupRead::History(after) => {
+                    let entries = stream
+                        .read_group_history(&self.group, &self.consumer, *after, self.count)
+                        .map_err(no_group)?;
+                    let replies = entries
+                        .into_iter()
+                        .map(|(id, entry)| {
+                            entry.map_or_else(
+                                || Reply::Array(vec![Reply::bulk(id.to_string()), Reply::NilArray]),
+                                entry_reply,
+                            )
+                        })
+                        .collect();
+                    found.push((Reply::Bulk(key.clone()), Reply::Array(replies)));
+                }
+            }
+        }
+        Ok((!found.is_empty()).then(|| streams_reply(found, self.protocol)))
+    }
+}
+
+fn no_group_for_read(key: &[u8], group: &[u8]) -> Reply {
+    Reply::error(format!(
+        "NOGROUP No such key '{}' or consumer group '{}' in XREADGROUP with GROUP option",
+        String::from_utf8_lossy(key),
+        String::from_utf8_lossy(group)
+    ))
+}
+
+pub fn xreadgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let options = parse_options(args, true)?;
+    let Some((group, consumer)) = options.group else {
+        return Err(Reply::error("ERR Missing GROUP option for XREADGROUP"));
+    };
+    let (keys, ids) = keys_and_ids(args, "xreadgroup")?;
+    let reads = ids
+        .iter()
+        .map(|id| match id.as_ref() {
+            b">" => Ok(GroupRead::New),
+            b"$" => Err(Reply::error("ERR The $ ID is meaningless in the context of XREADGROUP: you want to read the history of this consumer by specifying a proper ID, or use the > ID to get new messages. The $ ID would just return an empty result set.")),
+            id => StreamId::parse(id, 0).map(GroupRead::History).ok_or_else(|| Reply::error(INVALID_STREAM_ID)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every key and group must exist before anything is read.
+    for key in &keys {
+        if !context
+            .broker
+            .stream(key)
+            .is_some_and(|s| s.has_group(&group))
+        {
+            return Err(no_group_for_read(key, &group));
+        }
+    }
+    let request = GroupReadRequest {
+        group,
+        consumer,
+        keys,
+        reads,
+        count: options.count,
+        noack: options.noack,
+        protocol: context.session.protocol,
+    };
+    if let Some(reply) = request.run(context.broker, false)? {
+        return Ok(reply);
+    }
+    let Some(timeout) = options.block else {
+        return Ok(Reply::NilArray);
+    };
+    *context.blocked = Some(Blocked {
+        keys: request.keys.clone(),
+        timeout: (!timeout.is_zero()).then_some(timeout),
+        retry: Box::new(move |broker: &Broker| request.run(broker, true)),
         timeout_reply: Reply::NilArray,
     });
     Ok(Reply::NilArray)

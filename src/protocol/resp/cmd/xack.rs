@@ -1,0 +1,29 @@
+//! `XACK key group id [id ...]`: the reply waits until the acknowledgement is durable, so an
+//! acknowledged entry is never delivered again (pipelined XACKs share the fsync).
+
+use super::xadd::{stream_error, INVALID_STREAM_ID};
+use super::{existing_stream, Context, PendingAck, Reply};
+use crate::broker::StreamId;
+use crate::protocol::resp::args::Args;
+
+pub fn xack(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let (key, group) = (args.required()?, args.required()?);
+    let ids = args
+        .rest()
+        .iter()
+        .map(|id| StreamId::parse(id, 0).ok_or_else(|| Reply::error(INVALID_STREAM_ID)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(stream) = existing_stream(context, &key) else {
+        return Ok(Reply::Integer(0));
+    };
+    let (acked, wait) = stream.ack(&group, &ids).map_err(stream_error)?;
+    if let Some(next_offset) = wait {
+        let log = stream.journal_log().clone();
+        context.pending.push(PendingAck {
+            log,
+            next_offset,
+            reply_index: context.reply_index,
+        });
+    }
+    Ok(Reply::Integer(acked as i64))
+}
