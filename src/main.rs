@@ -46,7 +46,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// A TOML file with any of: data_dir, resp_addr, fsync.
+    /// A TOML file with any of: data_dir, resp_addr, fsync, password.
     #[arg(long, env = "POTOK_CONFIG")]
     config: Option<PathBuf>,
     /// Where data lives [default: ./data].
@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Durability of appends: always, never, or an interval like 100ms [default: always].
     #[arg(long, env = "POTOK_FSYNC")]
     fsync: Option<Durability>,
+    /// Require clients to AUTH with this password (Redis's requirepass).
+    #[arg(long, env = "POTOK_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 /// The config file's keys; unknown keys are an error, so typos do not pass silently.
@@ -67,6 +70,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     resp_addr: Option<String>,
     fsync: Option<String>,
+    password: Option<String>,
 }
 
 fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
@@ -87,6 +91,7 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
             .or(file.resp_addr)
             .unwrap_or(defaults.resp_addr),
         durability: args.fsync.or(file_fsync).unwrap_or(defaults.durability),
+        password: args.password.or(file.password),
         ..defaults
     })
 }

@@ -903,3 +903,158 @@ fn blocked_group_reads_wake_on_new_entries_and_fail_when_the_group_or_key_goes()
         "UNBLOCKED the stream key no longer exists"
     );
 }
+
+#[test]
+fn auth_client_config_info_scan_rename_and_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--password", "sekret"]).unwrap();
+    let url = |password: &str| format!("redis://:{password}@127.0.0.1:{}/", server.port);
+    assert!(
+        redis::Client::open(url("wrong"))
+            .unwrap()
+            .get_connection()
+            .is_err(),
+        "a wrong password is refused"
+    );
+    let (reply, _) = server.raw(b"PING\r\n");
+    assert_eq!(reply, b"-NOAUTH Authentication required.\r\n");
+    let mut con = redis::Client::open(url("sekret"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut other = redis::Client::open(url("sekret"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+
+    // CLIENT
+    run(&mut con, &["CLIENT", "SETNAME", "worker-1"]).unwrap();
+    let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut con).unwrap();
+    assert_eq!(name, "worker-1");
+    let other_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut other).unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    assert!(
+        list.contains("name=worker-1") && list.contains(&format!("id={other_id} ")),
+        "{list}"
+    );
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(other_id)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(killed, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        run(&mut other, &["PING"]).is_err(),
+        "a killed client is disconnected"
+    );
+
+    // CONFIG and INFO
+    let maxclients: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("max*")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(maxclients["maxclients"], "10000");
+    run(&mut con, &["CONFIG", "SET", "maxclients", "500"]).unwrap();
+    let maxclients: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxclients")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(maxclients["maxclients"], "500");
+    assert_eq!(
+        error_text(run(&mut con, &["CONFIG", "SET", "nosuch", "1"])),
+        "ERR Unknown option or number of arguments for CONFIG SET - 'nosuch'"
+    );
+    for n in 0..25 {
+        xadd(&mut con, &format!("key:{n:02}"), "1-1", &[("f", "v")]).unwrap();
+    }
+    let info: String = redis::cmd("INFO").query(&mut con).unwrap();
+    for needle in [
+        "# Server",
+        "redis_version:7.0.15",
+        "connected_clients:",
+        "blocked_clients:0",
+        "# Persistence",
+        "total_commands_processed:",
+        "db0:keys=25",
+    ] {
+        assert!(info.contains(needle), "INFO lacks {needle}: {info}");
+    }
+
+    // SCAN returns every key exactly once over a full iteration; MATCH and TYPE filter.
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    loop {
+        let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(7)
+            .query(&mut con)
+            .unwrap();
+        seen.extend(keys);
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..25).map(|n| format!("key:{n:02}")).collect::<Vec<_>>()
+    );
+    let (_, matched): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(100)
+        .arg("MATCH")
+        .arg("key:1?")
+        .arg("TYPE")
+        .arg("stream")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(matched.len(), 10);
+
+    // RENAME (durable), then MULTI/EXEC/DISCARD.
+    run(&mut con, &["RENAME", "key:00", "renamed"]).unwrap();
+    assert_eq!(
+        error_text(run(&mut con, &["RENAME", "key:00", "x"])),
+        "ERR no such key"
+    );
+    let (len, added): (i64, String) = redis::pipe()
+        .atomic()
+        .cmd("XLEN")
+        .arg("renamed")
+        .cmd("XADD")
+        .arg("renamed")
+        .arg("2-1")
+        .arg("g")
+        .arg("h")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((len, added.as_str()), (1, "2-1"));
+    run(&mut con, &["MULTI"]).unwrap();
+    run(&mut con, &["XADD", "renamed", "3-1", "a", "b"]).unwrap();
+    run(&mut con, &["DISCARD"]).unwrap();
+    assert_eq!(
+        xrange(&mut con, "renamed", "-", "+").len(),
+        2,
+        "a discarded transaction did nothing"
+    );
+    drop(con);
+    assert!(server.terminate().success());
+    let server = Server::start_with(dir.path(), &["--password", "sekret"]).unwrap();
+    let mut con = redis::Client::open(format!("redis://:sekret@127.0.0.1:{}/", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(
+        xrange(&mut con, "renamed", "-", "+").len(),
+        2,
+        "the rename survived a restart"
+    );
+    let exists: i64 = redis::cmd("EXISTS").arg("key:00").query(&mut con).unwrap();
+    assert_eq!(exists, 0);
+}

@@ -112,6 +112,13 @@ impl Catalog {
         entry
     }
 
+    /// Give `from`'s entry the name `to` (not yet saved); returns the entry `to` had, which the
+    /// caller must dispose of.
+    pub fn rename(&mut self, from: &[u8], to: Bytes) -> Option<CatalogEntry> {
+        let entry = self.entries.remove(from)?;
+        self.entries.insert(to, entry)
+    }
+
     pub fn remove(&mut self, name: &[u8]) -> Option<CatalogEntry> {
         self.entries.remove(name)
     }

@@ -257,6 +257,41 @@ impl Broker {
         Ok(true)
     }
 
+    /// Rename an entity, replacing any entity already called `to`. Returns false if `from`
+    /// does not exist.
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> Result<bool, BrokerError> {
+        if to.len() > NAME_BYTES_MAX {
+            return Err(BrokerError::NameTooLong);
+        }
+        let mut state = self.lock();
+        if state.catalog.get(from).is_none() {
+            return Ok(false);
+        }
+        if from == to {
+            return Ok(true);
+        }
+        let to = Bytes::copy_from_slice(to);
+        let replaced = state.catalog.rename(from, to.clone());
+        state.catalog.save(&*self.vfs)?;
+        if let Some(old) = state.streams.remove(&to) {
+            let _ = old.close();
+            old.wake_waiters();
+        }
+        if let Some(stream) = state.streams.remove(from) {
+            state.streams.insert(to.clone(), stream);
+        }
+        if let Some(waiters) = state.creation_waiters.remove(&to) {
+            waiters.wake_all();
+        }
+        if let Some(replaced) = replaced {
+            self.vfs
+                .remove_dir_all(&self.entity_dir(replaced.kind, replaced.id))?;
+            self.vfs
+                .sync_dir(&self.dir.join(replaced.kind.dir_name()))?;
+        }
+        Ok(true)
+    }
+
     /// Delete every entity.
     pub fn delete_all(&self) -> Result<(), BrokerError> {
         for (name, _) in self.names() {

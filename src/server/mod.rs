@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc};
 
 use crate::broker::{Broker, BrokerConfig};
 use crate::protocol::resp::request::RequestLimits;
+use crate::protocol::resp::shared::{RespShared, ServerFacts, Settings};
 use crate::storage::Durability;
 
 /// Everything `potok serve` can be told.
@@ -25,6 +26,8 @@ pub struct ServerConfig {
     pub durability: Durability,
     pub clients_max: usize,
     pub request_limits: RequestLimits,
+    /// `requirepass`: clients must AUTH with it.
+    pub password: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +38,7 @@ impl Default for ServerConfig {
             durability: Durability::Always,
             clients_max: 10_000,
             request_limits: RequestLimits::default(),
+            password: None,
         }
     }
 }
@@ -56,9 +60,19 @@ pub async fn run(
     // Tests and scripts wait for this line to learn the port.
     println!("potok: RESP listening on {local}");
 
+    let settings = Settings {
+        password: config.password.clone(),
+        clients_max: config.clients_max,
+    };
+    let facts = ServerFacts {
+        resp_addr: local,
+        data_dir: config.data_dir.clone(),
+        durability: config.durability,
+        limits: config.request_limits,
+    };
+    let shared = Arc::new(RespShared::new(Arc::clone(&broker), settings, facts));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (tasks_done_tx, mut tasks_done_rx) = mpsc::channel::<()>(1);
-    let permits = Arc::new(Semaphore::new(config.clients_max));
     let next_client_id = AtomicU64::new(1);
     let accept_loop = async {
         loop {
@@ -70,22 +84,29 @@ pub async fn run(
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            shared
+                .stats
+                .connections_received
+                .fetch_add(1, Ordering::Relaxed);
+            // CONFIG SET maxclients applies to new connections.
+            if shared.clients().len() >= shared.settings().clients_max {
                 use tokio::io::AsyncWriteExt;
+                shared
+                    .stats
+                    .rejected_connections
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = socket
                     .write_all(b"-ERR max number of clients reached\r\n")
                     .await;
                 continue;
-            };
-            let broker = Arc::clone(&broker);
+            }
+            let shared = Arc::clone(&shared);
             let shutdown_rx = notify_shutdown.subscribe();
             let done = tasks_done_tx.clone();
             let id = next_client_id.fetch_add(1, Ordering::Relaxed);
-            let limits = config.request_limits;
             tokio::spawn(async move {
-                crate::protocol::resp::connection::serve(socket, broker, limits, id, shutdown_rx)
-                    .await;
-                drop((permit, done));
+                crate::protocol::resp::connection::serve(socket, shared, id, shutdown_rx).await;
+                drop(done);
             });
         }
     };

@@ -3,7 +3,10 @@
 //! write and share one fsync. A blocking read (XREAD BLOCK) ends the round: replies so far go
 //! out, the connection waits for data or the timeout, then carries on with later requests.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,10 +14,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, Notify};
 
-use super::cmd::{self, Blocked, PendingAck, Session};
-use super::reply::Reply;
-use super::request::{decode_request, ProtocolError, RequestLimits};
-use crate::broker::Broker;
+use super::cmd::{self, Blocked, PendingAck, ReplyMode, Session};
+use super::reply::{Protocol, Reply};
+use super::request::{decode_request, ProtocolError};
+use super::shared::{ClientEntry, RespShared};
 
 /// Requests run per round before replies are written, bounding the replies held in memory.
 const ROUND_REQUESTS_MAX: usize = 1024;
@@ -22,14 +25,15 @@ const ROUND_REQUESTS_MAX: usize = 1024;
 const INPUT_BUFFER_BYTES: usize = 16 * 1024;
 
 struct Connection {
-    broker: Arc<Broker>,
-    limits: RequestLimits,
+    shared: Arc<RespShared>,
     session: Session,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     input: BytesMut,
     output: BytesMut,
     shutdown: broadcast::Receiver<()>,
+    killed: Arc<AtomicBool>,
+    kill: Arc<Notify>,
 }
 
 /// What ended a round of requests.
@@ -40,32 +44,62 @@ enum RoundEnd {
     Block(Blocked),
 }
 
-/// Serve one client until it disconnects, sends QUIT or a protocol error, or the server stops.
+/// Serve one client until it disconnects, sends QUIT or a protocol error, is killed, or the
+/// server stops.
 pub async fn serve(
     socket: TcpStream,
-    broker: Arc<Broker>,
-    limits: RequestLimits,
+    shared: Arc<RespShared>,
     client_id: u64,
     shutdown: broadcast::Receiver<()>,
 ) {
     let _ = socket.set_nodelay(true);
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let (addr, local_addr) = (
+        socket.peer_addr().unwrap_or(unknown),
+        socket.local_addr().unwrap_or(unknown),
+    );
     let (reader, writer) = socket.into_split();
+    let (killed, kill) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
+    let now = Instant::now();
+    shared.clients().insert(
+        client_id,
+        ClientEntry {
+            addr,
+            local_addr,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            created: now,
+            last_active: now,
+            last_command: "NULL".into(),
+            protocol: 2,
+            blocked: false,
+            killed: Arc::clone(&killed),
+            kill: Arc::clone(&kill),
+        },
+    );
+    let authenticated = !shared.password_required();
     let mut connection = Connection {
-        broker,
-        limits,
-        session: Session::new(client_id),
+        shared: Arc::clone(&shared),
+        session: Session::new(client_id, authenticated),
         reader,
         writer,
         input: BytesMut::with_capacity(INPUT_BUFFER_BYTES),
         output: BytesMut::new(),
         shutdown,
+        killed,
+        kill,
     };
     connection.run().await;
+    shared.clients().remove(&client_id);
 }
 
 impl Connection {
     async fn run(&mut self) {
         loop {
+            if self.killed.load(Ordering::Acquire) {
+                return;
+            }
             let mut replies: Vec<Reply> = Vec::new();
             let end = self.run_round(&mut replies);
             if !self.write(&replies).await {
@@ -78,10 +112,15 @@ impl Connection {
                     let _ = self.writer.shutdown().await;
                     false
                 }
-                RoundEnd::Block(blocked) => match self.wait_for_data(blocked).await {
-                    Some(reply) => self.write(&[reply]).await,
-                    None => false,
-                },
+                RoundEnd::Block(blocked) => {
+                    self.set_blocked(true);
+                    let reply = self.wait_for_data(blocked).await;
+                    self.set_blocked(false);
+                    match reply {
+                        Some(reply) => self.write(&[reply]).await,
+                        None => false,
+                    }
+                }
             };
             if !keep_going {
                 return;
@@ -89,20 +128,42 @@ impl Connection {
         }
     }
 
+    fn set_blocked(&self, blocked: bool) {
+        if let Some(entry) = self.shared.clients().get_mut(&self.session.id) {
+            entry.blocked = blocked;
+        }
+    }
+
+    /// Record what the client just did, for CLIENT LIST.
+    fn note_command(&self, name: &[u8]) {
+        if let Some(entry) = self.shared.clients().get_mut(&self.session.id) {
+            entry.last_active = Instant::now();
+            entry.last_command = String::from_utf8_lossy(name).to_ascii_lowercase();
+            entry.protocol = if self.session.protocol == Protocol::Resp3 {
+                3
+            } else {
+                2
+            };
+        }
+    }
+
     /// Run buffered requests until input runs out, the round is full, or one closes or blocks.
     fn run_round(&mut self, replies: &mut Vec<Reply>) -> RoundEnd {
         let mut pending: Vec<PendingAck> = Vec::new();
+        let limits = self.shared.facts.limits;
         let end = loop {
             if replies.len() >= ROUND_REQUESTS_MAX {
                 break RoundEnd::Full;
             }
-            match decode_request(&mut self.input, &self.limits) {
+            match decode_request(&mut self.input, &limits) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
+                    self.note_command(&args[0]);
+                    let mode_before = self.session.reply_mode;
                     let mut blocked = None;
                     let reply = tokio::task::block_in_place(|| {
                         cmd::execute(
-                            &self.broker,
+                            &self.shared,
                             &mut self.session,
                             args,
                             &mut pending,
@@ -113,7 +174,7 @@ impl Connection {
                     if let Some(blocked) = blocked {
                         break RoundEnd::Block(blocked);
                     }
-                    replies.push(reply);
+                    replies.push(self.filter_reply(mode_before, reply));
                     if self.session.closing {
                         break RoundEnd::Close;
                     }
@@ -131,6 +192,22 @@ impl Connection {
         end
     }
 
+    /// CLIENT REPLY: OFF silences replies (including its own), SKIP silences its own and the
+    /// next command's, ON answers again.
+    fn filter_reply(&mut self, mode_before: ReplyMode, reply: Reply) -> Reply {
+        match (mode_before, self.session.reply_mode) {
+            (ReplyMode::Skip, _) => {
+                if self.session.reply_mode == ReplyMode::Skip {
+                    self.session.reply_mode = ReplyMode::On;
+                }
+                Reply::Silent
+            }
+            (_, ReplyMode::Off | ReplyMode::Skip) => Reply::Silent,
+            (ReplyMode::Off, ReplyMode::On) => reply,
+            _ => reply,
+        }
+    }
+
     async fn write(&mut self, replies: &[Reply]) -> bool {
         for reply in replies {
             reply.encode(self.session.protocol, &mut self.output);
@@ -143,25 +220,27 @@ impl Connection {
         written
     }
 
-    /// Read more input; false when the client is gone, the input is absurd, or the server stops.
+    /// Read more input; false when the client is gone or killed, or the server stops.
     async fn read_more(&mut self) -> bool {
         tokio::select! {
             read = self.reader.read_buf(&mut self.input) => matches!(read, Ok(n) if n > 0),
+            _ = self.kill.notified() => false,
             _ = self.shutdown.recv() => false,
         }
     }
 
     /// Wait until the blocked read finds data, or its timeout passes. `None` when the client
-    /// disconnected or the server is stopping.
+    /// disconnected or was killed, or the server is stopping.
     async fn wait_for_data(&mut self, mut blocked: Blocked) -> Option<Reply> {
         let deadline = blocked.timeout.map(|t| tokio::time::Instant::now() + t);
+        let limits = self.shared.facts.limits;
         loop {
             let notify = Arc::new(Notify::new());
             for key in &blocked.keys {
-                self.broker.register_stream_waiter(key, &notify);
+                self.shared.broker.register_stream_waiter(key, &notify);
             }
             // Checked after registering, so an append in between still wakes us.
-            match tokio::task::block_in_place(|| (blocked.retry)(&self.broker)) {
+            match tokio::task::block_in_place(|| (blocked.retry)(&self.shared.broker)) {
                 Ok(Some(reply)) | Err(reply) => return Some(reply),
                 Ok(None) => {}
             }
@@ -177,11 +256,12 @@ impl Connection {
                 // Requests sent meanwhile wait in the buffer, as in Redis; a closed socket or
                 // an oversized buffer ends the connection.
                 read = self.reader.read_buf(&mut self.input) => {
-                    let too_big = self.input.len() as u64 > self.limits.request_bytes_max;
+                    let too_big = self.input.len() as u64 > limits.request_bytes_max;
                     if !matches!(read, Ok(n) if n > 0) || too_big {
                         return None;
                     }
                 }
+                _ = self.kill.notified() => return None,
                 _ = self.shutdown.recv() => return None,
             }
         }

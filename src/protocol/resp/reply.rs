@@ -20,6 +20,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     Map(Vec<(Reply, Reply)>),
     Push(Vec<Reply>),
+    /// Nothing at all (CLIENT REPLY OFF/SKIP).
+    Silent,
 }
 
 /// Which protocol a connection speaks.
@@ -70,6 +72,7 @@ impl Reply {
     pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
         let resp3 = protocol == Protocol::Resp3;
         match self {
+            Reply::Silent => {}
             Reply::Status(s) => line(out, b'+', s.as_bytes()),
             Reply::Error(e) => line(out, b'-', e.replace(['\r', '\n'], " ").as_bytes()),
             Reply::Integer(n) => line(out, b':', n.to_string().as_bytes()),

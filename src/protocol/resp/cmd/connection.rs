@@ -1,8 +1,9 @@
-//! Connection commands: PING, ECHO, SELECT, QUIT, HELLO.
+//! Connection commands: PING, ECHO, SELECT, QUIT, RESET, HELLO.
 
 use bytes::Bytes;
 
-use super::{Context, Reply};
+use super::auth::{credentials_valid, WRONGPASS};
+use super::{Context, Reply, ReplyMode};
 use crate::protocol::resp::args::{parse_i64, Args};
 use crate::protocol::resp::reply::Protocol;
 
@@ -54,11 +55,17 @@ pub fn hello(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
         };
     }
     let mut name: Option<Bytes> = None;
+    let mut authenticated = context.session.authenticated;
     while args.remaining() > 0 {
         if args.eat("AUTH") && args.remaining() >= 2 {
-            // No password is configured yet: like Redis's nopass default user, accept it.
-            args.optional();
-            args.optional();
+            let (user, password) = (
+                args.optional().unwrap_or_default(),
+                args.optional().unwrap_or_default(),
+            );
+            if !credentials_valid(context.shared, Some(&user), &password) {
+                return Err(Reply::error(WRONGPASS));
+            }
+            authenticated = true;
         } else if args.eat("SETNAME") && args.remaining() >= 1 {
             name = args.optional();
         } else {
@@ -69,6 +76,10 @@ pub fn hello(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
             )));
         }
     }
+    if !authenticated {
+        return Err(Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"));
+    }
+    context.session.authenticated = true;
     context.session.protocol = protocol;
     if name.is_some() {
         context.session.name = name;
@@ -86,4 +97,17 @@ pub fn hello(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
         (Reply::bulk("role"), Reply::bulk("master")),
         (Reply::bulk("modules"), Reply::Array(Vec::new())),
     ]))
+}
+
+/// `RESET`: back to a fresh connection's state (protocol, name, transaction, reply mode, and
+/// authentication when a password is required).
+pub fn reset(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let session = &mut *context.session;
+    session.protocol = Protocol::Resp2;
+    session.name = None;
+    session.multi = None;
+    session.multi_failed = false;
+    session.reply_mode = ReplyMode::On;
+    session.authenticated = !context.shared.password_required();
+    Ok(Reply::Status("RESET"))
 }

@@ -64,3 +64,66 @@ pub fn flushall(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Rep
     context.broker.delete_all().map_err(storage_error)?;
     Ok(Reply::ok())
 }
+
+/// `RENAME key newkey`: the entity keeps its data and directory; only its name changes.
+pub fn rename(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let (from, to) = (args.required()?, args.required()?);
+    match context.broker.rename(&from, &to).map_err(storage_error)? {
+        true => Ok(Reply::ok()),
+        false => Err(Reply::error("ERR no such key")),
+    }
+}
+
+/// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: the cursor is a position in the
+/// sorted key list, so a full scan returns every key present throughout it.
+pub fn scan(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let cursor: usize = std::str::from_utf8(&args.required()?)
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut kind) = (None, 10usize, None);
+    while args.remaining() > 0 {
+        if args.eat("MATCH") {
+            pattern = Some(args.optional().ok_or_else(Reply::syntax_error)?);
+        } else if args.eat("COUNT") {
+            let n = crate::protocol::resp::args::parse_i64(
+                &args.optional().ok_or_else(Reply::syntax_error)?,
+            )?;
+            if n < 1 {
+                return Err(Reply::syntax_error());
+            }
+            count = n as usize;
+        } else if args.eat("TYPE") {
+            kind = Some(
+                args.optional()
+                    .ok_or_else(Reply::syntax_error)?
+                    .to_ascii_lowercase(),
+            );
+        } else {
+            return Err(Reply::syntax_error());
+        }
+    }
+    let names = context.broker.names();
+    let end = cursor.saturating_add(count).min(names.len());
+    let page = names.get(cursor.min(end)..end).unwrap_or_default();
+    let keys = page
+        .iter()
+        .filter(|(n, _)| pattern.as_ref().is_none_or(|p| glob_match(p, n)))
+        .filter(|(_, k)| {
+            kind.as_ref()
+                .is_none_or(|t| t.as_slice() == kind_name(*k).as_bytes())
+        })
+        .map(|(n, _)| Reply::Bulk(n.clone()))
+        .collect();
+    let next = if end >= names.len() { 0 } else { end };
+    Ok(Reply::Array(vec![
+        Reply::bulk(next.to_string()),
+        Reply::Array(keys),
+    ]))
+}
+
+fn kind_name(kind: EntityKind) -> &'static str {
+    match kind {
+        EntityKind::Stream => "stream",
+    }
+}

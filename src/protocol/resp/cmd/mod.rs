@@ -2,14 +2,22 @@
 //! for `COMMAND`. Handlers live one family per file and share the same shape:
 //! `fn(&mut Args, &mut Context) -> Result<Reply, Reply>` (the error side is an error reply).
 //!
-//! Acknowledgements and durability: XADD appends without waiting and leaves a [`PendingAck`];
-//! the connection settles all pending acks (one fsync wait per stream) before it writes the
-//! replies, and before running any command that could observe the appended entries. So a
-//! pipeline of XADDs shares group commit, and nothing is acknowledged before it is durable.
+//! [`execute`] applies what holds for every command, in Redis's order: unknown command, arity,
+//! authentication, MULTI queueing. Then it runs the handler.
+//!
+//! Acknowledgements and durability: XADD and XACK write without waiting and leave a
+//! [`PendingAck`]; the connection settles all pending acks (one fsync wait per log) before it
+//! writes the replies, and before running any command that could observe those writes. So a
+//! pipeline shares group commit, and nothing is acknowledged before it is durable.
 
+mod auth;
+mod client;
 mod command;
+mod config;
 mod connection;
+mod info;
 mod keyspace;
+mod multi;
 mod xack;
 mod xadd;
 mod xclaim;
@@ -28,24 +36,43 @@ use bytes::Bytes;
 
 use super::args::Args;
 use super::reply::{Protocol, Reply};
+use super::shared::RespShared;
 use crate::broker::{Broker, Stream};
 use crate::storage::Log;
+
+/// What CLIENT REPLY asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyMode {
+    On,
+    Off,
+    /// Skip the next command's reply.
+    Skip,
+}
 
 /// Per-connection state.
 pub struct Session {
     pub id: u64,
     pub protocol: Protocol,
     pub name: Option<Bytes>,
+    pub authenticated: bool,
+    /// Commands queued since MULTI, and whether one of them was refused.
+    pub multi: Option<Vec<Vec<Bytes>>>,
+    pub multi_failed: bool,
+    pub reply_mode: ReplyMode,
     /// Set by QUIT: reply, then close.
     pub closing: bool,
 }
 
 impl Session {
-    pub fn new(id: u64) -> Session {
+    pub fn new(id: u64, authenticated: bool) -> Session {
         Session {
             id,
             protocol: Protocol::Resp2,
             name: None,
+            authenticated,
+            multi: None,
+            multi_failed: false,
+            reply_mode: ReplyMode::On,
             closing: false,
         }
     }
@@ -74,6 +101,7 @@ pub struct Blocked {
 
 /// What a handler can reach.
 pub struct Context<'a> {
+    pub shared: &'a RespShared,
     pub broker: &'a Broker,
     pub session: &'a mut Session,
     /// Pending acks of this round; a handler that defers its ack pushes here.
@@ -105,33 +133,42 @@ const fn spec(name: &'static str, arity: i32, handler: Handler) -> CommandSpec {
     }
 }
 
+const fn deferring(name: &'static str, arity: i32, handler: Handler) -> CommandSpec {
+    CommandSpec {
+        name,
+        arity,
+        defers_ack: true,
+        handler,
+    }
+}
+
 pub static COMMANDS: &[CommandSpec] = &[
+    spec("auth", -2, auth::auth),
+    spec("client", -2, client::client),
     spec("command", -1, command::command),
+    spec("config", -2, config::config),
     spec("dbsize", 1, keyspace::dbsize),
     spec("del", -2, keyspace::del),
+    spec("discard", 1, multi::discard),
     spec("echo", 2, connection::echo),
+    spec("exec", 1, multi::exec),
     spec("exists", -2, keyspace::exists),
     spec("flushall", -1, keyspace::flushall),
     spec("flushdb", -1, keyspace::flushall),
     spec("hello", -1, connection::hello),
+    spec("info", -1, info::info),
     spec("keys", 2, keyspace::keys),
+    spec("multi", 1, multi::multi),
     spec("ping", -1, connection::ping),
     spec("quit", -1, connection::quit),
+    spec("rename", 3, keyspace::rename),
+    spec("reset", 1, connection::reset),
+    spec("scan", -2, keyspace::scan),
     spec("select", 2, connection::select),
     spec("type", 2, keyspace::type_of),
     spec("unlink", -2, keyspace::del),
-    CommandSpec {
-        name: "xack",
-        arity: -4,
-        defers_ack: true,
-        handler: xack::xack,
-    },
-    CommandSpec {
-        name: "xadd",
-        arity: -5,
-        defers_ack: true,
-        handler: xadd::xadd,
-    },
+    deferring("xack", -4, xack::xack),
+    deferring("xadd", -5, xadd::xadd),
     spec("xautoclaim", -6, xclaim::xautoclaim),
     spec("xclaim", -6, xclaim::xclaim),
     spec("xdel", -3, xdel::xdel),
@@ -173,29 +210,77 @@ fn unknown_command(args: &[Bytes]) -> Reply {
     Reply::Error(text)
 }
 
+/// Commands allowed before authentication, as in Redis.
+fn allowed_unauthenticated(name: &str) -> bool {
+    matches!(name, "auth" | "hello" | "quit" | "reset")
+}
+
+/// Commands that act on the transaction itself instead of being queued.
+fn controls_transaction(name: &str) -> bool {
+    matches!(name, "exec" | "discard" | "multi" | "quit" | "reset")
+}
+
 /// Run one request. `pending`/`replies` are the connection's current round.
 pub fn execute(
-    broker: &Broker,
+    shared: &RespShared,
     session: &mut Session,
     args: Vec<Bytes>,
     pending: &mut Vec<PendingAck>,
     replies: &mut [Reply],
     blocked: &mut Option<Blocked>,
 ) -> Reply {
-    let Some(spec) = lookup(&args[0]) else {
-        return unknown_command(&args);
+    shared.count_command();
+    let checked = lookup(&args[0])
+        .ok_or_else(|| unknown_command(&args))
+        .and_then(|spec| {
+            let count = args.len() as i32;
+            if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
+                Err(Reply::wrong_arity(spec.name))
+            } else {
+                Ok(spec)
+            }
+        });
+    let spec = match checked {
+        Ok(spec) => spec,
+        Err(reply) => {
+            if session.multi.is_some() {
+                session.multi_failed = true;
+            }
+            return reply;
+        }
     };
-    let count = args.len() as i32;
-    if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
-        return Reply::wrong_arity(spec.name);
+    if !session.authenticated && !allowed_unauthenticated(spec.name) {
+        return Reply::error("NOAUTH Authentication required.");
+    }
+    if let Some(queue) = session.multi.as_mut() {
+        if !controls_transaction(spec.name) {
+            queue.push(args);
+            return Reply::Status("QUEUED");
+        }
     }
     if !spec.defers_ack {
         settle(pending, replies);
     }
-    let reply_index = replies.len();
+    // EXEC takes the lock exclusively itself.
+    let _shared_turn =
+        (spec.name != "exec").then(|| shared.exec_lock.read().unwrap_or_else(|e| e.into_inner()));
+    dispatch(spec, shared, session, args, pending, replies.len(), blocked)
+}
+
+/// Run a handler (arity and gates already checked).
+fn dispatch(
+    spec: &CommandSpec,
+    shared: &RespShared,
+    session: &mut Session,
+    args: Vec<Bytes>,
+    pending: &mut Vec<PendingAck>,
+    reply_index: usize,
+    blocked: &mut Option<Blocked>,
+) -> Reply {
     let mut args = Args::new(spec.name.to_string(), args.into_iter().skip(1).collect());
     let mut context = Context {
-        broker,
+        shared,
+        broker: &shared.broker,
         session,
         pending,
         reply_index,

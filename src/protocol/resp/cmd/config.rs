@@ -1,0 +1,115 @@
+//! `CONFIG GET pattern [pattern ...]`, `CONFIG SET parameter value [parameter value ...]`,
+//! `CONFIG RESETSTAT`, `CONFIG HELP`, for the settings that exist.
+
+use super::{Context, Reply};
+use crate::protocol::glob::glob_match;
+use crate::protocol::resp::args::Args;
+use crate::protocol::resp::shared::RespShared;
+use crate::storage::Durability;
+
+/// Every parameter CONFIG GET knows, with its current value. Redis names are used where a Potok
+/// setting means the same thing.
+fn parameters(shared: &RespShared) -> Vec<(&'static str, String)> {
+    let settings = shared.settings();
+    let facts = &shared.facts;
+    let appendfsync = match facts.durability {
+        Durability::Always => "always",
+        Durability::Interval(_) => "everysec",
+        Durability::Never => "no",
+    };
+    vec![
+        ("appendfsync", appendfsync.to_string()),
+        ("appendonly", "yes".to_string()),
+        ("bind", facts.resp_addr.ip().to_string()),
+        (
+            "client-query-buffer-limit",
+            facts.limits.request_bytes_max.to_string(),
+        ),
+        ("databases", "1".to_string()),
+        ("dir", facts.data_dir.display().to_string()),
+        ("maxclients", settings.clients_max.to_string()),
+        ("port", facts.resp_addr.port().to_string()),
+        ("potok-fsync", facts.durability.to_string()),
+        (
+            "proto-max-bulk-len",
+            facts.limits.bulk_bytes_max.to_string(),
+        ),
+        ("requirepass", settings.password.unwrap_or_default()),
+        ("save", String::new()),
+    ]
+}
+
+pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let sub = args.required()?.to_ascii_uppercase();
+    match sub.as_slice() {
+        b"GET" => {
+            let patterns = args.rest();
+            if patterns.is_empty() {
+                return Err(Reply::error(
+                    "ERR wrong number of arguments for 'config|get' command",
+                ));
+            }
+            let found = parameters(context.shared)
+                .into_iter()
+                .filter(|(name, _)| {
+                    patterns
+                        .iter()
+                        .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+                })
+                .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value)))
+                .collect();
+            Ok(Reply::Map(found))
+        }
+        b"SET" => {
+            let pairs = args.rest();
+            if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+                return Err(Reply::error(
+                    "ERR wrong number of arguments for 'config|set' command",
+                ));
+            }
+            let mut settings = context.shared.settings();
+            for pair in pairs.chunks_exact(2) {
+                let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
+                match name.as_str() {
+                    "requirepass" => {
+                        settings.password = (!pair[1].is_empty())
+                            .then(|| String::from_utf8_lossy(&pair[1]).into_owned());
+                    }
+                    "maxclients" => {
+                        settings.clients_max = std::str::from_utf8(&pair[1]).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                            Reply::error("ERR CONFIG SET failed (possibly related to argument 'maxclients') - argument couldn't be parsed into an integer")
+                        })?;
+                    }
+                    _ => {
+                        return Err(Reply::error(format!(
+                            "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+                        )))
+                    }
+                }
+            }
+            *context
+                .shared
+                .settings
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = settings;
+            Ok(Reply::ok())
+        }
+        b"RESETSTAT" => Ok(Reply::ok()),
+        b"HELP" => Ok(Reply::Array(
+            [
+                "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET <pattern>",
+                "SET <directive> <value>",
+                "RESETSTAT",
+                "HELP",
+            ]
+            .into_iter()
+            .map(Reply::Status)
+            .collect(),
+        )),
+        _ => Err(Reply::error(format!(
+            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(&sub)
+        ))),
+    }
+}

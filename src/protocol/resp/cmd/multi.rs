@@ -1,0 +1,60 @@
+//! `MULTI`, `EXEC`, `DISCARD`. Queued commands run in order under the exclusive side of the
+//! shared EXEC lock, so no other client's command runs in between. A blocking read inside a
+//! transaction does not block (it answers as if its timeout passed), as in Redis.
+
+use super::{dispatch, lookup, Context, Reply};
+use crate::protocol::resp::args::Args;
+
+pub fn multi(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    if context.session.multi.is_some() {
+        return Err(Reply::error("ERR MULTI calls can not be nested"));
+    }
+    context.session.multi = Some(Vec::new());
+    context.session.multi_failed = false;
+    Ok(Reply::ok())
+}
+
+pub fn discard(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    if context.session.multi.take().is_none() {
+        return Err(Reply::error("ERR DISCARD without MULTI"));
+    }
+    Ok(Reply::ok())
+}
+
+pub fn exec(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let Some(queued) = context.session.multi.take() else {
+        return Err(Reply::error("ERR EXEC without MULTI"));
+    };
+    if std::mem::take(&mut context.session.multi_failed) {
+        return Err(Reply::error(
+            "EXECABORT Transaction discarded because of previous errors.",
+        ));
+    }
+    let _exclusive = context
+        .shared
+        .exec_lock
+        .write()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut replies = Vec::with_capacity(queued.len());
+    for args in queued {
+        // Queued commands were checked when queued; the table still has them.
+        let Some(spec) = lookup(&args[0]) else {
+            continue;
+        };
+        let mut blocked = None;
+        let reply = dispatch(
+            spec,
+            context.shared,
+            context.session,
+            args,
+            context.pending,
+            context.reply_index,
+            &mut blocked,
+        );
+        replies.push(match blocked {
+            Some(blocked) => blocked.timeout_reply,
+            None => reply,
+        });
+    }
+    Ok(Reply::Array(replies))
+}

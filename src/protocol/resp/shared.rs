@@ -1,0 +1,119 @@
+//! What all RESP connections share: the broker, the client registry (CLIENT LIST/KILL, INFO
+//! clients), counters (INFO stats), the settings CONFIG SET may change, and the lock that makes
+//! MULTI/EXEC run without interleaving.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::request::RequestLimits;
+use crate::broker::Broker;
+use crate::storage::Durability;
+
+/// Settings CONFIG SET may change at run time.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `requirepass`: when set, clients must AUTH.
+    pub password: Option<String>,
+    pub clients_max: usize,
+}
+
+/// Facts fixed at start, reported by INFO and CONFIG GET.
+#[derive(Clone, Debug)]
+pub struct ServerFacts {
+    pub resp_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub limits: RequestLimits,
+}
+
+/// One connected client, as CLIENT LIST shows it.
+pub struct ClientEntry {
+    pub addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+    pub created: Instant,
+    pub last_active: Instant,
+    pub last_command: String,
+    pub protocol: u8,
+    pub blocked: bool,
+    /// CLIENT KILL sets this and wakes the connection.
+    pub killed: Arc<AtomicBool>,
+    pub kill: Arc<Notify>,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub connections_received: AtomicU64,
+    pub commands_processed: AtomicU64,
+    pub rejected_connections: AtomicU64,
+}
+
+pub struct RespShared {
+    pub broker: Arc<Broker>,
+    pub settings: RwLock<Settings>,
+    pub facts: ServerFacts,
+    pub clients: Mutex<BTreeMap<u64, ClientEntry>>,
+    pub stats: Stats,
+    pub started: Instant,
+    /// Commands run holding it shared; EXEC holds it exclusively, so a transaction's commands
+    /// run with nothing in between.
+    pub exec_lock: RwLock<()>,
+}
+
+impl RespShared {
+    pub fn new(broker: Arc<Broker>, settings: Settings, facts: ServerFacts) -> RespShared {
+        RespShared {
+            broker,
+            settings: RwLock::new(settings),
+            facts,
+            clients: Mutex::new(BTreeMap::new()),
+            stats: Stats::default(),
+            started: Instant::now(),
+            exec_lock: RwLock::new(()),
+        }
+    }
+
+    pub fn clients(&self) -> MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn password_required(&self) -> bool {
+        self.settings().password.is_some()
+    }
+
+    pub fn count_command(&self) {
+        self.stats
+            .commands_processed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Kill clients matching `pred`; returns how many.
+    pub fn kill_clients(&self, pred: impl Fn(u64, &ClientEntry) -> bool) -> u64 {
+        let clients = self.clients();
+        let mut killed = 0;
+        for (id, client) in clients.iter() {
+            if pred(*id, client) {
+                client.killed.store(true, Ordering::Release);
+                client.kill.notify_one();
+                killed += 1;
+            }
+        }
+        killed
+    }
+}
