@@ -1058,3 +1058,171 @@ fn auth_client_config_info_scan_rename_and_transactions() {
     let exists: i64 = redis::cmd("EXISTS").arg("key:00").query(&mut con).unwrap();
     assert_eq!(exists, 0);
 }
+
+/// Read from a raw socket until `expected` bytes have arrived (or fail after 5 s).
+fn read_exactly(socket: &mut TcpStream, expected: usize) -> Vec<u8> {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < expected {
+        let mut buf = [0u8; 4096];
+        let n = socket.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[test]
+fn pubsub_delivers_live_messages_and_enforces_the_subscribed_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut subscriber = server.connect();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe("news.tech").unwrap();
+    pubsub.psubscribe("news.*").unwrap();
+    let mut publisher = server.connect();
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("news.tech")
+        .arg("rust 2.0")
+        .query(&mut publisher)
+        .unwrap();
+    assert_eq!(receivers, 2, "the channel and the pattern subscription");
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let first = pubsub.get_message().unwrap();
+    let second = pubsub.get_message().unwrap();
+    let mut got = [
+        (
+            first.get_channel_name().to_string(),
+            first.get_payload::<String>().unwrap(),
+        ),
+        (
+            second.get_channel_name().to_string(),
+            second.get_payload::<String>().unwrap(),
+        ),
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("news.tech".to_string(), "rust 2.0".to_string()),
+            ("news.tech".to_string(), "rust 2.0".to_string())
+        ]
+    );
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query(&mut publisher)
+        .unwrap();
+    assert_eq!(channels, vec!["news.tech"]);
+    let numpat: i64 = redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query(&mut publisher)
+        .unwrap();
+    assert_eq!(numpat, 1);
+    drop(pubsub);
+
+    // RESP2: only subscription commands in the subscribed context; RESP3: anything.
+    let (reply, _) = server.raw(b"SUBSCRIBE a\r\nXLEN s\r\nPING\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n-ERR Can't execute 'xlen': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+    );
+    let mut socket = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    socket.write_all(b"HELLO 3\r\n").unwrap();
+    let hello = read_exactly(&mut socket, 1);
+    assert!(hello.starts_with(b"%7"));
+    std::thread::sleep(Duration::from_millis(100));
+    socket.write_all(b"SUBSCRIBE a\r\nXLEN s\r\n").unwrap();
+    let expected = b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n:0\r\n";
+    let got = read_exactly(&mut socket, expected.len());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected)
+    );
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("a")
+        .arg("x")
+        .query(&mut publisher)
+        .unwrap();
+    let expected = b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n";
+    assert_eq!(read_exactly(&mut socket, expected.len()), expected);
+}
+
+#[test]
+fn topics_keep_history_that_survives_kill_9_and_replays_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for n in 0..5 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("events")
+            .arg(format!("m{n}"))
+            .query(&mut con)
+            .unwrap();
+    }
+    server.kill9();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let all: Vec<(i64, i64, String)> = redis::cmd("TOPIC.READ")
+        .arg("events")
+        .arg("-")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|m| (m.0, m.2.as_str())).collect::<Vec<_>>(),
+        vec![(0, "m0"), (1, "m1"), (2, "m2"), (3, "m3"), (4, "m4")]
+    );
+    assert!(
+        all.iter().all(|m| m.1 >= before),
+        "timestamps are publish times"
+    );
+    let page: Vec<(i64, i64, String)> = redis::cmd("TOPIC.READ")
+        .arg("events")
+        .arg(3)
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(page[0].2, "m3");
+    let by_time: Vec<(i64, i64, String)> = redis::cmd("TOPIC.READ")
+        .arg("events")
+        .arg(format!("@{}", all[2].1 + 100_000))
+        .query(&mut con)
+        .unwrap();
+    assert!(by_time.is_empty(), "nothing published after that time");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert!(keys.is_empty(), "channels are not keys");
+
+    // TOPIC.SUBSCRIBE from offset 2: the stored m2..m4, then live messages, in order.
+    let mut socket = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    socket.write_all(b"TOPIC.SUBSCRIBE events 2\r\n").unwrap();
+    let mut expected = b"*3\r\n$9\r\nsubscribe\r\n$6\r\nevents\r\n:1\r\n".to_vec();
+    for m in ["m2", "m3", "m4"] {
+        expected.extend_from_slice(
+            format!("*3\r\n$7\r\nmessage\r\n$6\r\nevents\r\n$2\r\n{m}\r\n").as_bytes(),
+        );
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&read_exactly(&mut socket, expected.len())),
+        String::from_utf8_lossy(&expected)
+    );
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("events")
+        .arg("m5")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(receivers, 1);
+    let live = b"*3\r\n$7\r\nmessage\r\n$6\r\nevents\r\n$2\r\nm5\r\n";
+    assert_eq!(read_exactly(&mut socket, live.len()), live);
+}

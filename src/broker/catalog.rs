@@ -16,6 +16,8 @@ use bytes::Bytes;
 use crate::storage::io::{write_atomically, OpenMode, Vfs};
 
 pub const CATALOG_FILE: &str = "catalog";
+/// Pub/Sub channels are not keys, so their topics have a catalog of their own.
+pub const TOPIC_CATALOG_FILE: &str = "topics.catalog";
 pub const CATALOG_MAGIC: u32 = u32::from_le_bytes(*b"PTKG");
 pub const CATALOG_VERSION: u8 = 1;
 /// Longest entity name accepted (Redis allows 512 MB keys; nobody needs that for a stream).
@@ -25,12 +27,14 @@ pub const NAME_BYTES_MAX: usize = 64 * 1024;
 #[repr(u8)]
 pub enum EntityKind {
     Stream = 1,
+    Topic = 2,
 }
 
 impl EntityKind {
     fn from_u8(value: u8) -> Option<EntityKind> {
         match value {
             1 => Some(EntityKind::Stream),
+            2 => Some(EntityKind::Topic),
             _ => None,
         }
     }
@@ -39,6 +43,7 @@ impl EntityKind {
     pub fn dir_name(self) -> &'static str {
         match self {
             EntityKind::Stream => "streams",
+            EntityKind::Topic => "topics",
         }
     }
 }
@@ -60,7 +65,12 @@ impl Catalog {
     /// Load the catalog in `data_dir`; a missing file is an empty catalog, a damaged one is an
     /// error (starting empty would silently orphan every entity).
     pub fn load(vfs: &dyn Vfs, data_dir: &Path) -> io::Result<Catalog> {
-        let path = data_dir.join(CATALOG_FILE);
+        Catalog::load_file(vfs, &data_dir.join(CATALOG_FILE))
+    }
+
+    /// Load a catalog kept in another file (topics have their own, outside the keyspace).
+    pub fn load_file(vfs: &dyn Vfs, path: &Path) -> io::Result<Catalog> {
+        let path = path.to_path_buf();
         let mut catalog = Catalog {
             path,
             next_id: 1,

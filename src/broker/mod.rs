@@ -16,6 +16,7 @@ pub mod stream;
 pub mod stream_groups;
 pub mod stream_id;
 pub mod stream_meta;
+pub mod topic;
 pub mod waiters;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use stream_groups::{
 };
 pub use stream_id::StreamId;
 use tokio::sync::Notify;
+use topic::Topic;
 use waiters::Waiters;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +57,36 @@ pub enum BrokerError {
 pub struct BrokerConfig {
     /// Template for every stream's log.
     pub stream_log: LogConfig,
+    /// Template for every Pub/Sub topic's log: see [`BrokerConfig::default_topic_log`].
+    pub topic_log: LogConfig,
 }
 
 impl BrokerConfig {
+    /// Streams with this durability; topics with their own defaults.
     pub fn with_durability(durability: Durability) -> BrokerConfig {
         BrokerConfig {
             stream_log: LogConfig {
                 durability,
                 ..LogConfig::default()
             },
+            topic_log: BrokerConfig::default_topic_log(),
+        }
+    }
+
+    /// Pub/Sub is fire-and-forget in Redis, so topic logs default to speed and bounded size:
+    /// no fsync (the OS writes back), 16 MiB segments, and retention of 64 MiB or 24 hours,
+    /// whichever keeps less (whole segments go; the newest segment always stays).
+    pub fn default_topic_log() -> LogConfig {
+        LogConfig {
+            durability: Durability::Never,
+            segment_bytes_max: 16 * 1024 * 1024,
+            segment_age_max: Some(std::time::Duration::from_secs(3600)),
+            retention: crate::storage::Retention {
+                bytes_max: Some(64 * 1024 * 1024),
+                age_max: Some(std::time::Duration::from_secs(24 * 3600)),
+                records_max: None,
+            },
+            ..LogConfig::default()
         }
     }
 }
@@ -71,6 +94,8 @@ impl BrokerConfig {
 struct State {
     catalog: Catalog,
     streams: HashMap<Bytes, Arc<Stream>>,
+    topic_catalog: Catalog,
+    topics: HashMap<Bytes, Arc<Topic>>,
     /// Readers blocked on names that do not exist yet.
     creation_waiters: HashMap<Bytes, Arc<Waiters>>,
 }
@@ -124,6 +149,8 @@ impl Broker {
             vfs.remove_dir_all(&streams_dir.join(orphan))?;
         }
         vfs.sync_dir(&streams_dir)?;
+        let topic_catalog = Catalog::load_file(&*vfs, &dir.join(catalog::TOPIC_CATALOG_FILE))?;
+        let topics = open_topics(&vfs, dir, &topic_catalog, &config)?;
         let mut streams = HashMap::new();
         for (name, entry) in catalog.entries() {
             let stream = Stream::open(
@@ -140,6 +167,8 @@ impl Broker {
             state: Mutex::new(State {
                 catalog,
                 streams,
+                topic_catalog,
+                topics,
                 creation_waiters: HashMap::new(),
             }),
             _lock: None,
@@ -191,6 +220,44 @@ impl Broker {
             }
             Err(e) => {
                 state.catalog.remove(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// The Pub/Sub topic for `channel`, if anything was ever published to it (and kept).
+    pub fn topic(&self, channel: &[u8]) -> Option<Arc<Topic>> {
+        self.lock().topics.get(channel).cloned()
+    }
+
+    /// The topic for `channel`, created (durably, in the topic catalog) if needed.
+    pub fn topic_or_create(&self, channel: &[u8]) -> Result<Arc<Topic>, BrokerError> {
+        if channel.len() > NAME_BYTES_MAX {
+            return Err(BrokerError::NameTooLong);
+        }
+        let mut state = self.lock();
+        if let Some(topic) = state.topics.get(channel) {
+            return Ok(Arc::clone(topic));
+        }
+        let name = Bytes::copy_from_slice(channel);
+        let entry = state.topic_catalog.insert(name.clone(), EntityKind::Topic);
+        let dir = self.entity_dir(EntityKind::Topic, entry.id);
+        let opened = Topic::open(Arc::clone(&self.vfs), &dir, self.config.topic_log.clone())
+            .map_err(|e| BrokerError::Stream(e.into()))
+            .and_then(|topic| {
+                self.vfs
+                    .sync_dir(&self.dir.join(EntityKind::Topic.dir_name()))?;
+                state.topic_catalog.save(&*self.vfs)?;
+                Ok(topic)
+            });
+        match opened {
+            Ok(topic) => {
+                let topic = Arc::new(topic);
+                state.topics.insert(name, Arc::clone(&topic));
+                Ok(topic)
+            }
+            Err(e) => {
+                state.topic_catalog.remove(&name);
                 Err(e)
             }
         }
@@ -306,8 +373,39 @@ impl Broker {
         for stream in state.streams.values() {
             stream.close()?;
         }
+        for topic in state.topics.values() {
+            topic.close().map_err(|e| BrokerError::Stream(e.into()))?;
+        }
         Ok(())
     }
+}
+
+/// Open every topic in the topic catalog, removing directories it does not name.
+fn open_topics(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    catalog: &Catalog,
+    config: &BrokerConfig,
+) -> Result<HashMap<Bytes, Arc<Topic>>, BrokerError> {
+    let topics_dir = dir.join(EntityKind::Topic.dir_name());
+    vfs.create_dir_all(&topics_dir)?;
+    let live: Vec<String> = catalog.entries().map(|(_, e)| e.id.to_string()).collect();
+    for orphan in vfs
+        .list_subdirs(&topics_dir)?
+        .into_iter()
+        .filter(|d| !live.contains(d))
+    {
+        vfs.remove_dir_all(&topics_dir.join(orphan))?;
+    }
+    vfs.sync_dir(&topics_dir)?;
+    let mut topics = HashMap::new();
+    for (name, entry) in catalog.entries() {
+        let topic_dir = topics_dir.join(entry.id.to_string());
+        let topic = Topic::open(Arc::clone(vfs), &topic_dir, config.topic_log.clone())
+            .map_err(|e| BrokerError::Stream(e.into()))?;
+        topics.insert(name.clone(), Arc::new(topic));
+    }
+    Ok(topics)
 }
 
 #[cfg(test)]

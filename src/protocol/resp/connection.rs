@@ -12,9 +12,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, Notify};
 
 use super::cmd::{self, Blocked, PendingAck, ReplyMode, Session};
+use super::pubsub::{Subscriber, SUBSCRIBER_QUEUE_MAX};
 use super::reply::{Protocol, Reply};
 use super::request::{decode_request, ProtocolError};
 use super::shared::{ClientEntry, RespShared};
@@ -34,6 +35,8 @@ struct Connection {
     shutdown: broadcast::Receiver<()>,
     killed: Arc<AtomicBool>,
     kill: Arc<Notify>,
+    /// Pub/Sub messages for this client.
+    messages: mpsc::Receiver<Reply>,
 }
 
 /// What ended a round of requests.
@@ -79,9 +82,15 @@ pub async fn serve(
         },
     );
     let authenticated = !shared.password_required();
+    let (queue, messages) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
+    let subscriber = Subscriber {
+        queue,
+        killed: Arc::clone(&killed),
+        kill: Arc::clone(&kill),
+    };
     let mut connection = Connection {
         shared: Arc::clone(&shared),
-        session: Session::new(client_id, authenticated),
+        session: Session::new(client_id, authenticated, subscriber),
         reader,
         writer,
         input: BytesMut::with_capacity(INPUT_BUFFER_BYTES),
@@ -89,8 +98,15 @@ pub async fn serve(
         shutdown,
         killed,
         kill,
+        messages,
     };
     connection.run().await;
+    for channel in &connection.session.subscriptions {
+        shared.pubsub.unsubscribe(channel, client_id);
+    }
+    for pattern in &connection.session.patterns {
+        shared.pubsub.punsubscribe(pattern, client_id);
+    }
     shared.clients().remove(&client_id);
 }
 
@@ -220,13 +236,33 @@ impl Connection {
         written
     }
 
-    /// Read more input; false when the client is gone or killed, or the server stops.
+    /// Read more input, delivering Pub/Sub messages meanwhile; false when the client is gone
+    /// or killed, or the server stops.
     async fn read_more(&mut self) -> bool {
-        tokio::select! {
-            read = self.reader.read_buf(&mut self.input) => matches!(read, Ok(n) if n > 0),
-            _ = self.kill.notified() => false,
-            _ = self.shutdown.recv() => false,
+        loop {
+            tokio::select! {
+                read = self.reader.read_buf(&mut self.input) => return matches!(read, Ok(n) if n > 0),
+                Some(message) = self.messages.recv() => {
+                    if !self.deliver(message).await {
+                        return false;
+                    }
+                }
+                _ = self.kill.notified() => return false,
+                _ = self.shutdown.recv() => return false,
+            }
         }
+    }
+
+    /// Write a Pub/Sub message and whatever else is queued behind it.
+    async fn deliver(&mut self, first: Reply) -> bool {
+        let mut batch = vec![first];
+        while let Ok(next) = self.messages.try_recv() {
+            batch.push(next);
+            if batch.len() >= ROUND_REQUESTS_MAX {
+                break;
+            }
+        }
+        self.write(&batch).await
     }
 
     /// Wait until the blocked read finds data, or its timeout passes. `None` when the client
@@ -258,6 +294,11 @@ impl Connection {
                 read = self.reader.read_buf(&mut self.input) => {
                     let too_big = self.input.len() as u64 > limits.request_bytes_max;
                     if !matches!(read, Ok(n) if n > 0) || too_big {
+                        return None;
+                    }
+                }
+                                Some(message) = self.messages.recv() => {
+                    if !self.deliver(message).await {
                         return None;
                     }
                 }

@@ -5,11 +5,13 @@
 //! - [`args`]: the argument cursor commands parse with.
 //! - [`cmd`]: the command table and one file per command family.
 //! - [`connection`]: one client's read → execute → reply loop.
+//! - [`pubsub`]: live Pub/Sub fan-out (the messages are also stored in topic logs).
 //! - [`shared`]: what connections share: client registry, stats, settings, the EXEC lock.
 
 pub mod args;
 pub mod cmd;
 pub mod connection;
+pub mod pubsub;
 pub mod reply;
 pub mod request;
 pub mod shared;

@@ -22,6 +22,8 @@ pub enum Reply {
     Push(Vec<Reply>),
     /// Nothing at all (CLIENT REPLY OFF/SKIP).
     Silent,
+    /// Several replies to one command, back to back (SUBSCRIBE to many channels).
+    Many(Vec<Reply>),
 }
 
 /// Which protocol a connection speaks.
@@ -73,6 +75,7 @@ impl Reply {
         let resp3 = protocol == Protocol::Resp3;
         match self {
             Reply::Silent => {}
+            Reply::Many(replies) => replies.iter().for_each(|r| r.encode(protocol, out)),
             Reply::Status(s) => line(out, b'+', s.as_bytes()),
             Reply::Error(e) => line(out, b'-', e.replace(['\r', '\n'], " ").as_bytes()),
             Reply::Integer(n) => line(out, b':', n.to_string().as_bytes()),

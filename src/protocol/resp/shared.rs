@@ -64,6 +64,7 @@ pub struct RespShared {
     pub clients: Mutex<BTreeMap<u64, ClientEntry>>,
     pub stats: Stats,
     pub started: Instant,
+    pub pubsub: super::pubsub::PubSub,
     /// Commands run holding it shared; EXEC holds it exclusively, so a transaction's commands
     /// run with nothing in between.
     pub exec_lock: RwLock<()>,
@@ -78,6 +79,7 @@ impl RespShared {
             clients: Mutex::new(BTreeMap::new()),
             stats: Stats::default(),
             started: Instant::now(),
+            pubsub: super::pubsub::PubSub::default(),
             exec_lock: RwLock::new(()),
         }
     }

@@ -40,7 +40,8 @@ fn describe(shared: &RespShared, id: u64, c: &ClientEntry, now: Instant) -> Stri
 }
 
 pub fn client(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let sub = args.required()?.to_ascii_uppercase();
+    let typed = args.required()?;
+    let sub = typed.to_ascii_uppercase();
     let id = context.session.id;
     let shared = context.shared;
     match sub.as_slice() {
@@ -117,7 +118,7 @@ pub fn client(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
         )),
         _ => Err(Reply::error(format!(
             "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-            String::from_utf8_lossy(&sub)
+            String::from_utf8_lossy(&typed)
         ))),
     }
 }

@@ -40,7 +40,8 @@ fn parameters(shared: &RespShared) -> Vec<(&'static str, String)> {
 }
 
 pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let sub = args.required()?.to_ascii_uppercase();
+    let typed = args.required()?;
+    let sub = typed.to_ascii_uppercase();
     match sub.as_slice() {
         b"GET" => {
             let patterns = args.rest();
@@ -109,7 +110,7 @@ pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
         )),
         _ => Err(Reply::error(format!(
             "ERR unknown subcommand '{}'. Try CONFIG HELP.",
-            String::from_utf8_lossy(&sub)
+            String::from_utf8_lossy(&typed)
         ))),
     }
 }

@@ -11,10 +11,16 @@ use crate::protocol::resp::reply::Protocol;
 pub const REDIS_COMPATIBLE_VERSION: &str = "7.0.15";
 
 /// `PING [message]`
-pub fn ping(args: &mut Args, _: &mut Context<'_>) -> Result<Reply, Reply> {
-    let reply = match args.optional() {
-        None => Reply::Status("PONG"),
-        Some(message) => Reply::Bulk(message),
+pub fn ping(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let message = args.optional();
+    // In RESP2's subscribed context PING answers with a ["pong", message] array.
+    let reply = match (context.session.in_subscribed_context(), message) {
+        (true, message) => Reply::Array(vec![
+            Reply::bulk("pong"),
+            Reply::Bulk(message.unwrap_or_default()),
+        ]),
+        (false, None) => Reply::Status("PONG"),
+        (false, Some(message)) => Reply::Bulk(message),
     };
     args.finish().map_err(|_| Reply::wrong_arity("ping"))?;
     Ok(reply)
@@ -109,5 +115,11 @@ pub fn reset(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     session.multi_failed = false;
     session.reply_mode = ReplyMode::On;
     session.authenticated = !context.shared.password_required();
+    for channel in std::mem::take(&mut session.subscriptions) {
+        context.shared.pubsub.unsubscribe(&channel, session.id);
+    }
+    for pattern in std::mem::take(&mut session.patterns) {
+        context.shared.pubsub.punsubscribe(&pattern, session.id);
+    }
     Ok(Reply::Status("RESET"))
 }

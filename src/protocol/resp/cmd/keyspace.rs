@@ -36,7 +36,7 @@ pub fn type_of(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Repl
     Ok(Reply::Status(
         match context.broker.kind_of(&args.required()?) {
             Some(EntityKind::Stream) => "stream",
-            None => "none",
+            Some(EntityKind::Topic) | None => "none",
         },
     ))
 }
@@ -125,5 +125,6 @@ pub fn scan(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
 fn kind_name(kind: EntityKind) -> &'static str {
     match kind {
         EntityKind::Stream => "stream",
+        EntityKind::Topic => "none",
     }
 }

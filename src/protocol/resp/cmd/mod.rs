@@ -18,6 +18,7 @@ mod connection;
 mod info;
 mod keyspace;
 mod multi;
+mod pubsub;
 mod xack;
 mod xadd;
 mod xclaim;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::args::Args;
+use super::pubsub::Subscriber;
 use super::reply::{Protocol, Reply};
 use super::shared::RespShared;
 use crate::broker::{Broker, Stream};
@@ -61,10 +63,14 @@ pub struct Session {
     pub reply_mode: ReplyMode,
     /// Set by QUIT: reply, then close.
     pub closing: bool,
+    pub subscriptions: std::collections::BTreeSet<Bytes>,
+    pub patterns: std::collections::BTreeSet<Bytes>,
+    /// How Pub/Sub reaches this connection.
+    pub subscriber: Subscriber,
 }
 
 impl Session {
-    pub fn new(id: u64, authenticated: bool) -> Session {
+    pub fn new(id: u64, authenticated: bool, subscriber: Subscriber) -> Session {
         Session {
             id,
             protocol: Protocol::Resp2,
@@ -74,7 +80,16 @@ impl Session {
             multi_failed: false,
             reply_mode: ReplyMode::On,
             closing: false,
+            subscriptions: Default::default(),
+            patterns: Default::default(),
+            subscriber,
         }
+    }
+
+    /// RESP2's subscribed context: only subscription commands, PING, QUIT and RESET run.
+    pub fn in_subscribed_context(&self) -> bool {
+        self.protocol == Protocol::Resp2
+            && !(self.subscriptions.is_empty() && self.patterns.is_empty())
     }
 }
 
@@ -160,13 +175,21 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("keys", 2, keyspace::keys),
     spec("multi", 1, multi::multi),
     spec("ping", -1, connection::ping),
+    spec("psubscribe", -2, pubsub::psubscribe),
+    spec("publish", 3, pubsub::publish),
+    spec("pubsub", -2, pubsub::pubsub),
+    spec("punsubscribe", -1, pubsub::punsubscribe),
     spec("quit", -1, connection::quit),
     spec("rename", 3, keyspace::rename),
     spec("reset", 1, connection::reset),
     spec("scan", -2, keyspace::scan),
     spec("select", 2, connection::select),
+    spec("subscribe", -2, pubsub::subscribe),
+    spec("topic.read", -3, pubsub::topic_read),
+    spec("topic.subscribe", 3, pubsub::topic_subscribe),
     spec("type", 2, keyspace::type_of),
     spec("unlink", -2, keyspace::del),
+    spec("unsubscribe", -1, pubsub::unsubscribe),
     deferring("xack", -4, xack::xack),
     deferring("xadd", -5, xadd::xadd),
     spec("xautoclaim", -6, xclaim::xautoclaim),
@@ -215,6 +238,20 @@ fn allowed_unauthenticated(name: &str) -> bool {
     matches!(name, "auth" | "hello" | "quit" | "reset")
 }
 
+fn allowed_subscribed(name: &str) -> bool {
+    matches!(
+        name,
+        "subscribe"
+            | "psubscribe"
+            | "unsubscribe"
+            | "punsubscribe"
+            | "ping"
+            | "quit"
+            | "reset"
+            | "topic.subscribe"
+    )
+}
+
 /// Commands that act on the transaction itself instead of being queued.
 fn controls_transaction(name: &str) -> bool {
     matches!(name, "exec" | "discard" | "multi" | "quit" | "reset")
@@ -251,6 +288,12 @@ pub fn execute(
     };
     if !session.authenticated && !allowed_unauthenticated(spec.name) {
         return Reply::error("NOAUTH Authentication required.");
+    }
+    if session.in_subscribed_context() && !allowed_subscribed(spec.name) {
+        return Reply::error(format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        ));
     }
     if let Some(queue) = session.multi.as_mut() {
         if !controls_transaction(spec.name) {

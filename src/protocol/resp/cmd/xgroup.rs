@@ -78,7 +78,8 @@ const HELP: [&str; 17] = [
 ];
 
 pub fn xgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let sub = args.required()?.to_ascii_uppercase();
+    let typed = args.required()?;
+    let sub = typed.to_ascii_uppercase();
     if sub == b"HELP" {
         return Ok(Reply::Array(
             HELP.iter().map(|l| Reply::Status(l)).collect(),
@@ -93,7 +94,8 @@ pub fn xgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
     let name = String::from_utf8_lossy(&sub).to_lowercase();
     if arity == 0 {
         return Err(Reply::error(format!(
-            "ERR unknown subcommand '{name}'. Try XGROUP HELP."
+            "ERR unknown subcommand '{}'. Try XGROUP HELP.",
+            String::from_utf8_lossy(&typed)
         )));
     }
     if args.remaining() < arity {
