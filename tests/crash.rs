@@ -405,9 +405,10 @@ fn a_failed_fsync_during_roll_fails_the_log_safely() {
 }
 
 #[test]
-fn no_space_left_fails_the_append_and_leaves_the_log_usable() {
+fn no_space_left_without_buffering_fails_the_append_and_leaves_the_log_usable() {
+    // Under `never` each append is written at once: the failed write is undone.
     let vfs = FaultVfs::new(13);
-    let log = open_fault(&vfs, small_config(Durability::Always)).unwrap();
+    let log = open_fault(&vfs, small_config(Durability::Never)).unwrap();
     for n in 0..5 {
         log.append(&[record(n)]).unwrap();
     }
@@ -420,7 +421,7 @@ fn no_space_left_fails_the_append_and_leaves_the_log_usable() {
     assert_eq!(log.next_offset(), 5, "the failed append took no offset");
     vfs.set_write_budget(None);
     assert_eq!(log.append(&[record(5)]).unwrap().base_offset, 5);
-    vfs.crash(CrashMode::TornWrites);
+    log.close().unwrap();
     drop(log);
     let log = open_fault(&vfs, small_config(Durability::Always)).unwrap();
     let got = read_all(&log).unwrap();
@@ -428,6 +429,48 @@ fn no_space_left_fails_the_append_and_leaves_the_log_usable() {
     assert!(
         got.iter().all(|(o, r)| *r == record(*o)),
         "the partial write left no trace"
+    );
+    drop(log);
+    assert!(verify_log_dir(&vfs, &log_dir()).unwrap().is_clean());
+}
+
+#[test]
+fn no_space_left_under_group_write_fails_every_waiting_append_and_the_log() {
+    // Under `always` appends are written together before the fsync: an ENOSPC there fails
+    // all of them (none was acknowledged) and the log, which must be reopened.
+    let vfs = FaultVfs::new(14);
+    let log = open_fault(&vfs, small_config(Durability::Always)).unwrap();
+    for n in 0..5 {
+        log.append(&[record(n)]).unwrap();
+    }
+    vfs.set_write_budget(Some(60));
+    let first = log.append_without_waiting(&[record(5)]).unwrap();
+    let second = log.append_without_waiting(&[record(6)]).unwrap();
+    let err = log.wait_until_durable(second.next_offset).unwrap_err();
+    assert!(
+        matches!(err, Error::Io(ref e) if e.kind() == std::io::ErrorKind::StorageFull),
+        "{err}"
+    );
+    assert!(matches!(
+        log.wait_until_durable(first.next_offset),
+        Err(Error::PreviousIo)
+    ));
+    assert!(matches!(log.append(&[record(7)]), Err(Error::PreviousIo)));
+    vfs.set_write_budget(None);
+    vfs.crash(CrashMode::TornWrites);
+    drop(log);
+    let log = open_fault(&vfs, small_config(Durability::Always)).unwrap();
+    let got = read_all(&log).unwrap();
+    assert_eq!(
+        got.len(),
+        5,
+        "acknowledged records are there, the failed ones are not"
+    );
+    assert!(got.iter().all(|(o, r)| *r == record(*o)));
+    assert_eq!(
+        log.append(&[record(5)]).unwrap().base_offset,
+        5,
+        "reopened, the log takes appends"
     );
     drop(log);
     assert!(verify_log_dir(&vfs, &log_dir()).unwrap().is_clean());

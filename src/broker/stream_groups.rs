@@ -525,6 +525,15 @@ impl Stream {
             .collect()
     }
 
+    /// Every group's full state (XINFO STREAM FULL).
+    pub fn group_states(&self) -> Vec<(Bytes, GroupState)> {
+        self.meta()
+            .groups
+            .iter()
+            .map(|(name, g)| (name.clone(), g.clone()))
+            .collect()
+    }
+
     pub fn consumers_info(&self, group: &[u8]) -> Result<Vec<ConsumerInfo>, StreamError> {
         let meta = self.meta();
         let g = Self::group_of(&meta.groups, group)?;

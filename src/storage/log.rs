@@ -107,7 +107,16 @@ impl Shared {
 struct Writer {
     started_ms: i64,
     encode_buf: Vec<u8>,
+    /// Under `always`, encoded batches wait here and the next sync writes them all with one
+    /// system call before its fsync. Nothing in it is visible or acknowledged, so a crash
+    /// losing it loses nothing promised.
+    pending: Vec<u8>,
+    /// File position of `pending[0]`.
+    pending_from: u64,
 }
+
+/// Bytes buffered under `always` before they are written even without a sync.
+const PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 struct SyncState {
     durable_next_offset: u64,
@@ -127,6 +136,8 @@ struct LogInner {
     recovery: RecoveryReport,
     /// Called (without locks held) whenever records become visible to readers.
     visibility_listener: Mutex<Option<VisibilityListener>>,
+    /// The durable next offset, for async waiters.
+    durable_watch: tokio::sync::watch::Sender<u64>,
 }
 
 /// A callback run when new records become visible (to wake blocked readers).
@@ -199,7 +210,10 @@ impl Log {
             writer: Mutex::new(Writer {
                 started_ms,
                 encode_buf: Vec::new(),
+                pending: Vec::new(),
+                pending_from: end.bytes,
             }),
+            durable_watch: tokio::sync::watch::Sender::new(end.next_offset),
             shared: RwLock::new(shared),
             sync: Mutex::new(SyncState {
                 durable_next_offset: end.next_offset,
@@ -287,6 +301,34 @@ impl Log {
     /// Block until every offset below `next_offset` is durable (fsynced).
     pub fn wait_until_durable(&self, next_offset: u64) -> Result<()> {
         self.inner.wait_until_durable(next_offset)
+    }
+
+    /// [`Log::wait_until_durable`] for async callers: awaits without holding a thread. If no
+    /// fsync is under way, one is started on the runtime's blocking pool (one per log at a
+    /// time), so many waiting connections cost one thread, not one each.
+    pub async fn wait_until_durable_async(&self, next_offset: u64) -> Result<()> {
+        let written = self.next_offset();
+        if next_offset > written {
+            return Err(Error::InvalidArgument(format!(
+                "cannot wait for offset {next_offset}: the log is written up to {written}"
+            )));
+        }
+        let mut durable = self.inner.durable_watch.subscribe();
+        loop {
+            if *durable.borrow_and_update() >= next_offset {
+                return Ok(());
+            }
+            if self.inner.failed.load(Ordering::Acquire) {
+                return Err(Error::PreviousIo);
+            }
+            if self.inner.try_lead() {
+                let inner = Arc::clone(&self.inner);
+                tokio::task::spawn_blocking(move || inner.lead_sync_rounds());
+            }
+            if durable.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
     }
 
     /// Read visible batches holding offsets from `from` on (from the start if `from` precedes
@@ -428,6 +470,7 @@ impl LogInner {
         self.failed.store(true, Ordering::Release);
         let _sync = lock(&self.sync);
         self.synced.notify_all();
+        self.durable_watch.send_modify(|_| {});
         error
     }
 
@@ -461,19 +504,31 @@ impl LogInner {
             let shared = self.read_shared();
             (Arc::clone(&shared.active.file), shared.active.written)
         };
-        let mut buf = std::mem::take(&mut writer.encode_buf);
-        buf.clear();
-        let header = encode_batch(written.next_offset, records, &mut buf);
-        let result = file.write_at(&buf, written.bytes);
-        writer.encode_buf = buf;
-        if let Err(e) = result {
-            // Undo a partial write so the file ends at a batch boundary; if even that fails,
-            // the file's contents are unknown and the log must be reopened.
-            return Err(match file.set_len(written.bytes) {
-                Ok(()) => Error::Io(e),
-                Err(_) => self.fail(e),
-            });
-        }
+        let header = if self.config.durability == Durability::Always {
+            if writer.pending.is_empty() {
+                writer.pending_from = written.bytes;
+            }
+            let header = encode_batch(written.next_offset, records, &mut writer.pending);
+            if writer.pending.len() >= PENDING_BYTES_MAX {
+                self.flush_pending(&mut writer)?;
+            }
+            header
+        } else {
+            let mut buf = std::mem::take(&mut writer.encode_buf);
+            buf.clear();
+            let header = encode_batch(written.next_offset, records, &mut buf);
+            let result = file.write_at(&buf, written.bytes);
+            writer.encode_buf = buf;
+            if let Err(e) = result {
+                // Undo a partial write so the file ends at a batch boundary; if even that
+                // fails, the file's contents are unknown and the log must be reopened.
+                return Err(match file.set_len(written.bytes) {
+                    Ok(()) => Error::Io(e),
+                    Err(_) => self.fail(e),
+                });
+            }
+            header
+        };
         if written.bytes == 0 {
             writer.started_ms = if self.config.segment_age_max.is_some() {
                 now_ms()
@@ -532,17 +587,82 @@ impl LogInner {
             sync = lock(&self.sync);
             sync.leader_active = false;
             if let Ok(durable) = outcome {
-                sync.durable_next_offset = sync.durable_next_offset.max(durable);
+                self.set_durable(&mut sync, durable);
             }
             self.synced.notify_all();
+            self.durable_watch.send_modify(|_| {});
             outcome?;
         }
+    }
+
+    fn set_durable(&self, sync: &mut SyncState, durable: u64) {
+        sync.durable_next_offset = sync.durable_next_offset.max(durable);
+        let value = sync.durable_next_offset;
+        self.durable_watch.send_if_modified(|d| {
+            let changed = *d < value;
+            *d = value;
+            changed
+        });
+    }
+
+    /// Become the sync leader if nobody is.
+    fn try_lead(&self) -> bool {
+        let mut sync = lock(&self.sync);
+        if sync.leader_active || self.failed.load(Ordering::Acquire) {
+            return false;
+        }
+        sync.leader_active = true;
+        true
+    }
+
+    /// As leader: sync until everything written is durable, then step down.
+    fn lead_sync_rounds(&self) {
+        loop {
+            let outcome = self.sync_active();
+            let mut sync = lock(&self.sync);
+            let done = match outcome {
+                Ok(durable) => {
+                    self.set_durable(&mut sync, durable);
+                    sync.durable_next_offset >= self.read_shared().active.written.next_offset
+                }
+                Err(_) => true,
+            };
+            if done {
+                sync.leader_active = false;
+                self.synced.notify_all();
+                drop(sync);
+                // Wake async waiters even if nothing moved (a failure, or another round).
+                self.durable_watch.send_modify(|_| {});
+                return;
+            }
+        }
+    }
+
+    /// Write what `always` buffered; the caller holds the writer lock. A failure fails the
+    /// log: those batches already have offsets.
+    fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
+        if writer.pending.is_empty() {
+            return Ok(());
+        }
+        let file = Arc::clone(&self.read_shared().active.file);
+        if let Err(e) = file.write_at(&writer.pending, writer.pending_from) {
+            return Err(self.fail(e));
+        }
+        writer.pending_from += writer.pending.len() as u64;
+        writer.pending.clear();
+        // Keep a big buffer from pinning memory after a burst.
+        if writer.pending.capacity() > PENDING_BYTES_MAX {
+            writer.pending = Vec::new();
+        }
+        Ok(())
     }
 
     /// fsync the active segment up to what is written now; make it visible. Returns the offset
     /// below which everything is durable.
     fn sync_active(&self) -> Result<u64> {
         let (file, base, written) = {
+            let mut writer = lock(&self.writer);
+            self.flush_pending(&mut writer)?;
             let shared = self.read_shared();
             (
                 Arc::clone(&shared.active.file),
@@ -583,6 +703,7 @@ impl LogInner {
     /// Seal the active segment and open a new one. Each step is ordered for crash safety:
     /// the old segment and its indexes are durable before the recovery point moves past it.
     fn roll(&self, writer: &mut Writer) -> Result<()> {
+        self.flush_pending(writer)?;
         let (file, path, base, written, mut index) = {
             let shared = self.read_shared();
             let a = &shared.active;
@@ -615,7 +736,7 @@ impl LogInner {
         let (sealed, active) = step().map_err(|e| self.fail(e))?;
         {
             let mut sync = lock(&self.sync);
-            sync.durable_next_offset = sync.durable_next_offset.max(written.next_offset);
+            self.set_durable(&mut sync, written.next_offset);
             let mut shared = self.write_shared();
             shared.sealed.push_back(sealed);
             let end = End {
@@ -707,11 +828,12 @@ impl LogInner {
     }
 
     fn close(&self) -> Result<()> {
-        let _writer = lock(&self.writer);
+        let mut writer = lock(&self.writer);
         if self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
         self.check_usable()?;
+        self.flush_pending(&mut writer)?;
         let (file, base, written, mut index) = {
             let shared = self.read_shared();
             let a = &shared.active;
@@ -747,7 +869,7 @@ impl LogInner {
         };
         step().map_err(|e| self.fail(e))?;
         let mut sync = lock(&self.sync);
-        sync.durable_next_offset = sync.durable_next_offset.max(written.next_offset);
+        self.set_durable(&mut sync, written.next_offset);
         self.closed.store(true, Ordering::Release);
         self.synced.notify_all();
         Ok(())

@@ -4,7 +4,7 @@
 //! out, the connection waits for data or the timeout, then carries on with later requests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use super::cmd::{self, Blocked, PendingAck, ReplyMode, Session};
 use super::pubsub::{Subscriber, SUBSCRIBER_QUEUE_MAX};
 use super::reply::{Protocol, Reply};
 use super::request::{decode_request, ProtocolError};
-use super::shared::{ClientEntry, RespShared};
+use super::shared::{ClientActivity, ClientEntry, RespShared};
 
 /// Requests run per round before replies are written, bounding the replies held in memory.
 const ROUND_REQUESTS_MAX: usize = 1024;
@@ -37,6 +37,9 @@ struct Connection {
     kill: Arc<Notify>,
     /// Pub/Sub messages for this client.
     messages: mpsc::Receiver<Reply>,
+    /// A request decoded but left for the next round (it had to wait for pending acks).
+    carried: Option<Vec<bytes::Bytes>>,
+    activity: Arc<ClientActivity>,
 }
 
 /// What ended a round of requests.
@@ -63,6 +66,11 @@ pub async fn serve(
     );
     let (reader, writer) = socket.into_split();
     let (killed, kill) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
+    let activity = Arc::new(ClientActivity {
+        last_active_ms: AtomicU64::new(0),
+        last_command: AtomicU64::new(u64::MAX),
+        protocol: AtomicU64::new(2),
+    });
     let now = Instant::now();
     shared.clients().insert(
         client_id,
@@ -73,9 +81,7 @@ pub async fn serve(
             lib_name: None,
             lib_ver: None,
             created: now,
-            last_active: now,
-            last_command: "NULL".into(),
-            protocol: 2,
+            activity: Arc::clone(&activity),
             blocked: false,
             killed: Arc::clone(&killed),
             kill: Arc::clone(&kill),
@@ -99,6 +105,8 @@ pub async fn serve(
         killed,
         kill,
         messages,
+        carried: None,
+        activity,
     };
     connection.run().await;
     for channel in &connection.session.subscriptions {
@@ -117,7 +125,11 @@ impl Connection {
                 return;
             }
             let mut replies: Vec<Reply> = Vec::new();
-            let end = self.run_round(&mut replies);
+            let mut pending: Vec<PendingAck> = Vec::new();
+            let end = self.run_round(&mut replies, &mut pending);
+            if !pending.is_empty() {
+                cmd::settle(&mut pending, &mut replies).await;
+            }
             if !self.write(&replies).await {
                 return;
             }
@@ -150,62 +162,84 @@ impl Connection {
         }
     }
 
-    /// Record what the client just did, for CLIENT LIST.
+    /// Record what the client just did, for CLIENT LIST (atomics: no shared lock per command).
     fn note_command(&self, name: &[u8]) {
-        if let Some(entry) = self.shared.clients().get_mut(&self.session.id) {
-            entry.last_active = Instant::now();
-            entry.last_command = String::from_utf8_lossy(name).to_ascii_lowercase();
-            entry.protocol = if self.session.protocol == Protocol::Resp3 {
-                3
-            } else {
-                2
-            };
-        }
+        let index = cmd::lookup(name).map_or(u64::MAX, |spec| {
+            cmd::COMMANDS
+                .iter()
+                .position(|c| std::ptr::eq(c, spec))
+                .unwrap_or(0) as u64
+        });
+        self.activity.last_command.store(index, Ordering::Relaxed);
+        let elapsed = self.shared.started.elapsed().as_millis() as u64;
+        self.activity
+            .last_active_ms
+            .store(elapsed, Ordering::Relaxed);
+        let protocol = if self.session.protocol == Protocol::Resp3 {
+            3
+        } else {
+            2
+        };
+        self.activity.protocol.store(protocol, Ordering::Relaxed);
     }
 
-    /// Run buffered requests until input runs out, the round is full, or one closes or blocks.
-    fn run_round(&mut self, replies: &mut Vec<Reply>) -> RoundEnd {
-        let mut pending: Vec<PendingAck> = Vec::new();
+    /// Run buffered requests until input runs out, the round is full, one closes or blocks, or
+    /// one must see writes whose acks are still pending (it then opens the next round).
+    fn run_round(&mut self, replies: &mut Vec<Reply>, pending: &mut Vec<PendingAck>) -> RoundEnd {
         let limits = self.shared.facts.limits;
-        let end = loop {
+        loop {
             if replies.len() >= ROUND_REQUESTS_MAX {
-                break RoundEnd::Full;
+                return RoundEnd::Full;
             }
-            match decode_request(&mut self.input, &limits) {
-                Ok(Some(args)) if args.is_empty() => continue,
-                Ok(Some(args)) => {
-                    self.note_command(&args[0]);
-                    let mode_before = self.session.reply_mode;
-                    let mut blocked = None;
-                    let reply = tokio::task::block_in_place(|| {
-                        cmd::execute(
-                            &self.shared,
-                            &mut self.session,
-                            args,
-                            &mut pending,
-                            replies,
-                            &mut blocked,
-                        )
-                    });
-                    if let Some(blocked) = blocked {
-                        break RoundEnd::Block(blocked);
+            let args = match self.carried.take() {
+                Some(args) => args,
+                None => match decode_request(&mut self.input, &limits) {
+                    Ok(Some(args)) if args.is_empty() => continue,
+                    Ok(Some(args)) => args,
+                    Ok(None) => return RoundEnd::NeedInput,
+                    Err(ProtocolError(text)) => {
+                        replies.push(Reply::Error(text));
+                        return RoundEnd::Close;
                     }
-                    replies.push(self.filter_reply(mode_before, reply));
-                    if self.session.closing {
-                        break RoundEnd::Close;
-                    }
-                }
-                Ok(None) => break RoundEnd::NeedInput,
-                Err(ProtocolError(text)) => {
-                    replies.push(Reply::Error(text));
-                    break RoundEnd::Close;
-                }
+                },
+            };
+            if !pending.is_empty() && cmd::needs_settled_writes(&args) {
+                self.carried = Some(args);
+                return RoundEnd::Full;
             }
-        };
-        if !pending.is_empty() {
-            tokio::task::block_in_place(|| cmd::settle(&mut pending, replies));
+            self.note_command(&args[0]);
+            let mode_before = self.session.reply_mode;
+            let mut blocked = None;
+            let reply_index = replies.len();
+            let reply = if cmd::may_block(&args) {
+                tokio::task::block_in_place(|| {
+                    cmd::execute(
+                        &self.shared,
+                        &mut self.session,
+                        args,
+                        pending,
+                        reply_index,
+                        &mut blocked,
+                    )
+                })
+            } else {
+                cmd::execute(
+                    &self.shared,
+                    &mut self.session,
+                    args,
+                    pending,
+                    reply_index,
+                    &mut blocked,
+                )
+            };
+            if let Some(blocked) = blocked {
+                return RoundEnd::Block(blocked);
+            }
+            replies.push(self.filter_reply(mode_before, reply));
+            if self.session.closing {
+                return RoundEnd::Close;
+            }
         }
-        end
     }
 
     /// CLIENT REPLY: OFF silences replies (including its own), SKIP silences its own and the

@@ -41,13 +41,23 @@ pub struct ClientEntry {
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
     pub created: Instant,
-    pub last_active: Instant,
-    pub last_command: String,
-    pub protocol: u8,
+    /// Updated by the connection on every command without taking the registry lock.
+    pub activity: Arc<ClientActivity>,
     pub blocked: bool,
     /// CLIENT KILL sets this and wakes the connection.
     pub killed: Arc<AtomicBool>,
     pub kill: Arc<Notify>,
+}
+
+/// What a connection records per command, lock-free.
+#[derive(Default)]
+pub struct ClientActivity {
+    /// Milliseconds since the server started.
+    pub last_active_ms: AtomicU64,
+    /// Index of the last command in the command table, or `u64::MAX`.
+    pub last_command: AtomicU64,
+    /// 2 or 3.
+    pub protocol: AtomicU64,
 }
 
 #[derive(Default)]

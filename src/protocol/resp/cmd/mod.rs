@@ -207,10 +207,43 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("xtrim", -4, xtrim::xtrim),
 ];
 
+/// Find a command by name, case-insensitively (the table is sorted by name).
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    // No command name is longer than this; anything longer is unknown.
+    const NAME_BYTES_MAX: usize = 16;
+    if name.len() > NAME_BYTES_MAX {
+        return None;
+    }
+    let mut lower = [0u8; NAME_BYTES_MAX];
+    lower[..name.len()].copy_from_slice(name);
+    lower[..name.len()].make_ascii_lowercase();
+    let lower = &lower[..name.len()];
     COMMANDS
-        .iter()
-        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+        .binary_search_by(|c| c.name.as_bytes().cmp(lower))
+        .ok()
+        .map(|i| &COMMANDS[i])
+}
+
+/// Whether a request must wait for pending acks first (it could observe their writes).
+pub fn needs_settled_writes(args: &[Bytes]) -> bool {
+    lookup(&args[0]).is_none_or(|spec| !spec.defers_ack)
+}
+
+/// Whether a request may wait for an fsync or do slow I/O (then it runs off the async worker).
+/// Appends, acks and deliveries are buffered and cheap; what commits durably inline is not.
+pub fn may_block(args: &[Bytes]) -> bool {
+    let Some(spec) = lookup(&args[0]) else {
+        return false;
+    };
+    match spec.name {
+        "xdel" | "xtrim" | "xsetid" | "xgroup" | "del" | "unlink" | "flushall" | "flushdb"
+        | "rename" | "exec" => true,
+        // XADD commits a trim durably when asked to trim.
+        "xadd" => args
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(b"MAXLEN") || a.eq_ignore_ascii_case(b"MINID")),
+        _ => false,
+    }
 }
 
 /// Redis's reply to an unknown command: the name and up to ~128 bytes of arguments, quoted.
@@ -263,7 +296,7 @@ pub fn execute(
     session: &mut Session,
     args: Vec<Bytes>,
     pending: &mut Vec<PendingAck>,
-    replies: &mut [Reply],
+    reply_index: usize,
     blocked: &mut Option<Blocked>,
 ) -> Reply {
     shared.count_command();
@@ -301,13 +334,10 @@ pub fn execute(
             return Reply::Status("QUEUED");
         }
     }
-    if !spec.defers_ack {
-        settle(pending, replies);
-    }
     // EXEC takes the lock exclusively itself.
     let _shared_turn =
         (spec.name != "exec").then(|| shared.exec_lock.read().unwrap_or_else(|e| e.into_inner()));
-    dispatch(spec, shared, session, args, pending, replies.len(), blocked)
+    dispatch(spec, shared, session, args, pending, reply_index, blocked)
 }
 
 /// Run a handler (arity and gates already checked).
@@ -336,14 +366,14 @@ fn dispatch(
 
 /// Wait until every pending reply's log is durable (one wait per log, for its highest offset).
 /// A reply whose durability failed becomes an error instead.
-pub fn settle(pending: &mut Vec<PendingAck>, replies: &mut [Reply]) {
+pub async fn settle(pending: &mut Vec<PendingAck>, replies: &mut [Reply]) {
     while let Some(first) = pending.first() {
         let log = first.log.clone();
         let (same, rest): (Vec<PendingAck>, Vec<PendingAck>) =
             pending.drain(..).partition(|p| p.log.same_log(&log));
         *pending = rest;
         let highest = same.iter().map(|p| p.next_offset).max().unwrap_or(0);
-        if let Err(e) = log.wait_until_durable(highest) {
+        if let Err(e) = log.wait_until_durable_async(highest).await {
             tracing::error!(error = %e, "write not durable; failing its reply");
             for p in same {
                 if let Some(reply) = replies.get_mut(p.reply_index) {
@@ -357,4 +387,22 @@ pub fn settle(pending: &mut Vec<PendingAck>, replies: &mut [Reply]) {
 /// The stream called `name`, if the key holds one (`None` if the key does not exist).
 fn existing_stream(context: &Context<'_>, name: &[u8]) -> Option<Arc<Stream>> {
     context.broker.stream(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_and_lookup_ignores_case() {
+        assert!(
+            COMMANDS.windows(2).all(|w| w[0].name < w[1].name),
+            "binary search needs a sorted table"
+        );
+        assert!(COMMANDS.iter().all(|c| c.name.len() <= 16));
+        assert_eq!(lookup(b"XaDd").map(|c| c.name), Some("xadd"));
+        assert_eq!(lookup(b"topic.READ").map(|c| c.name), Some("topic.read"));
+        assert!(lookup(b"nosuch").is_none());
+        assert!(lookup(&[b'x'; 100]).is_none());
+    }
 }

@@ -3,6 +3,8 @@
 use super::xadd::stream_error;
 use super::xrange::entry_reply;
 use super::{existing_stream, Context, Reply};
+use crate::broker::group::GroupState;
+use crate::broker::StreamId;
 use crate::protocol::resp::args::Args;
 
 pub fn xinfo(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
@@ -18,7 +20,7 @@ pub fn xinfo(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
                 "    Show consumers of <groupname>.",
                 "GROUPS <key>",
                 "    Show the stream consumer groups.",
-                "STREAM <key>",
+                "STREAM <key> [FULL [COUNT <count>]",
                 "    Show information about the stream.",
                 "HELP",
                 "    Print this help.",
@@ -45,6 +47,14 @@ fn required(args: &mut Args, sub: &str) -> Result<bytes::Bytes, Reply> {
 
 fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let key = required(args, "stream")?;
+    let full = args.eat("FULL");
+    let mut count = 10usize;
+    if full && args.eat("COUNT") {
+        let n = crate::protocol::resp::args::parse_i64(
+            &args.optional().ok_or_else(Reply::syntax_error)?,
+        )?;
+        count = if n <= 0 { usize::MAX } else { n as usize };
+    }
     args.finish()?;
     let Some(stream) = existing_stream(context, &key) else {
         return Err(Reply::error("ERR no such key"));
@@ -55,8 +65,7 @@ fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
         .first_entry
         .as_ref()
         .map_or("0-0".to_string(), |e| e.id.to_string());
-    let entry = |e: Option<_>| e.map_or(Reply::Nil, entry_reply);
-    Ok(Reply::Map(vec![
+    let mut fields = vec![
         (Reply::bulk("length"), Reply::Integer(info.length as i64)),
         // Potok has no radix tree; its segments play that part.
         (Reply::bulk("radix-tree-keys"), Reply::Integer(segments)),
@@ -77,13 +86,101 @@ fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
             Reply::bulk("recorded-first-entry-id"),
             Reply::bulk(first_id),
         ),
-        (
+    ];
+    if !full {
+        let entry = |e: Option<_>| e.map_or(Reply::Nil, entry_reply);
+        fields.push((
             Reply::bulk("groups"),
             Reply::Integer(stream.groups_info().len() as i64),
+        ));
+        fields.push((Reply::bulk("first-entry"), entry(info.first_entry)));
+        fields.push((Reply::bulk("last-entry"), entry(info.last_entry)));
+        return Ok(Reply::Map(fields));
+    }
+    let entries = stream
+        .range(StreamId::MIN, StreamId::MAX, Some(count))
+        .map_err(stream_error)?;
+    fields.push((
+        Reply::bulk("entries"),
+        Reply::Array(entries.into_iter().map(entry_reply).collect()),
+    ));
+    let summaries = stream.groups_info();
+    let groups = stream
+        .group_states()
+        .into_iter()
+        .zip(summaries)
+        .map(|((name, group), summary)| full_group(name, &group, summary.lag, count))
+        .collect();
+    fields.push((Reply::bulk("groups"), Reply::Array(groups)));
+    Ok(Reply::Map(fields))
+}
+
+/// One group in XINFO STREAM FULL: its PEL and its consumers with theirs, at most `count` each.
+fn full_group(name: bytes::Bytes, group: &GroupState, lag: Option<u64>, count: usize) -> Reply {
+    let pending = group
+        .pending
+        .iter()
+        .take(count)
+        .map(|(id, p)| {
+            Reply::Array(vec![
+                Reply::bulk(id.to_string()),
+                Reply::Bulk(p.consumer.clone()),
+                Reply::Integer(p.delivery_time_ms),
+                Reply::Integer(p.delivery_count as i64),
+            ])
+        })
+        .collect();
+    let consumers = group
+        .consumers
+        .iter()
+        .map(|(consumer, state)| {
+            let own: Vec<Reply> = group
+                .pending
+                .iter()
+                .filter(|(_, p)| p.consumer == consumer)
+                .take(count)
+                .map(|(id, p)| {
+                    Reply::Array(vec![
+                        Reply::bulk(id.to_string()),
+                        Reply::Integer(p.delivery_time_ms),
+                        Reply::Integer(p.delivery_count as i64),
+                    ])
+                })
+                .collect();
+            Reply::Map(vec![
+                (Reply::bulk("name"), Reply::Bulk(consumer.clone())),
+                (Reply::bulk("seen-time"), Reply::Integer(state.seen_time_ms)),
+                (
+                    Reply::bulk("pel-count"),
+                    Reply::Integer(group.pending_of(consumer) as i64),
+                ),
+                (Reply::bulk("pending"), Reply::Array(own)),
+            ])
+        })
+        .collect();
+    Reply::Map(vec![
+        (Reply::bulk("name"), Reply::Bulk(name)),
+        (
+            Reply::bulk("last-delivered-id"),
+            Reply::bulk(group.last_delivered.to_string()),
         ),
-        (Reply::bulk("first-entry"), entry(info.first_entry)),
-        (Reply::bulk("last-entry"), entry(info.last_entry)),
-    ]))
+        (
+            Reply::bulk("entries-read"),
+            group
+                .entries_read
+                .map_or(Reply::Nil, |n| Reply::Integer(n as i64)),
+        ),
+        (
+            Reply::bulk("lag"),
+            lag.map_or(Reply::Nil, |n| Reply::Integer(n as i64)),
+        ),
+        (
+            Reply::bulk("pel-count"),
+            Reply::Integer(group.pending.len() as i64),
+        ),
+        (Reply::bulk("pending"), Reply::Array(pending)),
+        (Reply::bulk("consumers"), Reply::Array(consumers)),
+    ])
 }
 
 fn groups(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
