@@ -5,6 +5,11 @@
 
 use std::time::Instant;
 
+/// A stream entry as the client decodes it: ID and field/value pairs.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+/// XREAD's reply: per stream, its entries.
+type StreamsReply = Option<Vec<(String, Vec<Entry>)>>;
+
 fn main() -> redis::RedisResult<()> {
     let args: Vec<String> = std::env::args().collect();
     let port: u16 = args
@@ -45,7 +50,7 @@ fn main() -> redis::RedisResult<()> {
         let started = Instant::now();
         let (mut cursor, mut bytes, mut read) = ("-".to_string(), 0u64, 0u64);
         loop {
-            let page: Vec<(String, Vec<(String, Vec<u8>)>)> = if command == "XRANGE" {
+            let page: Vec<Entry> = if command == "XRANGE" {
                 redis::cmd("XRANGE")
                     .arg(key)
                     .arg(&cursor)
@@ -59,14 +64,13 @@ fn main() -> redis::RedisResult<()> {
                 } else {
                     cursor.clone()
                 };
-                let reply: Option<Vec<(String, Vec<(String, Vec<(String, Vec<u8>)>)>)>> =
-                    redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(1000)
-                        .arg("STREAMS")
-                        .arg(key)
-                        .arg(after)
-                        .query(&mut con)?;
+                let reply: StreamsReply = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(after)
+                    .query(&mut con)?;
                 reply
                     .and_then(|mut streams| streams.pop())
                     .map(|(_, entries)| entries)
