@@ -163,13 +163,8 @@ impl Connection {
     }
 
     /// Record what the client just did, for CLIENT LIST (atomics: no shared lock per command).
-    fn note_command(&self, name: &[u8]) {
-        let index = cmd::lookup(name).map_or(u64::MAX, |spec| {
-            cmd::COMMANDS
-                .iter()
-                .position(|c| std::ptr::eq(c, spec))
-                .unwrap_or(0) as u64
-        });
+    fn note_command(&self, spec: Option<&cmd::CommandSpec>) {
+        let index = spec.map_or(u64::MAX, |spec| cmd::index_of(spec) as u64);
         self.activity.last_command.store(index, Ordering::Relaxed);
         let elapsed = self.shared.started.elapsed().as_millis() as u64;
         self.activity
@@ -203,19 +198,21 @@ impl Connection {
                     }
                 },
             };
-            if !pending.is_empty() && cmd::needs_settled_writes(&args) {
+            let spec = cmd::lookup(&args[0]);
+            if !pending.is_empty() && cmd::needs_settled_writes(spec) {
                 self.carried = Some(args);
                 return RoundEnd::Full;
             }
-            self.note_command(&args[0]);
+            self.note_command(spec);
             let mode_before = self.session.reply_mode;
             let mut blocked = None;
             let reply_index = replies.len();
-            let reply = if cmd::may_block(&args) {
+            let reply = if cmd::may_block(spec, &args) {
                 tokio::task::block_in_place(|| {
                     cmd::execute(
                         &self.shared,
                         &mut self.session,
+                        spec,
                         args,
                         pending,
                         reply_index,
@@ -226,6 +223,7 @@ impl Connection {
                 cmd::execute(
                     &self.shared,
                     &mut self.session,
+                    spec,
                     args,
                     pending,
                     reply_index,

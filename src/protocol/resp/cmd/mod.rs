@@ -207,6 +207,14 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("xtrim", -4, xtrim::xtrim),
 ];
 
+/// The command's position in [`COMMANDS`] (for compact bookkeeping).
+pub fn index_of(spec: &CommandSpec) -> usize {
+    COMMANDS
+        .iter()
+        .position(|c| std::ptr::eq(c, spec))
+        .unwrap_or(usize::MAX)
+}
+
 /// Find a command by name, case-insensitively (the table is sorted by name).
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     // No command name is longer than this; anything longer is unknown.
@@ -225,14 +233,14 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
 }
 
 /// Whether a request must wait for pending acks first (it could observe their writes).
-pub fn needs_settled_writes(args: &[Bytes]) -> bool {
-    lookup(&args[0]).is_none_or(|spec| !spec.defers_ack)
+pub fn needs_settled_writes(spec: Option<&CommandSpec>) -> bool {
+    spec.is_none_or(|spec| !spec.defers_ack)
 }
 
 /// Whether a request may wait for an fsync or do slow I/O (then it runs off the async worker).
 /// Appends, acks and deliveries are buffered and cheap; what commits durably inline is not.
-pub fn may_block(args: &[Bytes]) -> bool {
-    let Some(spec) = lookup(&args[0]) else {
+pub fn may_block(spec: Option<&CommandSpec>, args: &[Bytes]) -> bool {
+    let Some(spec) = spec else {
         return false;
     };
     match spec.name {
@@ -294,22 +302,21 @@ fn controls_transaction(name: &str) -> bool {
 pub fn execute(
     shared: &RespShared,
     session: &mut Session,
+    spec: Option<&'static CommandSpec>,
     args: Vec<Bytes>,
     pending: &mut Vec<PendingAck>,
     reply_index: usize,
     blocked: &mut Option<Blocked>,
 ) -> Reply {
     shared.count_command();
-    let checked = lookup(&args[0])
-        .ok_or_else(|| unknown_command(&args))
-        .and_then(|spec| {
-            let count = args.len() as i32;
-            if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
-                Err(Reply::wrong_arity(spec.name))
-            } else {
-                Ok(spec)
-            }
-        });
+    let checked = spec.ok_or_else(|| unknown_command(&args)).and_then(|spec| {
+        let count = args.len() as i32;
+        if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
+            Err(Reply::wrong_arity(spec.name))
+        } else {
+            Ok(spec)
+        }
+    });
     let spec = match checked {
         Ok(spec) => spec,
         Err(reply) => {
