@@ -1226,3 +1226,55 @@ fn topics_keep_history_that_survives_kill_9_and_replays_without_gaps() {
     let live = b"*3\r\n$7\r\nmessage\r\n$6\r\nevents\r\n$2\r\nm5\r\n";
     assert_eq!(read_exactly(&mut socket, live.len()), live);
 }
+
+#[test]
+fn xinfo_stream_full_shows_entries_groups_and_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    for n in 1..=3 {
+        xadd(&mut con, "s", &format!("{n}-1"), &[("f", "v")]).unwrap();
+    }
+    run(&mut con, &["XGROUP", "CREATE", "s", "g", "0"]).unwrap();
+    run(
+        &mut con,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "alice",
+            "COUNT",
+            "2",
+            "STREAMS",
+            "s",
+            ">",
+        ],
+    )
+    .unwrap();
+    let full: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg("s")
+        .arg("FULL")
+        .arg("COUNT")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    let entries: Entries = redis::from_redis_value(full["entries"].clone()).unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        vec!["1-1", "2-1"],
+        "COUNT bounds the entries"
+    );
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::from_redis_value(full["groups"].clone()).unwrap();
+    assert_eq!(
+        redis::from_redis_value::<i64>(groups[0]["pel-count"].clone()).unwrap(),
+        2
+    );
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::from_redis_value(groups[0]["consumers"].clone()).unwrap();
+    assert_eq!(
+        redis::from_redis_value::<String>(consumers[0]["name"].clone()).unwrap(),
+        "alice"
+    );
+}

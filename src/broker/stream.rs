@@ -66,6 +66,8 @@ pub enum StreamError {
     EntriesAddedTooSmall,
     #[error("The ID specified in XSETID is smaller than the provided max_deleted_entry_id")]
     SetIdBelowMaxDeleted,
+    #[error("reply would exceed {0} bytes; ask for fewer entries with COUNT")]
+    ReplyTooLarge(u64),
     /// The group does not exist (each command words this its own way).
     #[error("no such consumer group")]
     NoGroup,
@@ -107,10 +109,22 @@ pub struct Stream {
     state: Mutex<StreamState>,
     /// Readers blocked until new entries become visible.
     waiters: Arc<Waiters>,
+    /// Cap on one range read's entry bytes ([`RANGE_BYTES_MAX`] unless changed).
+    reply_bytes_max: std::sync::atomic::AtomicU64,
 }
 
 /// Bytes read per step while scanning entries.
 const SCAN_READ_BYTES: u64 = 256 * 1024;
+/// Most entry bytes one range read returns: a reply never holds unbounded memory.
+pub const RANGE_BYTES_MAX: u64 = 512 * 1024 * 1024;
+
+fn entry_bytes(entry: &Entry) -> u64 {
+    16 + entry
+        .fields
+        .iter()
+        .map(|(f, v)| (f.len() + v.len()) as u64 + 8)
+        .sum::<u64>()
+}
 /// The journal's directory inside the stream's.
 const JOURNAL_DIR: &str = "meta";
 
@@ -151,6 +165,7 @@ impl Stream {
                 meta: Arc::new(meta),
             }),
             waiters,
+            reply_bytes_max: std::sync::atomic::AtomicU64::new(RANGE_BYTES_MAX),
         })
     }
 
@@ -174,6 +189,17 @@ impl Stream {
 
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// Change the cap on one range read's entry bytes.
+    pub fn set_reply_bytes_max(&self, bytes: u64) {
+        self.reply_bytes_max
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reply_bytes_max(&self) -> u64 {
+        self.reply_bytes_max
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn last_id(&self) -> StreamId {
@@ -309,6 +335,7 @@ impl Stream {
             return Ok(entries);
         }
         let mut offset = self.offset_of(start)?.max(meta.first_offset);
+        let mut total_bytes = 0u64;
         while entries.len() < limit {
             let result = self.log.read(offset, SCAN_READ_BYTES)?;
             for record in result.records().filter(|r| meta.is_live(r.offset)) {
@@ -317,6 +344,10 @@ impl Stream {
                 };
                 if entry.id > end || entries.len() == limit {
                     return Ok(entries);
+                }
+                total_bytes += entry_bytes(&entry);
+                if total_bytes > self.reply_bytes_max() {
+                    return Err(StreamError::ReplyTooLarge(self.reply_bytes_max()));
                 }
                 entries.push(entry);
             }
@@ -364,6 +395,9 @@ impl Stream {
                 }
             }
             entries.extend(window.into_iter().rev().take(limit - entries.len()));
+            if entries.iter().map(entry_bytes).sum::<u64>() > self.reply_bytes_max() {
+                return Err(StreamError::ReplyTooLarge(self.reply_bytes_max()));
+            }
             high = from;
         }
         Ok(entries)
@@ -752,6 +786,31 @@ mod tests {
             stream.add(IdSpec::Explicit(StreamId::new(1000, 0)), fields(0)),
             Err(StreamError::IdTooSmall)
         ));
+    }
+
+    #[test]
+    fn a_range_reply_is_capped_in_bytes() {
+        let stream = open(&FaultVfs::new(5));
+        for ms in 1..=100 {
+            add(&stream, ms, 0);
+        }
+        stream.set_reply_bytes_max(1000);
+        assert!(matches!(
+            stream.range(StreamId::MIN, StreamId::MAX, None),
+            Err(StreamError::ReplyTooLarge(1000))
+        ));
+        assert!(matches!(
+            stream.rev_range(StreamId::MAX, StreamId::MIN, None),
+            Err(StreamError::ReplyTooLarge(1000))
+        ));
+        assert_eq!(
+            stream
+                .range(StreamId::MIN, StreamId::MAX, Some(10))
+                .unwrap()
+                .len(),
+            10,
+            "COUNT keeps it small"
+        );
     }
 
     #[test]

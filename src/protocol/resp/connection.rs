@@ -24,6 +24,9 @@ use super::shared::{ClientActivity, ClientEntry, RespShared};
 const ROUND_REQUESTS_MAX: usize = 1024;
 /// Initial input buffer; it grows only as far as one request needs (bounded by the limits).
 const INPUT_BUFFER_BYTES: usize = 16 * 1024;
+/// Output one round may produce before the client is disconnected (Redis's
+/// client-output-buffer-limit; range replies are capped lower, so this is a last guard).
+const OUTPUT_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
 struct Connection {
     shared: Arc<RespShared>,
@@ -259,6 +262,14 @@ impl Connection {
     async fn write(&mut self, replies: &[Reply]) -> bool {
         for reply in replies {
             reply.encode(self.session.protocol, &mut self.output);
+            if self.output.len() > OUTPUT_BYTES_MAX {
+                tracing::warn!(
+                    client = self.session.id,
+                    bytes = self.output.len(),
+                    "closing client over the output buffer limit"
+                );
+                return false;
+            }
         }
         if self.output.is_empty() {
             return true;
