@@ -210,19 +210,8 @@ impl Connection {
             let mode_before = self.session.reply_mode;
             let mut blocked = None;
             let reply_index = replies.len();
-            let reply = if cmd::may_block(spec, &args) {
-                tokio::task::block_in_place(|| {
-                    cmd::execute(
-                        &self.shared,
-                        &mut self.session,
-                        spec,
-                        args,
-                        pending,
-                        reply_index,
-                        &mut blocked,
-                    )
-                })
-            } else {
+            let off_worker = cmd::may_block(spec, &args);
+            let run = || {
                 cmd::execute(
                     &self.shared,
                     &mut self.session,
@@ -232,6 +221,11 @@ impl Connection {
                     reply_index,
                     &mut blocked,
                 )
+            };
+            let reply = if off_worker {
+                tokio::task::block_in_place(run)
+            } else {
+                run()
             };
             if let Some(blocked) = blocked {
                 return RoundEnd::Block(blocked);

@@ -71,62 +71,55 @@ pub fn psubscribe(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
     Ok(Reply::Many(replies))
 }
 
-pub fn unsubscribe(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let mut channels = args.rest();
-    if channels.is_empty() {
-        channels = context.session.subscriptions.iter().cloned().collect();
+/// What an (P)UNSUBSCRIBE leaves: channels or patterns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Subscriptions {
+    Channels,
+    Patterns,
+}
+
+/// Leave the named subscriptions (all of that kind when none is named), confirming each.
+fn leave(args: &mut Args, context: &mut Context<'_>, kind: Subscriptions) -> Reply {
+    let label = if kind == Subscriptions::Channels {
+        "unsubscribe"
+    } else {
+        "punsubscribe"
+    };
+    let mut names = args.rest();
+    if names.is_empty() {
+        let held = if kind == Subscriptions::Channels {
+            &context.session.subscriptions
+        } else {
+            &context.session.patterns
+        };
+        names = held.iter().cloned().collect();
     }
-    if channels.is_empty() {
-        return Ok(confirmation(
-            "unsubscribe",
-            None,
-            subscription_count(context),
-        ));
+    if names.is_empty() {
+        return confirmation(label, None, subscription_count(context));
     }
     let mut replies = Vec::new();
-    for channel in channels {
-        if context.session.subscriptions.remove(&channel) {
-            context
-                .shared
-                .pubsub
-                .unsubscribe(&channel, context.session.id);
+    for name in names {
+        let (id, registry) = (context.session.id, &context.shared.pubsub);
+        match kind {
+            Subscriptions::Channels if context.session.subscriptions.remove(&name) => {
+                registry.unsubscribe(&name, id)
+            }
+            Subscriptions::Patterns if context.session.patterns.remove(&name) => {
+                registry.punsubscribe(&name, id)
+            }
+            _ => {}
         }
-        replies.push(confirmation(
-            "unsubscribe",
-            Some(channel),
-            subscription_count(context),
-        ));
+        replies.push(confirmation(label, Some(name), subscription_count(context)));
     }
-    Ok(Reply::Many(replies))
+    Reply::Many(replies)
+}
+
+pub fn unsubscribe(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    Ok(leave(args, context, Subscriptions::Channels))
 }
 
 pub fn punsubscribe(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let mut patterns = args.rest();
-    if patterns.is_empty() {
-        patterns = context.session.patterns.iter().cloned().collect();
-    }
-    if patterns.is_empty() {
-        return Ok(confirmation(
-            "punsubscribe",
-            None,
-            subscription_count(context),
-        ));
-    }
-    let mut replies = Vec::new();
-    for pattern in patterns {
-        if context.session.patterns.remove(&pattern) {
-            context
-                .shared
-                .pubsub
-                .punsubscribe(&pattern, context.session.id);
-        }
-        replies.push(confirmation(
-            "punsubscribe",
-            Some(pattern),
-            subscription_count(context),
-        ));
-    }
-    Ok(Reply::Many(replies))
+    Ok(leave(args, context, Subscriptions::Patterns))
 }
 
 /// `PUBLISH channel message`: stored in the channel's topic log, then delivered live.

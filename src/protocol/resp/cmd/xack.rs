@@ -1,18 +1,13 @@
 //! `XACK key group id [id ...]`: the reply waits until the acknowledgement is durable, so an
 //! acknowledged entry is never delivered again (pipelined XACKs share the fsync).
 
-use super::xadd::{stream_error, INVALID_STREAM_ID};
+use super::xadd::{parse_ids, stream_error};
 use super::{existing_stream, Context, PendingAck, Reply};
-use crate::broker::StreamId;
 use crate::protocol::resp::args::Args;
 
 pub fn xack(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let (key, group) = (args.required()?, args.required()?);
-    let ids = args
-        .rest()
-        .iter()
-        .map(|id| StreamId::parse(id, 0).ok_or_else(|| Reply::error(INVALID_STREAM_ID)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = parse_ids(args.rest())?;
     let Some(stream) = existing_stream(context, &key) else {
         return Ok(Reply::Integer(0));
     };

@@ -27,6 +27,13 @@ fn parse_id_spec(arg: &[u8]) -> Result<IdSpec, Reply> {
         .ok_or_else(|| Reply::error(INVALID_STREAM_ID))
 }
 
+/// Parse a list of stream IDs (`ms-seq` or `ms`), all of them before anything is done.
+pub fn parse_ids(args: Vec<Bytes>) -> Result<Vec<StreamId>, Reply> {
+    args.iter()
+        .map(|id| StreamId::parse(id, 0).ok_or_else(|| Reply::error(INVALID_STREAM_ID)))
+        .collect()
+}
+
 pub fn stream_error(e: StreamError) -> Reply {
     Reply::error(format!("ERR {e}"))
 }

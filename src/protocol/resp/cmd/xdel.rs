@@ -1,7 +1,7 @@
 //! `XDEL key id [id ...]` and `XSETID key last-id [ENTRIESADDED entries-added]
 //! [MAXDELETEDID max-deleted-id]`.
 
-use super::xadd::{stream_error, INVALID_STREAM_ID};
+use super::xadd::{parse_ids, stream_error, INVALID_STREAM_ID};
 use super::{existing_stream, Context, Reply};
 use crate::broker::StreamId;
 use crate::protocol::resp::args::{parse_i64, Args};
@@ -9,11 +9,7 @@ use crate::protocol::resp::args::{parse_i64, Args};
 pub fn xdel(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let key = args.required()?;
     // Every ID is checked before anything is deleted.
-    let ids = args
-        .rest()
-        .iter()
-        .map(|id| StreamId::parse(id, 0).ok_or_else(|| Reply::error(INVALID_STREAM_ID)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = parse_ids(args.rest())?;
     let Some(stream) = existing_stream(context, &key) else {
         return Ok(Reply::Integer(0));
     };
