@@ -112,10 +112,10 @@ pub async fn serve(
         activity,
     };
     connection.run().await;
-    for channel in &connection.session.subscriptions {
+    for channel in connection.session.subscriptions.iter() {
         shared.pubsub.unsubscribe(channel, client_id);
     }
-    for pattern in &connection.session.patterns {
+    for pattern in connection.session.patterns.iter() {
         shared.pubsub.punsubscribe(pattern, client_id);
     }
     shared.clients().remove(&client_id);

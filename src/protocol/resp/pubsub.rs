@@ -14,6 +14,41 @@ use tokio::sync::{mpsc, Notify};
 use super::reply::Reply;
 use crate::protocol::glob::glob_match;
 
+/// A connection's subscriptions, kept in the order they were made (Redis unsubscribes from
+/// patterns in that order when told to leave them all). Lookups are linear: a client holds few.
+#[derive(Clone, Debug, Default)]
+pub struct Subscribed(Vec<Bytes>);
+
+impl Subscribed {
+    /// Add; false if already there.
+    pub fn insert(&mut self, name: Bytes) -> bool {
+        if self.0.contains(&name) {
+            return false;
+        }
+        self.0.push(name);
+        true
+    }
+
+    /// Remove; false if absent.
+    pub fn remove(&mut self, name: &Bytes) -> bool {
+        let before = self.0.len();
+        self.0.retain(|n| n != name);
+        self.0.len() != before
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Messages a subscriber may have queued before it is disconnected.
 pub const SUBSCRIBER_QUEUE_MAX: usize = 64 * 1024;
 

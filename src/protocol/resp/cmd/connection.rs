@@ -115,10 +115,10 @@ pub fn reset(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     session.multi_failed = false;
     session.reply_mode = ReplyMode::On;
     session.authenticated = !context.shared.password_required();
-    for channel in std::mem::take(&mut session.subscriptions) {
+    for channel in std::mem::take(&mut session.subscriptions).iter() {
         context.shared.pubsub.unsubscribe(&channel, session.id);
     }
-    for pattern in std::mem::take(&mut session.patterns) {
+    for pattern in std::mem::take(&mut session.patterns).iter() {
         context.shared.pubsub.punsubscribe(&pattern, session.id);
     }
     Ok(Reply::Status("RESET"))

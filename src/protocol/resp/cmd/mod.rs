@@ -36,7 +36,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::args::Args;
-use super::pubsub::Subscriber;
+use super::pubsub::{Subscribed, Subscriber};
 use super::reply::{Protocol, Reply};
 use super::shared::RespShared;
 use crate::broker::{Broker, Stream};
@@ -63,8 +63,8 @@ pub struct Session {
     pub reply_mode: ReplyMode,
     /// Set by QUIT: reply, then close.
     pub closing: bool,
-    pub subscriptions: std::collections::BTreeSet<Bytes>,
-    pub patterns: std::collections::BTreeSet<Bytes>,
+    pub subscriptions: Subscribed,
+    pub patterns: Subscribed,
     /// How Pub/Sub reaches this connection.
     pub subscriber: Subscriber,
 }
