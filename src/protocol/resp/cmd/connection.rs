@@ -116,10 +116,10 @@ pub fn reset(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     session.reply_mode = ReplyMode::On;
     session.authenticated = !context.shared.password_required();
     for channel in std::mem::take(&mut session.subscriptions).iter() {
-        context.shared.pubsub.unsubscribe(&channel, session.id);
+        context.shared.pubsub.unsubscribe(channel, session.id);
     }
     for pattern in std::mem::take(&mut session.patterns).iter() {
-        context.shared.pubsub.punsubscribe(&pattern, session.id);
+        context.shared.pubsub.punsubscribe(pattern, session.id);
     }
     Ok(Reply::Status("RESET"))
 }
