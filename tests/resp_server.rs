@@ -1035,12 +1035,25 @@ fn auth_client_config_info_scan_rename_and_transactions() {
         .query(&mut con)
         .unwrap();
     assert_eq!((len, added.as_str()), (1, "2-1"));
+    // A queued read sees the queued write before it (durability is awaited inside EXEC).
+    let (added, len): (String, i64) = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg("renamed")
+        .arg("2-5")
+        .arg("i")
+        .arg("j")
+        .cmd("XLEN")
+        .arg("renamed")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((added.as_str(), len), ("2-5", 3));
     run(&mut con, &["MULTI"]).unwrap();
     run(&mut con, &["XADD", "renamed", "3-1", "a", "b"]).unwrap();
     run(&mut con, &["DISCARD"]).unwrap();
     assert_eq!(
         xrange(&mut con, "renamed", "-", "+").len(),
-        2,
+        3,
         "a discarded transaction did nothing"
     );
     drop(con);
@@ -1052,7 +1065,7 @@ fn auth_client_config_info_scan_rename_and_transactions() {
         .unwrap();
     assert_eq!(
         xrange(&mut con, "renamed", "-", "+").len(),
-        2,
+        3,
         "the rename survived a restart"
     );
     let exists: i64 = redis::cmd("EXISTS").arg("key:00").query(&mut con).unwrap();

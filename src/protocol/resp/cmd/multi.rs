@@ -41,6 +41,14 @@ pub fn exec(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
         let Some(spec) = lookup(&args[0]) else {
             continue;
         };
+        // A queued read must see the queued writes before it, as in Redis: make them durable
+        // (and so visible) first. EXEC runs off the async worker, so it may wait here; a
+        // failure is reported when the connection settles the same acks.
+        if !spec.defers_ack {
+            for ack in context.pending.iter() {
+                let _ = ack.log.wait_until_durable(ack.next_offset);
+            }
+        }
         let mut blocked = None;
         let reply = dispatch(
             spec,
