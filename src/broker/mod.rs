@@ -192,37 +192,48 @@ impl Broker {
         if name.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if let Some(stream) = state.streams.get(name) {
             return Ok(Arc::clone(stream));
         }
         let name = Bytes::copy_from_slice(name);
-        let entry = state.catalog.insert(name.clone(), EntityKind::Stream);
-        let dir = self.entity_dir(EntityKind::Stream, entry.id);
-        // The log exists before the catalog names it; a crash between leaves an orphan that
-        // the next open removes.
-        let opened = Stream::open(Arc::clone(&self.vfs), &dir, self.config.stream_log.clone())
-            .map_err(BrokerError::from)
-            .and_then(|stream| {
-                self.vfs
-                    .sync_dir(&self.dir.join(EntityKind::Stream.dir_name()))?;
-                state.catalog.save(&*self.vfs)?;
-                Ok(stream)
-            });
-        match opened {
-            Ok(stream) => {
-                let stream = Arc::new(stream);
-                state.streams.insert(name.clone(), Arc::clone(&stream));
-                if let Some(waiters) = state.creation_waiters.remove(&name) {
-                    waiters.wake_all();
-                }
-                Ok(stream)
-            }
-            Err(e) => {
-                state.catalog.remove(&name);
-                Err(e)
-            }
+        let open = |dir: &Path| {
+            Ok(Stream::open(
+                Arc::clone(&self.vfs),
+                dir,
+                self.config.stream_log.clone(),
+            )?)
+        };
+        let stream =
+            Arc::new(self.create_entity(&mut state.catalog, EntityKind::Stream, &name, open)?);
+        state.streams.insert(name.clone(), Arc::clone(&stream));
+        if let Some(waiters) = state.creation_waiters.remove(&name) {
+            waiters.wake_all();
         }
+        Ok(stream)
+    }
+
+    /// Create an entity durably: its directory and log first, then the catalog entry naming
+    /// it, so a crash in between leaves only an orphan directory (removed at the next open).
+    /// On failure the catalog entry is withdrawn.
+    fn create_entity<T>(
+        &self,
+        catalog: &mut Catalog,
+        kind: EntityKind,
+        name: &Bytes,
+        open: impl FnOnce(&Path) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let entry = catalog.insert(name.clone(), kind);
+        let created = open(&self.entity_dir(kind, entry.id)).and_then(|entity| {
+            self.vfs.sync_dir(&self.dir.join(kind.dir_name()))?;
+            catalog.save(&*self.vfs)?;
+            Ok(entity)
+        });
+        if created.is_err() {
+            catalog.remove(name);
+        }
+        created
     }
 
     /// The Pub/Sub topic for `channel`, if anything was ever published to it (and kept).
@@ -235,32 +246,24 @@ impl Broker {
         if channel.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if let Some(topic) = state.topics.get(channel) {
             return Ok(Arc::clone(topic));
         }
         let name = Bytes::copy_from_slice(channel);
-        let entry = state.topic_catalog.insert(name.clone(), EntityKind::Topic);
-        let dir = self.entity_dir(EntityKind::Topic, entry.id);
-        let opened = Topic::open(Arc::clone(&self.vfs), &dir, self.config.topic_log.clone())
-            .map_err(|e| BrokerError::Stream(e.into()))
-            .and_then(|topic| {
-                self.vfs
-                    .sync_dir(&self.dir.join(EntityKind::Topic.dir_name()))?;
-                state.topic_catalog.save(&*self.vfs)?;
-                Ok(topic)
-            });
-        match opened {
-            Ok(topic) => {
-                let topic = Arc::new(topic);
-                state.topics.insert(name, Arc::clone(&topic));
-                Ok(topic)
-            }
-            Err(e) => {
-                state.topic_catalog.remove(&name);
-                Err(e)
-            }
-        }
+        let open = |dir: &Path| {
+            Topic::open(Arc::clone(&self.vfs), dir, self.config.topic_log.clone())
+                .map_err(|e| BrokerError::Stream(e.into()))
+        };
+        let topic = Arc::new(self.create_entity(
+            &mut state.topic_catalog,
+            EntityKind::Topic,
+            &name,
+            open,
+        )?);
+        state.topics.insert(name, Arc::clone(&topic));
+        Ok(topic)
     }
 
     /// Wake `notify` once when the stream `name` gets new visible entries, or is created.

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::xtrim::{combine, parse_limit, parse_threshold};
+use super::xtrim::TrimParser;
 use super::{existing_stream, Context, PendingAck, Reply};
 use crate::broker::{IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
@@ -40,21 +40,16 @@ pub fn stream_error(e: StreamError) -> Reply {
 
 pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let key = args.required()?;
-    let (mut make_stream, mut trim, mut limit) = (true, None, None);
+    let mut make_stream = true;
+    let mut trim = TrimParser::default();
     loop {
         if args.eat("NOMKSTREAM") {
             make_stream = false;
-        } else if args.eat("MAXLEN") {
-            trim = Some(parse_threshold(args, true)?);
-        } else if args.eat("MINID") {
-            trim = Some(parse_threshold(args, false)?);
-        } else if args.eat("LIMIT") {
-            limit = Some(parse_limit(args)?);
-        } else {
+        } else if !trim.parse_one(args)? {
             break;
         }
     }
-    let trim = combine(trim, limit)?;
+    let trim = trim.finish()?;
     let spec = parse_id_spec(&args.required()?)?;
     let values = args.rest();
     if values.is_empty() || !values.len().is_multiple_of(2) {

@@ -46,6 +46,34 @@ pub fn parse_limit(args: &mut Args) -> Result<u64, Reply> {
     Ok(limit as u64)
 }
 
+/// Trimming options as they are parsed, before [`combine`] checks them together.
+#[derive(Default)]
+pub struct TrimParser {
+    trim: Option<(TrimStrategy, bool)>,
+    limit: Option<u64>,
+}
+
+impl TrimParser {
+    /// Consume one `MAXLEN|MINID [=|~] threshold` or `LIMIT count`; false if the next argument
+    /// is neither.
+    pub fn parse_one(&mut self, args: &mut Args) -> Result<bool, Reply> {
+        if args.eat("MAXLEN") {
+            self.trim = Some(parse_threshold(args, true)?);
+        } else if args.eat("MINID") {
+            self.trim = Some(parse_threshold(args, false)?);
+        } else if args.eat("LIMIT") {
+            self.limit = Some(parse_limit(args)?);
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub fn finish(self) -> Result<Option<TrimOptions>, Reply> {
+        combine(self.trim, self.limit)
+    }
+}
+
 /// Check the combination, as Redis does after parsing all options.
 pub fn combine(
     trim: Option<(TrimStrategy, bool)>,
@@ -69,19 +97,13 @@ pub fn combine(
 
 pub fn xtrim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let key = args.required()?;
-    let (mut trim, mut limit) = (None, None);
+    let mut parser = TrimParser::default();
     while args.remaining() > 0 {
-        if args.eat("MAXLEN") {
-            trim = Some(parse_threshold(args, true)?);
-        } else if args.eat("MINID") {
-            trim = Some(parse_threshold(args, false)?);
-        } else if args.eat("LIMIT") {
-            limit = Some(parse_limit(args)?);
-        } else {
+        if !parser.parse_one(args)? {
             return Err(Reply::syntax_error());
         }
     }
-    let Some(options) = combine(trim, limit)? else {
+    let Some(options) = parser.finish()? else {
         return Err(Reply::syntax_error());
     };
     let Some(stream) = existing_stream(context, &key) else {
