@@ -512,6 +512,14 @@ impl Stream {
     pub fn groups_info(&self) -> Vec<GroupInfo> {
         let meta = self.meta();
         let added = meta.entries_added(self.log.next_offset());
+        let last_id = self.last_id();
+        // As in Redis: the lag is unknown when a deleted entry lies between the group's last
+        // delivered ID and the end of the stream (the count of what is left cannot be derived).
+        let tombstone_after = |from: StreamId| {
+            meta.max_deleted != StreamId::MIN
+                && meta.max_deleted >= from
+                && meta.max_deleted <= last_id
+        };
         meta.groups
             .iter()
             .map(|(name, g)| GroupInfo {
@@ -520,7 +528,10 @@ impl Stream {
                 pending: g.pending.len() as u64,
                 last_delivered: g.last_delivered,
                 entries_read: g.entries_read,
-                lag: g.entries_read.map(|read| added.saturating_sub(read)),
+                lag: g
+                    .entries_read
+                    .filter(|_| !tombstone_after(g.last_delivered))
+                    .map(|read| added.saturating_sub(read)),
             })
             .collect()
     }
@@ -641,6 +652,26 @@ mod tests {
             stream.pending_summary(b"g"),
             Err(StreamError::NoGroup)
         ));
+    }
+
+    #[test]
+    fn lag_is_unknown_when_a_deletion_follows_the_last_delivered_entry() {
+        let stream = open(&FaultVfs::new(3));
+        let ids: Vec<StreamId> = (1..=6).map(|ms| add(&stream, ms)).collect();
+        let g = Bytes::from("g");
+        stream
+            .create_group(&g, GroupStart::Id(StreamId::MIN), None)
+            .unwrap();
+        stream
+            .read_group_new(&g, &Bytes::from("c"), Some(2), false)
+            .unwrap();
+        assert_eq!(stream.groups_info()[0].lag, Some(4));
+        // Deleting an entry the group already read leaves the lag computable ...
+        stream.delete(&[ids[0]]).unwrap();
+        assert_eq!(stream.groups_info()[0].lag, Some(4));
+        // ... deleting one it has not read does not.
+        stream.delete(&[ids[4]]).unwrap();
+        assert_eq!(stream.groups_info()[0].lag, None);
     }
 
     #[test]

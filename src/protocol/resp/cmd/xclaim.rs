@@ -39,10 +39,8 @@ pub fn xclaim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
     let min_idle_ms = min_idle(&args.required()?, "XCLAIM")?;
     let rest = args.rest();
     // IDs come first; the first argument that is not an ID starts the options.
+    // As in Redis, an argument that is not an ID, even the first, starts the options.
     let id_count = rest.iter().take_while(|a| parse_id(a).is_some()).count();
-    if id_count == 0 {
-        return Err(Reply::error(INVALID_STREAM_ID));
-    }
     let ids: Vec<StreamId> = rest[..id_count]
         .iter()
         .filter_map(|a| parse_id(a))
