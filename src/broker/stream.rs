@@ -60,6 +60,9 @@ pub enum StreamError {
     IdTooSmall,
     #[error("The stream has exhausted the last possible ID, unable to add more items")]
     IdsExhausted,
+    /// `ms-*` when that millisecond's sequence is used up (Redis's wording).
+    #[error("Elements are too large to be stored")]
+    SequenceExhausted,
     #[error("The ID specified in XSETID is smaller than the target stream top item")]
     SetIdTooSmall,
     #[error("The entries_added specified in XSETID is smaller than the target stream length")]
@@ -219,14 +222,20 @@ impl Stream {
     pub fn add(&self, spec: IdSpec, fields: Vec<(Bytes, Bytes)>) -> Result<Added, StreamError> {
         let mut state = self.lock();
         let last = state.last_id;
+        // Checked before the ID itself, as Redis does.
+        if last == StreamId::MAX {
+            return Err(StreamError::IdsExhausted);
+        }
         let id = match spec {
             IdSpec::Explicit(id) if id == StreamId::MIN => return Err(StreamError::IdZero),
             IdSpec::Explicit(id) if id <= last => return Err(StreamError::IdTooSmall),
             IdSpec::Explicit(id) => id,
             IdSpec::AutoSequence(ms) if ms < last.ms => return Err(StreamError::IdTooSmall),
-            IdSpec::AutoSequence(ms) if ms == last.ms => {
-                last.successor().ok_or(StreamError::IdTooSmall)?
-            }
+            IdSpec::AutoSequence(ms) if ms == last.ms => match last.seq.checked_add(1) {
+                Some(seq) => StreamId::new(ms, seq),
+                // `ms-*` never moves on to the next millisecond.
+                None => return Err(StreamError::SequenceExhausted),
+            },
             IdSpec::AutoSequence(ms) => StreamId::new(ms, 0),
             IdSpec::Auto => {
                 let now = u64::try_from(crate::storage::recovery::now_ms()).unwrap_or(0);
@@ -649,6 +658,15 @@ mod tests {
             stream.add(IdSpec::AutoSequence(7), fields(3)).unwrap().id,
             StreamId::new(7, 0)
         );
+        // `ms-*` at the last sequence of that ms is refused, never moved to the next ms.
+        let at_end = stream
+            .add(IdSpec::Explicit(StreamId::new(8, u64::MAX)), fields(3))
+            .unwrap();
+        assert_eq!(at_end.id, StreamId::new(8, u64::MAX));
+        assert!(matches!(
+            stream.add(IdSpec::AutoSequence(8), fields(3)),
+            Err(StreamError::SequenceExhausted)
+        ));
         let auto = stream.add(IdSpec::Auto, fields(4)).unwrap();
         assert!(auto.id.ms > 1_600_000_000_000 && auto.id.seq == 0);
         // A clock behind the last ID continues its sequence.
