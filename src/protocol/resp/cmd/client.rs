@@ -11,7 +11,7 @@ use crate::protocol::resp::reply::Reply;
 use crate::protocol::resp::shared::{ClientEntry, RespShared};
 
 /// Names may not contain spaces, newlines or special characters (they appear in CLIENT LIST).
-fn valid_name(name: &[u8]) -> bool {
+pub fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 

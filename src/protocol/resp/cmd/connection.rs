@@ -62,8 +62,9 @@ pub fn hello(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
     }
     let mut name: Option<Bytes> = None;
     let mut authenticated = context.session.authenticated;
-    while args.remaining() > 0 {
-        if args.eat("AUTH") && args.remaining() >= 2 {
+    while let Some(option) = args.optional() {
+        let remaining = args.remaining();
+        if option.eq_ignore_ascii_case(b"AUTH") && remaining >= 2 {
             let (user, password) = (
                 args.optional().unwrap_or_default(),
                 args.optional().unwrap_or_default(),
@@ -72,10 +73,15 @@ pub fn hello(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
                 return Err(Reply::error(WRONGPASS));
             }
             authenticated = true;
-        } else if args.eat("SETNAME") && args.remaining() >= 1 {
-            name = args.optional();
+        } else if option.eq_ignore_ascii_case(b"SETNAME") && remaining >= 1 {
+            let value = args.optional().unwrap_or_default();
+            if !super::client::valid_name(&value) {
+                return Err(Reply::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                ));
+            }
+            name = Some(value);
         } else {
-            let option = args.optional().unwrap_or_default();
             return Err(Reply::error(format!(
                 "ERR Syntax error in HELLO option '{}'",
                 String::from_utf8_lossy(&option)

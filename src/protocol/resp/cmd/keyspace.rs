@@ -77,9 +77,16 @@ pub fn rename(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
 /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: the cursor is a position in the
 /// sorted key list, so a full scan returns every key present throughout it.
 pub fn scan(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
-    let cursor: usize = std::str::from_utf8(&args.required()?)
+    // Redis reads the cursor as an unsigned long, so `-1` wraps to a cursor past every key.
+    let text = args.required()?;
+    let cursor: usize = std::str::from_utf8(&text)
         .ok()
-        .and_then(|c| c.parse().ok())
+        .and_then(|c| {
+            c.parse::<u64>()
+                .ok()
+                .or_else(|| c.parse::<i64>().ok().map(|n| n as u64))
+        })
+        .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
         .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
     let (mut pattern, mut count, mut kind) = (None, 10usize, None);
     while args.remaining() > 0 {
