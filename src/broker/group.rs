@@ -58,7 +58,8 @@ impl GroupState {
     }
 
     /// Deliver `ids` to `consumer`: new deliveries (with `advance`) move the last delivered ID;
-    /// without `noack` each becomes pending with one more delivery.
+    /// without `noack` each becomes pending with one more delivery. (The read counter is set
+    /// by the caller: Redis derives it from the stream's shape at delivery time.)
     pub fn deliver(
         &mut self,
         consumer: &Bytes,
@@ -71,9 +72,6 @@ impl GroupState {
         for &id in ids {
             if advance && id > self.last_delivered {
                 self.last_delivered = id;
-                if let Some(read) = self.entries_read.as_mut() {
-                    *read += 1;
-                }
             }
             if noack {
                 continue;
@@ -135,7 +133,6 @@ mod tests {
         ];
         group.deliver(&alice, &ids, 100, true, false);
         assert_eq!(group.last_delivered, StreamId::new(3, 0));
-        assert_eq!(group.entries_read, Some(3));
         assert_eq!(group.pending_of(b"alice"), 3);
         group.deliver(&alice, &ids[..1], 200, false, false);
         assert_eq!(group.pending[&ids[0]].delivery_count, 2);

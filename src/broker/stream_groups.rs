@@ -92,6 +92,55 @@ pub struct ConsumerInfo {
     pub idle_ms: u64,
 }
 
+/// What Redis's lag arithmetic looks at.
+struct StreamShape {
+    added: u64,
+    length: u64,
+    last_id: StreamId,
+    first_id: Option<StreamId>,
+    max_deleted: StreamId,
+}
+
+impl StreamShape {
+    /// Whether a deleted entry lies at or after `start` (Redis: streamRangeHasTombstones).
+    fn tombstones_from(&self, start: StreamId) -> bool {
+        self.length > 0 && self.max_deleted != StreamId::MIN && start <= self.max_deleted
+    }
+
+    /// How many entries ever added precede and include `id`, when that can be known (Redis:
+    /// streamEstimateDistanceFromFirstEverEntry).
+    fn entries_through(&self, id: StreamId) -> Option<u64> {
+        if self.added == 0 {
+            return Some(0);
+        }
+        if (self.length == 0 && id <= self.last_id) || id == self.last_id {
+            return Some(self.added);
+        }
+        if id > self.last_id {
+            return None;
+        }
+        let first = self.first_id?;
+        let no_fragmentation = self.max_deleted == StreamId::MIN || self.max_deleted < first;
+        match id.cmp(&first) {
+            std::cmp::Ordering::Less if no_fragmentation => Some(self.added - self.length),
+            std::cmp::Ordering::Equal if no_fragmentation => Some(self.added - self.length + 1),
+            _ => None,
+        }
+    }
+
+    /// XINFO GROUPS' lag, as Redis computes it; `None` when it cannot be known.
+    fn lag(&self, group: &GroupState) -> Option<u64> {
+        if self.added == 0 {
+            return Some(0);
+        }
+        let read = match group.entries_read {
+            Some(read) if !self.tombstones_from(group.last_delivered) => Some(read),
+            _ => self.entries_through(group.last_delivered),
+        };
+        read.map(|read| self.added.saturating_sub(read))
+    }
+}
+
 fn idle(now: i64, then: i64) -> u64 {
     u64::try_from(now.saturating_sub(then)).unwrap_or(0)
 }
@@ -118,17 +167,14 @@ impl Stream {
         if state.meta.groups.contains_key(group) {
             return Err(StreamError::BusyGroup);
         }
-        let added = state.meta.entries_added(self.log.next_offset());
-        let (last_delivered, default_read) = match start {
-            GroupStart::Last => (state.last_id, Some(added)),
-            GroupStart::Id(id) if id == StreamId::MIN => (id, Some(0)),
-            GroupStart::Id(id) if id >= state.last_id => (id, Some(added)),
-            GroupStart::Id(id) => (id, None),
+        let last_delivered = match start {
+            GroupStart::Last => state.last_id,
+            GroupStart::Id(id) => id,
         };
         let op = MetaOp::GroupCreate {
             group: group.clone(),
             last_delivered,
-            entries_read: entries_read.or(default_read),
+            entries_read,
         };
         self.commit(&mut state, op)
     }
@@ -219,6 +265,7 @@ impl Stream {
         ids: Vec<StreamId>,
         advance: bool,
         noack: bool,
+        entries_read: Option<u64>,
     ) -> Result<(), StreamError> {
         let time_ms = now_ms();
         if ids.is_empty() {
@@ -246,9 +293,25 @@ impl Stream {
             time_ms,
             advance,
             noack,
+            entries_read,
         };
         self.commit_lazily(state, op)?;
         Ok(())
+    }
+
+    /// The stream facts Redis's read-counter and lag arithmetic uses.
+    fn shape(&self, meta: &super::stream_meta::StreamMeta, last_id: StreamId) -> StreamShape {
+        StreamShape {
+            added: meta.entries_added(self.log.next_offset()),
+            length: meta.live_count(self.log.visible_next_offset()),
+            last_id,
+            first_id: self
+                .range_in(meta, StreamId::MIN, StreamId::MAX, Some(1))
+                .ok()
+                .and_then(|mut e| e.pop())
+                .map(|e| e.id),
+            max_deleted: meta.max_deleted,
+        }
     }
 
     /// XREADGROUP with `>`: entries after the group's last delivered ID, now delivered to
@@ -261,13 +324,25 @@ impl Stream {
         noack: bool,
     ) -> Result<Vec<Entry>, StreamError> {
         let mut state = self.lock();
-        let last_delivered = Self::group_of(&state.meta.groups, group)?.last_delivered;
+        let (last_delivered, mut entries_read) = {
+            let g = Self::group_of(&state.meta.groups, group)?;
+            (g.last_delivered, g.entries_read)
+        };
         let entries = match last_delivered.successor() {
             Some(start) => self.range_in(&state.meta, start, StreamId::MAX, count)?,
             None => Vec::new(),
         };
         let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
-        self.record_delivery(&mut state, group, consumer, ids, true, noack)?;
+        // Redis's read counter: one more per entry while nothing deleted lies ahead, else
+        // re-estimated from the stream's shape (and unknown when it cannot be).
+        let shape = self.shape(&state.meta, state.last_id);
+        for &id in &ids {
+            entries_read = match entries_read {
+                Some(read) if !shape.tombstones_from(id) => Some(read + 1),
+                _ => shape.entries_through(id),
+            };
+        }
+        self.record_delivery(&mut state, group, consumer, ids, true, noack, entries_read)?;
         Ok(entries)
     }
 
@@ -296,7 +371,7 @@ impl Stream {
         for &id in &ids {
             found.push((id, self.entry_in(&state.meta, id)?));
         }
-        self.record_delivery(&mut state, group, consumer, ids, false, false)?;
+        self.record_delivery(&mut state, group, consumer, ids, false, false, None)?;
         Ok(found)
     }
 
@@ -430,13 +505,16 @@ impl Stream {
                 },
             )?;
         }
-        let op = MetaOp::Claim {
-            group: group.clone(),
-            consumer: consumer.clone(),
-            claims,
-            time_ms: now,
-        };
-        self.commit_lazily(&mut state, op)?;
+        // As in Redis 7, the consumer comes into being only if it claims something.
+        if !claims.is_empty() {
+            let op = MetaOp::Claim {
+                group: group.clone(),
+                consumer: consumer.clone(),
+                claims,
+                time_ms: now,
+            };
+            self.commit_lazily(&mut state, op)?;
+        }
         Ok(claimed)
     }
 
@@ -495,13 +573,16 @@ impl Stream {
                 },
             )?;
         }
-        let op = MetaOp::Claim {
-            group: group.clone(),
-            consumer: consumer.clone(),
-            claims,
-            time_ms: now,
-        };
-        self.commit_lazily(&mut state, op)?;
+        // As in Redis 7, the consumer comes into being only if it claims something.
+        if !claims.is_empty() {
+            let op = MetaOp::Claim {
+                group: group.clone(),
+                consumer: consumer.clone(),
+                claims,
+                time_ms: now,
+            };
+            self.commit_lazily(&mut state, op)?;
+        }
         Ok(AutoClaimed {
             next,
             claimed,
@@ -511,15 +592,7 @@ impl Stream {
 
     pub fn groups_info(&self) -> Vec<GroupInfo> {
         let meta = self.meta();
-        let added = meta.entries_added(self.log.next_offset());
-        let last_id = self.last_id();
-        // As in Redis: the lag is unknown when a deleted entry lies between the group's last
-        // delivered ID and the end of the stream (the count of what is left cannot be derived).
-        let tombstone_after = |from: StreamId| {
-            meta.max_deleted != StreamId::MIN
-                && meta.max_deleted >= from
-                && meta.max_deleted <= last_id
-        };
+        let shape = self.shape(&meta, self.last_id());
         meta.groups
             .iter()
             .map(|(name, g)| GroupInfo {
@@ -528,10 +601,7 @@ impl Stream {
                 pending: g.pending.len() as u64,
                 last_delivered: g.last_delivered,
                 entries_read: g.entries_read,
-                lag: g
-                    .entries_read
-                    .filter(|_| !tombstone_after(g.last_delivered))
-                    .map(|read| added.saturating_sub(read)),
+                lag: shape.lag(g),
             })
             .collect()
     }

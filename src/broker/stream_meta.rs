@@ -76,6 +76,8 @@ pub enum MetaOp {
         time_ms: i64,
         advance: bool,
         noack: bool,
+        /// The group's read counter after a new delivery (`advance`); ignored otherwise.
+        entries_read: Option<u64>,
     },
     Ack {
         group: Bytes,
@@ -183,9 +185,13 @@ impl StreamMeta {
                 time_ms,
                 advance,
                 noack,
+                entries_read,
             } => {
                 if let Some(g) = self.groups.get_mut(group) {
                     g.deliver(consumer, ids, *time_ms, *advance, *noack);
+                    if *advance {
+                        g.entries_read = *entries_read;
+                    }
                 }
             }
             MetaOp::Ack { group, ids } => {
@@ -376,6 +382,7 @@ impl MetaOp {
                 time_ms,
                 advance,
                 noack,
+                entries_read,
             } => {
                 w.u8(DELIVER);
                 w.bytes(group);
@@ -383,6 +390,7 @@ impl MetaOp {
                 w.ids(ids);
                 w.i64(*time_ms);
                 w.u8(u8::from(*advance) | u8::from(*noack) << 1);
+                w.opt_u64(*entries_read);
             }
             MetaOp::Ack { group, ids } | MetaOp::PendingDrop { group, ids } => {
                 w.u8(if matches!(self, MetaOp::Ack { .. }) {
@@ -483,6 +491,7 @@ impl MetaOp {
                     time_ms,
                     advance: flags & 1 != 0,
                     noack: flags & 2 != 0,
+                    entries_read: r.opt_u64()?,
                 }
             }
             ACK => MetaOp::Ack {
@@ -631,6 +640,7 @@ mod tests {
                 time_ms: 10,
                 advance: true,
                 noack: false,
+                entries_read: Some(2),
             },
             MetaOp::Ack {
                 group: g.clone(),
