@@ -92,6 +92,15 @@ pub struct ConsumerInfo {
     pub idle_ms: u64,
 }
 
+/// One delivery to journal: new entries (`advance`) or a history read.
+struct Delivery {
+    ids: Vec<StreamId>,
+    advance: bool,
+    noack: bool,
+    /// The group's read counter after a new delivery.
+    entries_read: Option<u64>,
+}
+
 /// What Redis's lag arithmetic looks at.
 struct StreamShape {
     added: u64,
@@ -262,11 +271,14 @@ impl Stream {
         state: &mut super::stream::StreamState,
         group: &Bytes,
         consumer: &Bytes,
-        ids: Vec<StreamId>,
-        advance: bool,
-        noack: bool,
-        entries_read: Option<u64>,
+        delivery: Delivery,
     ) -> Result<(), StreamError> {
+        let Delivery {
+            ids,
+            advance,
+            noack,
+            entries_read,
+        } = delivery;
         let time_ms = now_ms();
         if ids.is_empty() {
             let known = state
@@ -342,7 +354,13 @@ impl Stream {
                 _ => shape.entries_through(id),
             };
         }
-        self.record_delivery(&mut state, group, consumer, ids, true, noack, entries_read)?;
+        let delivery = Delivery {
+            ids,
+            advance: true,
+            noack,
+            entries_read,
+        };
+        self.record_delivery(&mut state, group, consumer, delivery)?;
         Ok(entries)
     }
 
@@ -371,7 +389,13 @@ impl Stream {
         for &id in &ids {
             found.push((id, self.entry_in(&state.meta, id)?));
         }
-        self.record_delivery(&mut state, group, consumer, ids, false, false, None)?;
+        let delivery = Delivery {
+            ids,
+            advance: false,
+            noack: false,
+            entries_read: None,
+        };
+        self.record_delivery(&mut state, group, consumer, delivery)?;
         Ok(found)
     }
 
