@@ -8,7 +8,8 @@
 //! - [`segment`]: segment files, the verifying scan, batch reads.
 //! - [`meta`]: the recovery point and clean-shutdown marker.
 //! - [`recovery`]: opening a log and repairing its tail.
-//! - [`log`]: [`Log`], the API: append, read, roll, durability, retention.
+//! - [`log`]: [`Log`], the API: appends, rolls, retention (`log/mod.rs`), group commit and
+//!   visibility (`log/durability.rs`), reads (`log/read.rs`).
 //! - [`verify`]: offline checking of a data directory (`potok verify`) and `potok inspect`.
 //!
 //! `storage-format.md` at the project root specifies every byte and the recovery procedure.

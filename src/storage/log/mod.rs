@@ -12,12 +12,18 @@
 //!
 //! Readers see only records that are durable under the log's policy (`visible`), so a consumer
 //! is never handed a record that a crash could take back.
+//!
+//! Files: this one holds the types, the API, appends, rolls, retention and close;
+//! [`durability`] the group commit and visibility; [`read`] the read path.
 
+mod durability;
+mod read;
+
+pub use read::LogIter;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::batch::{encode_batch, encoded_batch_len, BatchView};
 use super::config::{Durability, LogConfig};
@@ -227,7 +233,7 @@ impl Log {
             config,
         });
         if let Durability::Interval(period) = inner.config.durability {
-            spawn_flusher(Arc::downgrade(&inner), period);
+            durability::spawn_flusher(Arc::downgrade(&inner), period);
         }
         Ok(Log { inner })
     }
@@ -385,59 +391,6 @@ impl Log {
     }
 }
 
-/// Iterator over owned records; see [`Log::iter`].
-pub struct LogIter {
-    log: Log,
-    next_offset: u64,
-    buffered: VecDeque<(u64, Record)>,
-    done: bool,
-}
-
-/// Bytes fetched per read by [`LogIter`].
-const ITER_READ_BYTES: u64 = 1024 * 1024;
-
-impl Iterator for LogIter {
-    type Item = Result<(u64, Record)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buffered.is_empty() && !self.done {
-            match self.log.read(self.next_offset, ITER_READ_BYTES) {
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-                Ok(result) => {
-                    self.buffered
-                        .extend(result.records().map(|r| (r.offset, r.to_record())));
-                    match result.next_offset() {
-                        Some(next) => self.next_offset = next,
-                        None => self.done = true,
-                    }
-                }
-            }
-        }
-        self.buffered.pop_front().map(Ok)
-    }
-}
-
-fn spawn_flusher(log: Weak<LogInner>, period: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("potok-flusher".into())
-        .spawn(move || loop {
-            std::thread::sleep(period);
-            let Some(log) = log.upgrade() else { return };
-            if log.closed.load(Ordering::Acquire) || log.failed.load(Ordering::Acquire) {
-                return;
-            }
-            let written = log.read_shared().active.written.next_offset;
-            // A failure poisons the log; appends report it.
-            let _ = log.wait_until_durable(written);
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start the flusher thread; data syncs at roll and close only");
-    }
-}
-
 impl LogInner {
     fn read_shared(&self) -> RwLockReadGuard<'_, Shared> {
         self.shared.read().unwrap_or_else(|e| e.into_inner())
@@ -558,146 +511,6 @@ impl LogInner {
             base_offset: header.base_offset,
             next_offset: end.next_offset,
         })
-    }
-
-    /// Group commit: wait until `next_offset` is durable, leading an fsync if nobody is.
-    fn wait_until_durable(&self, next_offset: u64) -> Result<()> {
-        let written = self.read_shared().active.written.next_offset;
-        if next_offset > written {
-            // No fsync could ever cover it; waiting would spin.
-            return Err(Error::InvalidArgument(format!(
-                "cannot wait for offset {next_offset}: the log is written up to {written}"
-            )));
-        }
-        let mut sync = lock(&self.sync);
-        loop {
-            if sync.durable_next_offset >= next_offset {
-                return Ok(());
-            }
-            if self.failed.load(Ordering::Acquire) {
-                return Err(Error::PreviousIo);
-            }
-            if sync.leader_active {
-                sync = self.synced.wait(sync).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            sync.leader_active = true;
-            drop(sync);
-            let outcome = self.sync_active();
-            sync = lock(&self.sync);
-            sync.leader_active = false;
-            if let Ok(durable) = outcome {
-                self.set_durable(&mut sync, durable);
-            }
-            self.synced.notify_all();
-            self.durable_watch.send_modify(|_| {});
-            outcome?;
-        }
-    }
-
-    fn set_durable(&self, sync: &mut SyncState, durable: u64) {
-        sync.durable_next_offset = sync.durable_next_offset.max(durable);
-        let value = sync.durable_next_offset;
-        self.durable_watch.send_if_modified(|d| {
-            let changed = *d < value;
-            *d = value;
-            changed
-        });
-    }
-
-    /// Become the sync leader if nobody is.
-    fn try_lead(&self) -> bool {
-        let mut sync = lock(&self.sync);
-        if sync.leader_active || self.failed.load(Ordering::Acquire) {
-            return false;
-        }
-        sync.leader_active = true;
-        true
-    }
-
-    /// As leader: sync until everything written is durable, then step down.
-    fn lead_sync_rounds(&self) {
-        loop {
-            let outcome = self.sync_active();
-            let mut sync = lock(&self.sync);
-            let done = match outcome {
-                Ok(durable) => {
-                    self.set_durable(&mut sync, durable);
-                    sync.durable_next_offset >= self.read_shared().active.written.next_offset
-                }
-                Err(_) => true,
-            };
-            if done {
-                sync.leader_active = false;
-                self.synced.notify_all();
-                drop(sync);
-                // Wake async waiters even if nothing moved (a failure, or another round).
-                self.durable_watch.send_modify(|_| {});
-                return;
-            }
-        }
-    }
-
-    /// Write what `always` buffered; the caller holds the writer lock. A failure fails the
-    /// log: those batches already have offsets.
-    fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
-        if writer.pending.is_empty() {
-            return Ok(());
-        }
-        let file = Arc::clone(&self.read_shared().active.file);
-        if let Err(e) = file.write_at(&writer.pending, writer.pending_from) {
-            return Err(self.fail(e));
-        }
-        writer.pending_from += writer.pending.len() as u64;
-        writer.pending.clear();
-        // Keep a big buffer from pinning memory after a burst.
-        if writer.pending.capacity() > PENDING_BYTES_MAX {
-            writer.pending = Vec::new();
-        }
-        Ok(())
-    }
-
-    /// fsync the active segment up to what is written now; make it visible. Returns the offset
-    /// below which everything is durable.
-    fn sync_active(&self) -> Result<u64> {
-        let (file, base, written) = {
-            let mut writer = lock(&self.writer);
-            self.flush_pending(&mut writer)?;
-            let shared = self.read_shared();
-            (
-                Arc::clone(&shared.active.file),
-                shared.active.base_offset,
-                shared.active.written,
-            )
-        };
-        if let Err(e) = file.sync_data() {
-            return Err(self.fail(e));
-        }
-        self.publish_visible(base, written);
-        Ok(written.next_offset)
-    }
-
-    fn publish_visible(&self, segment_base: u64, end: End) {
-        let advanced = {
-            let mut shared = self.write_shared();
-            // A roll may have moved on; then the old segment was synced and published by it.
-            let advanced = shared.active.base_offset == segment_base
-                && end.next_offset > shared.active.visible.next_offset;
-            if advanced {
-                shared.active.visible = end;
-            }
-            advanced
-        };
-        if advanced {
-            self.notify_visible();
-        }
-    }
-
-    fn notify_visible(&self) {
-        let listener = lock(&self.visibility_listener).clone();
-        if let Some(listener) = listener {
-            listener();
-        }
     }
 
     /// Seal the active segment and open a new one. Each step is ordered for crash safety:
@@ -874,147 +687,12 @@ impl LogInner {
         self.synced.notify_all();
         Ok(())
     }
-
-    fn read(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {
-        let mut result = ReadResult::default();
-        let mut cursor = from;
-        let mut budget = max_bytes.max(1);
-        while budget > 0 {
-            let before = result.batches.len();
-            let added = match self.locate(cursor) {
-                Located::End => break,
-                Located::Sealed(segment) => {
-                    cursor = cursor.max(segment.base_offset);
-                    let index = segment.index(&*self.vfs, self.config.index_interval_bytes);
-                    let (start_position, start_offset) = index.position_for_offset(cursor);
-                    let read = SegmentRead {
-                        path: &segment.log_path,
-                        bytes: SegmentBytes::Mapped(&segment.map),
-                        start_position,
-                        start_offset,
-                        end_position: segment.size_bytes(),
-                    };
-                    let added = read.read_into(cursor, budget, &mut result.batches)?;
-                    if before == 0 && result.batches.is_empty() {
-                        return Err(Error::Corrupt {
-                            path: segment.log_path.clone(),
-                            position: segment.size_bytes(),
-                            reason: FormatError::UnexpectedOffset {
-                                expected: cursor,
-                                found: segment.next_offset,
-                            },
-                        });
-                    }
-                    added
-                }
-                Located::Active {
-                    file,
-                    path,
-                    start_position,
-                    start_offset,
-                    end_position,
-                    first,
-                } => {
-                    cursor = cursor.max(first);
-                    let read = SegmentRead {
-                        path: &path,
-                        bytes: SegmentBytes::File(&*file),
-                        start_position,
-                        start_offset,
-                        end_position,
-                    };
-                    read.read_into(cursor, budget, &mut result.batches)?
-                }
-            };
-            match result.batches.last() {
-                Some(last) if result.batches.len() > before => cursor = last.next_offset(),
-                _ => break,
-            }
-            budget = budget.saturating_sub(added);
-        }
-        Ok(result)
-    }
-
-    fn locate(&self, cursor: u64) -> Located {
-        let shared = self.read_shared();
-        let active = &shared.active;
-        if cursor >= active.visible.next_offset {
-            return Located::End;
-        }
-        let cursor = cursor.max(shared.start_offset());
-        if cursor >= active.base_offset {
-            let (start_position, start_offset) = active.index.position_for_offset(cursor);
-            return Located::Active {
-                file: Arc::clone(&active.file),
-                path: active.path.clone(),
-                start_position,
-                start_offset,
-                end_position: active.visible.bytes,
-                first: active.base_offset,
-            };
-        }
-        let i = shared.sealed.partition_point(|s| s.next_offset <= cursor);
-        match shared.sealed.get(i) {
-            Some(segment) => Located::Sealed(Arc::clone(segment)),
-            None => Located::End,
-        }
-    }
-
-    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
-        let interval = self.config.index_interval_bytes;
-        let (sealed, active_start) = {
-            let shared = self.read_shared();
-            let active = &shared.active;
-            let start = if active.index.max_timestamp_ms >= timestamp_ms {
-                Some(active.index.position_for_timestamp(timestamp_ms).1)
-            } else {
-                None
-            };
-            (shared.sealed.iter().cloned().collect::<Vec<_>>(), start)
-        };
-        // The first segment holding a timestamp at or after the target holds the answer.
-        let start = sealed
-            .iter()
-            .map(|s| (s, s.index(&*self.vfs, interval)))
-            .find(|(_, index)| index.max_timestamp_ms >= timestamp_ms)
-            .map(|(_, index)| index.position_for_timestamp(timestamp_ms).1)
-            .or(active_start);
-        let Some(mut cursor) = start else {
-            return Ok(None);
-        };
-        // The index lands within a few KiB of the answer: read one batch first, then more.
-        let mut budget = 1;
-        loop {
-            let result = self.read(cursor, budget)?;
-            budget = (budget.max(4096) * 4).min(ITER_READ_BYTES);
-            if let Some(found) = result.records().find(|r| r.timestamp_ms >= timestamp_ms) {
-                return Ok(Some(found.offset));
-            }
-            match result.next_offset() {
-                Some(next) => cursor = next,
-                None => return Ok(None),
-            }
-        }
-    }
 }
 
 #[derive(Clone, Copy)]
 struct Totals {
     bytes: u64,
     records: u64,
-}
-
-enum Located {
-    End,
-    Sealed(Arc<SealedSegment>),
-    Active {
-        file: Arc<dyn VFile>,
-        path: PathBuf,
-        start_position: u64,
-        start_offset: u64,
-        end_position: u64,
-        first: u64,
-    },
 }
 
 impl Drop for LogInner {

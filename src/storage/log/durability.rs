@@ -1,0 +1,172 @@
+//! Durability: group commit, group write, visibility, and async waits.
+//!
+//! The first appender that needs durability becomes the leader: it writes what `always`
+//! buffered (one system call), fsyncs once, and wakes everyone whose data that covered; appends
+//! that arrive meanwhile wait for the next round. Async callers await a watch of the durable
+//! offset instead of parking a thread; the leader then runs on the blocking pool.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::*;
+
+pub(super) fn spawn_flusher(log: Weak<LogInner>, period: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("potok-flusher".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            let Some(log) = log.upgrade() else { return };
+            if log.closed.load(Ordering::Acquire) || log.failed.load(Ordering::Acquire) {
+                return;
+            }
+            let written = log.read_shared().active.written.next_offset;
+            // A failure poisons the log; appends report it.
+            let _ = log.wait_until_durable(written);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the flusher thread; data syncs at roll and close only");
+    }
+}
+
+impl LogInner {
+    /// Group commit: wait until `next_offset` is durable, leading an fsync if nobody is.
+    pub(super) fn wait_until_durable(&self, next_offset: u64) -> Result<()> {
+        let written = self.read_shared().active.written.next_offset;
+        if next_offset > written {
+            // No fsync could ever cover it; waiting would spin.
+            return Err(Error::InvalidArgument(format!(
+                "cannot wait for offset {next_offset}: the log is written up to {written}"
+            )));
+        }
+        let mut sync = lock(&self.sync);
+        loop {
+            if sync.durable_next_offset >= next_offset {
+                return Ok(());
+            }
+            if self.failed.load(Ordering::Acquire) {
+                return Err(Error::PreviousIo);
+            }
+            if sync.leader_active {
+                sync = self.synced.wait(sync).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            sync.leader_active = true;
+            drop(sync);
+            let outcome = self.sync_active();
+            sync = lock(&self.sync);
+            sync.leader_active = false;
+            if let Ok(durable) = outcome {
+                self.set_durable(&mut sync, durable);
+            }
+            self.synced.notify_all();
+            self.durable_watch.send_modify(|_| {});
+            outcome?;
+        }
+    }
+
+    pub(super) fn set_durable(&self, sync: &mut SyncState, durable: u64) {
+        sync.durable_next_offset = sync.durable_next_offset.max(durable);
+        let value = sync.durable_next_offset;
+        self.durable_watch.send_if_modified(|d| {
+            let changed = *d < value;
+            *d = value;
+            changed
+        });
+    }
+
+    /// Become the sync leader if nobody is.
+    pub(super) fn try_lead(&self) -> bool {
+        let mut sync = lock(&self.sync);
+        if sync.leader_active || self.failed.load(Ordering::Acquire) {
+            return false;
+        }
+        sync.leader_active = true;
+        true
+    }
+
+    /// As leader: sync until everything written is durable, then step down.
+    pub(super) fn lead_sync_rounds(&self) {
+        loop {
+            let outcome = self.sync_active();
+            let mut sync = lock(&self.sync);
+            let done = match outcome {
+                Ok(durable) => {
+                    self.set_durable(&mut sync, durable);
+                    sync.durable_next_offset >= self.read_shared().active.written.next_offset
+                }
+                Err(_) => true,
+            };
+            if done {
+                sync.leader_active = false;
+                self.synced.notify_all();
+                drop(sync);
+                // Wake async waiters even if nothing moved (a failure, or another round).
+                self.durable_watch.send_modify(|_| {});
+                return;
+            }
+        }
+    }
+
+    /// Write what `always` buffered; the caller holds the writer lock. A failure fails the
+    /// log: those batches already have offsets.
+    pub(super) fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
+        if writer.pending.is_empty() {
+            return Ok(());
+        }
+        let file = Arc::clone(&self.read_shared().active.file);
+        if let Err(e) = file.write_at(&writer.pending, writer.pending_from) {
+            return Err(self.fail(e));
+        }
+        writer.pending_from += writer.pending.len() as u64;
+        writer.pending.clear();
+        // Keep a big buffer from pinning memory after a burst.
+        if writer.pending.capacity() > PENDING_BYTES_MAX {
+            writer.pending = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// fsync the active segment up to what is written now; make it visible. Returns the offset
+    /// below which everything is durable.
+    pub(super) fn sync_active(&self) -> Result<u64> {
+        let (file, base, written) = {
+            let mut writer = lock(&self.writer);
+            self.flush_pending(&mut writer)?;
+            let shared = self.read_shared();
+            (
+                Arc::clone(&shared.active.file),
+                shared.active.base_offset,
+                shared.active.written,
+            )
+        };
+        if let Err(e) = file.sync_data() {
+            return Err(self.fail(e));
+        }
+        self.publish_visible(base, written);
+        Ok(written.next_offset)
+    }
+
+    pub(super) fn publish_visible(&self, segment_base: u64, end: End) {
+        let advanced = {
+            let mut shared = self.write_shared();
+            // A roll may have moved on; then the old segment was synced and published by it.
+            let advanced = shared.active.base_offset == segment_base
+                && end.next_offset > shared.active.visible.next_offset;
+            if advanced {
+                shared.active.visible = end;
+            }
+            advanced
+        };
+        if advanced {
+            self.notify_visible();
+        }
+    }
+
+    pub(super) fn notify_visible(&self) {
+        let listener = lock(&self.visibility_listener).clone();
+        if let Some(listener) = listener {
+            listener();
+        }
+    }
+}
