@@ -136,30 +136,24 @@ impl Broker {
     ) -> Result<Broker, BrokerError> {
         vfs.create_dir_all(dir)?;
         let catalog = Catalog::load(&*vfs, dir)?;
-        let streams_dir = dir.join(EntityKind::Stream.dir_name());
-        vfs.create_dir_all(&streams_dir)?;
-        // Entities whose catalog entry never became durable (or was removed) leave directories.
-        let live: Vec<String> = catalog.entries().map(|(_, e)| e.id.to_string()).collect();
-        for orphan in vfs
-            .list_subdirs(&streams_dir)?
-            .into_iter()
-            .filter(|d| !live.contains(d))
-        {
-            tracing::info!(dir = %streams_dir.join(&orphan).display(), "removing orphaned entity directory");
-            vfs.remove_dir_all(&streams_dir.join(orphan))?;
-        }
-        vfs.sync_dir(&streams_dir)?;
-        let topic_catalog = Catalog::load_file(&*vfs, &dir.join(catalog::TOPIC_CATALOG_FILE))?;
-        let topics = open_topics(&vfs, dir, &topic_catalog, &config)?;
-        let mut streams = HashMap::new();
-        for (name, entry) in catalog.entries() {
-            let stream = Stream::open(
+        let streams = open_entities(&*vfs, dir, EntityKind::Stream, &catalog, |entity_dir| {
+            Ok(Stream::open(
                 Arc::clone(&vfs),
-                &streams_dir.join(entry.id.to_string()),
+                entity_dir,
                 config.stream_log.clone(),
-            )?;
-            streams.insert(name.clone(), Arc::new(stream));
-        }
+            )?)
+        })?;
+        let topic_catalog = Catalog::load_file(&*vfs, &dir.join(catalog::TOPIC_CATALOG_FILE))?;
+        let topics = open_entities(
+            &*vfs,
+            dir,
+            EntityKind::Topic,
+            &topic_catalog,
+            |entity_dir| {
+                Topic::open(Arc::clone(&vfs), entity_dir, config.topic_log.clone())
+                    .map_err(|e| BrokerError::Stream(e.into()))
+            },
+        )?;
         Ok(Broker {
             dir: dir.to_path_buf(),
             vfs,
@@ -282,6 +276,14 @@ impl Broker {
         }
     }
 
+    /// Remove an entity's directory durably (its catalog entry is already gone).
+    fn remove_entity_files(&self, entry: &catalog::CatalogEntry) -> Result<(), BrokerError> {
+        self.vfs
+            .remove_dir_all(&self.entity_dir(entry.kind, entry.id))?;
+        self.vfs.sync_dir(&self.dir.join(entry.kind.dir_name()))?;
+        Ok(())
+    }
+
     fn entity_dir(&self, kind: EntityKind, id: u64) -> PathBuf {
         self.dir.join(kind.dir_name()).join(id.to_string())
     }
@@ -321,9 +323,7 @@ impl Broker {
             // Blocked readers re-check and, as in Redis, go on waiting for a new stream.
             stream.wake_waiters();
         }
-        let dir = self.entity_dir(entry.kind, entry.id);
-        self.vfs.remove_dir_all(&dir)?;
-        self.vfs.sync_dir(&self.dir.join(entry.kind.dir_name()))?;
+        self.remove_entity_files(&entry)?;
         Ok(true)
     }
 
@@ -354,10 +354,7 @@ impl Broker {
             waiters.wake_all();
         }
         if let Some(replaced) = replaced {
-            self.vfs
-                .remove_dir_all(&self.entity_dir(replaced.kind, replaced.id))?;
-            self.vfs
-                .sync_dir(&self.dir.join(replaced.kind.dir_name()))?;
+            self.remove_entity_files(&replaced)?;
         }
         Ok(true)
     }
@@ -383,32 +380,35 @@ impl Broker {
     }
 }
 
-/// Open every topic in the topic catalog, removing directories it does not name.
-fn open_topics(
-    vfs: &Arc<dyn Vfs>,
+/// Open every entity of `kind` the catalog names, first removing directories it does not name
+/// (left by a crash between creating an entity and saving the catalog, or during a delete).
+fn open_entities<T>(
+    vfs: &dyn Vfs,
     dir: &Path,
+    kind: EntityKind,
     catalog: &Catalog,
-    config: &BrokerConfig,
-) -> Result<HashMap<Bytes, Arc<Topic>>, BrokerError> {
-    let topics_dir = dir.join(EntityKind::Topic.dir_name());
-    vfs.create_dir_all(&topics_dir)?;
+    open: impl Fn(&Path) -> Result<T, BrokerError>,
+) -> Result<HashMap<Bytes, Arc<T>>, BrokerError> {
+    let kind_dir = dir.join(kind.dir_name());
+    vfs.create_dir_all(&kind_dir)?;
     let live: Vec<String> = catalog.entries().map(|(_, e)| e.id.to_string()).collect();
     for orphan in vfs
-        .list_subdirs(&topics_dir)?
+        .list_subdirs(&kind_dir)?
         .into_iter()
         .filter(|d| !live.contains(d))
     {
-        vfs.remove_dir_all(&topics_dir.join(orphan))?;
+        tracing::info!(dir = %kind_dir.join(&orphan).display(), "removing orphaned entity directory");
+        vfs.remove_dir_all(&kind_dir.join(orphan))?;
     }
-    vfs.sync_dir(&topics_dir)?;
-    let mut topics = HashMap::new();
+    vfs.sync_dir(&kind_dir)?;
+    let mut entities = HashMap::new();
     for (name, entry) in catalog.entries() {
-        let topic_dir = topics_dir.join(entry.id.to_string());
-        let topic = Topic::open(Arc::clone(vfs), &topic_dir, config.topic_log.clone())
-            .map_err(|e| BrokerError::Stream(e.into()))?;
-        topics.insert(name.clone(), Arc::new(topic));
+        entities.insert(
+            name.clone(),
+            Arc::new(open(&kind_dir.join(entry.id.to_string()))?),
+        );
     }
-    Ok(topics)
+    Ok(entities)
 }
 
 #[cfg(test)]

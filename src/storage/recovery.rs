@@ -122,7 +122,8 @@ fn open_sealed(
     )))
 }
 
-fn remove_segment_files(vfs: &dyn Vfs, dir: &Path, base: u64) -> io::Result<()> {
+/// Remove a segment's `.log`, `.idx` and `.tix` (whichever exist).
+pub(crate) fn remove_segment_files(vfs: &dyn Vfs, dir: &Path, base: u64) -> io::Result<()> {
     for ext in [LOG_EXTENSION, OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
         match vfs.remove_file(&dir.join(segment_file_name(base, ext))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

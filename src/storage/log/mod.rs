@@ -32,10 +32,11 @@ use super::index::SegmentIndex;
 use super::io::{write_atomically, OpenMode, VFile, Vfs};
 use super::meta::{CleanShutdown, RecoveryPoint, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use super::record::{Record, RecordView};
-use super::recovery::{create_segment, now_ms, recover, ActiveState, RecoveryReport};
+use super::recovery::{
+    create_segment, now_ms, recover, remove_segment_files, ActiveState, RecoveryReport,
+};
 use super::segment::{
     segment_file_name, write_index_files, SealedSegment, SegmentBytes, SegmentRead, LOG_EXTENSION,
-    OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION,
 };
 
 /// Offsets an append was given.
@@ -625,13 +626,7 @@ impl LogInner {
         let mut report = RetentionReport::default();
         // Oldest first, so a crash part-way leaves a contiguous log.
         for segment in &victims {
-            for ext in [LOG_EXTENSION, OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
-                let path = self.dir.join(segment_file_name(segment.base_offset, ext));
-                match self.vfs.remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
-            }
+            remove_segment_files(&*self.vfs, &self.dir, segment.base_offset)?;
             report.segments_deleted += 1;
             report.bytes_freed += segment.size_bytes();
             report.records_deleted += segment.record_count();
