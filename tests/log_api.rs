@@ -100,6 +100,21 @@ fn offsets_continue_across_clean_and_unclean_reopen() {
     assert_eq!(report.records, 101);
 }
 
+/// Every lookup agrees with a scan of the timestamps in append order.
+fn check_lookups(log: &Log, timestamps: &[i64], targets: impl Iterator<Item = i64>) {
+    for target in targets {
+        let expected = timestamps
+            .iter()
+            .position(|&t| t >= target)
+            .map(|p| p as u64);
+        assert_eq!(
+            log.offset_for_timestamp(target).unwrap(),
+            expected,
+            "target {target}"
+        );
+    }
+}
+
 #[test]
 fn timestamp_lookup_matches_brute_force_with_unordered_clocks() {
     let vfs = FaultVfs::new(1);
@@ -112,31 +127,11 @@ fn timestamp_lookup_matches_brute_force_with_unordered_clocks() {
         log.append(&[Record::new(ts, vec![0u8; 40])]).unwrap();
     }
     assert!(log.segment_count() > 3);
-    for target in -600..4200 {
-        let expected = timestamps
-            .iter()
-            .position(|&t| t >= target)
-            .map(|p| p as u64);
-        assert_eq!(
-            log.offset_for_timestamp(target).unwrap(),
-            expected,
-            "target {target}"
-        );
-    }
+    check_lookups(&log, &timestamps, -600..4200);
     // Also after reopening, when sealed indexes come from their files.
     log.close().unwrap();
     let log = open_fault(&vfs, small_config(Durability::Never)).unwrap();
-    for target in (-600..4200).step_by(29) {
-        let expected = timestamps
-            .iter()
-            .position(|&t| t >= target)
-            .map(|p| p as u64);
-        assert_eq!(
-            log.offset_for_timestamp(target).unwrap(),
-            expected,
-            "target {target}"
-        );
-    }
+    check_lookups(&log, &timestamps, (-600..4200).step_by(29));
 }
 
 #[test]

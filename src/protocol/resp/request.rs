@@ -5,8 +5,8 @@
 //! and so do we.
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::resp2::decode::decode_bytes_mut;
-use redis_protocol::resp2::types::BytesFrame;
+use redis_protocol::resp2::decode::decode_range;
+use redis_protocol::resp2::types::RangeFrame;
 
 /// Limits on what one request may declare or buffer.
 #[derive(Clone, Copy, Debug)]
@@ -114,29 +114,51 @@ fn decode_multibulk(
     buf: &mut BytesMut,
     limits: &RequestLimits,
 ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    check_multibulk_headers(buf, limits)?;
     // `*-1` and `*0` are empty requests; redis-protocol reads `*-1` as a null frame.
     if buf.starts_with(b"*-1\r\n") || buf.starts_with(b"*0\r\n") {
         let len = if buf[1] == b'-' { 5 } else { 4 };
         buf.advance(len);
         return Ok(Some(Vec::new()));
     }
-    let (frame, _, _) = match decode_bytes_mut(buf) {
-        Ok(Some(decoded)) => decoded,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(ProtocolError(format!("ERR Protocol error: {e}"))),
-    };
-    let BytesFrame::Array(items) = frame else {
-        return Err(error("expected an array of bulk strings"));
-    };
-    items
-        .into_iter()
-        .map(|item| match item {
-            BytesFrame::BulkString(bytes) => Ok(bytes),
-            _ => Err(error("invalid bulk length")),
+    // One parse for the common case: a complete, valid request becomes slices of the input.
+    // Anything else (incomplete, malformed, over a limit) goes through the header check, which
+    // names the problem the way Redis does and keeps an absurd frame from being buffered.
+    match decode_range(buf) {
+        Ok(Some((RangeFrame::Array(items), consumed))) if within_limits(&items, limits) => {
+            let frame = buf.split_to(consumed).freeze();
+            let args = items
+                .iter()
+                .map(|item| match item {
+                    RangeFrame::BulkString((start, end)) => frame.slice(*start..*end),
+                    _ => Bytes::new(), // excluded by within_limits
+                })
+                .collect();
+            Ok(Some(args))
+        }
+        Ok(None) => check_multibulk_headers(buf, limits).map(|()| None),
+        Ok(Some(_)) => {
+            check_multibulk_headers(buf, limits)?;
+            Err(error("expected an array of bulk strings"))
+        }
+        Err(e) => {
+            check_multibulk_headers(buf, limits)?;
+            Err(ProtocolError(format!("ERR Protocol error: {e}")))
+        }
+    }
+}
+
+/// A decoded request is acceptable: only bulk strings, and within every limit.
+fn within_limits(items: &[RangeFrame], limits: &RequestLimits) -> bool {
+    let mut total = 0u64;
+    items.len() as u64 <= limits.args_max
+        && items.iter().all(|item| match item {
+            RangeFrame::BulkString((start, end)) => {
+                let len = (end - start) as u64;
+                total += len;
+                len <= limits.bulk_bytes_max && total <= limits.request_bytes_max
+            }
+            _ => false,
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
 }
 
 fn decode_inline(

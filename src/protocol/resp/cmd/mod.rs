@@ -207,12 +207,11 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("xtrim", -4, xtrim::xtrim),
 ];
 
-/// The command's position in [`COMMANDS`] (for compact bookkeeping).
+/// The command's position in [`COMMANDS`] (for compact bookkeeping), by address: `spec` is
+/// always an element of the table, so no search is needed on this per-command path.
 pub fn index_of(spec: &CommandSpec) -> usize {
-    COMMANDS
-        .iter()
-        .position(|c| std::ptr::eq(c, spec))
-        .unwrap_or(usize::MAX)
+    let base = COMMANDS.as_ptr() as usize;
+    (spec as *const CommandSpec as usize - base) / std::mem::size_of::<CommandSpec>()
 }
 
 /// Find a command by name, case-insensitively (the table is sorted by name).
@@ -411,5 +410,8 @@ mod tests {
         assert_eq!(lookup(b"topic.READ").map(|c| c.name), Some("topic.read"));
         assert!(lookup(b"nosuch").is_none());
         assert!(lookup(&[b'x'; 100]).is_none());
+        for (i, spec) in COMMANDS.iter().enumerate() {
+            assert_eq!(index_of(spec), i);
+        }
     }
 }
