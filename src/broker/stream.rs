@@ -306,8 +306,12 @@ impl Stream {
         let Some(mut offset) = self.log.offset_for_timestamp(id.timestamp_ms())? else {
             return Ok(end);
         };
+        // The time index lands at or just before the ID: read a little first, then more, so a
+        // range read does not verify a quarter MiB twice just to find where it starts.
+        let mut budget = 4096;
         loop {
-            let result = self.log.read(offset, SCAN_READ_BYTES)?;
+            let result = self.log.read(offset, budget)?;
+            budget = (budget * 4).min(SCAN_READ_BYTES);
             for record in result.records() {
                 if entry_id(&record).is_some_and(|found| found >= id) {
                     return Ok(record.offset);

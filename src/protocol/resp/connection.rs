@@ -248,8 +248,7 @@ impl Connection {
                 Reply::Silent
             }
             (_, ReplyMode::Off | ReplyMode::Skip) => Reply::Silent,
-            (ReplyMode::Off, ReplyMode::On) => reply,
-            _ => reply,
+            (_, ReplyMode::On) => reply,
         }
     }
 
