@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use common::{log_dir, open_fault, read_all, record, segment_paths, small_config};
 use potok::storage::io::{CrashMode, FaultVfs, OpenMode, Vfs};
 use potok::storage::verify::verify_log_dir;
-use potok::storage::{Durability, Error, Log, Record};
+use potok::storage::{Durability, Error, Log, LogConfig, Record};
 
 fn seeds() -> u64 {
     std::env::var("POTOK_CRASH_SEEDS")
@@ -194,6 +194,61 @@ fn without_fsync_a_crash_leaves_a_valid_prefix() {
             "seed {seed}: recovery repaired the tail"
         );
     }
+}
+
+#[test]
+fn preallocated_space_is_cut_at_seal_and_close_and_read_as_the_end_after_a_crash() {
+    let vfs = FaultVfs::new(7);
+    let config = LogConfig {
+        segment_bytes_max: 16 * 1024,
+        ..small_config(Durability::Always)
+    };
+    let log = open_fault(&vfs, config.clone()).unwrap();
+    let mut written = Vec::new();
+    for n in 0..40 {
+        log.append(&[record(n)]).unwrap();
+        written.push(record(n));
+    }
+    let active = segment_paths(&vfs, &log_dir()).pop().unwrap();
+    let active_len = vfs.file_len(&active).unwrap();
+    assert!(
+        active_len > log.size_bytes(),
+        "under `always` the active segment is zero-filled ahead: {active_len} vs {}",
+        log.size_bytes()
+    );
+    vfs.crash(CrashMode::DropUnsynced);
+    drop(log);
+
+    let log = open_fault(&vfs, config.clone()).unwrap();
+    let report = log.recovery_report().clone();
+    assert!(!report.clean);
+    assert_eq!(report.first_error, None, "zeros are not damage");
+    assert_eq!(report.bytes_truncated, 0);
+    let got: Vec<Record> = read_all(&log)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(got, written);
+    assert_eq!(vfs.file_len(&active).unwrap(), log.size_bytes());
+
+    // Sealing and a clean close leave no zeros behind.
+    for n in 40..200 {
+        log.append(&[record(n)]).unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    let report = verify_log_dir(&vfs, &log_dir()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let files: u64 = segment_paths(&vfs, &log_dir())
+        .iter()
+        .map(|p| vfs.file_len(p).unwrap())
+        .sum();
+    assert!(segment_paths(&vfs, &log_dir()).len() > 1);
+    assert_eq!(files, report.bytes, "every segment ends at its last batch");
+    let log = open_fault(&vfs, config).unwrap();
+    assert!(log.recovery_report().clean);
+    assert_eq!(log.next_offset(), 200);
 }
 
 /// Build a log with sealed segments and a few batches in the active one; returns the file

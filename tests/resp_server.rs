@@ -983,6 +983,41 @@ fn auth_client_config_info_scan_rename_and_transactions() {
     ] {
         assert!(info.contains(needle), "INFO lacks {needle}: {info}");
     }
+    // As in Redis, INFO counts every command before it, even pipelined in the same read.
+    let processed = |info: &str| -> u64 {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("total_commands_processed:"));
+        line.unwrap().split(':').nth(1).unwrap().parse().unwrap()
+    };
+    let before = processed(
+        &redis::cmd("INFO")
+            .arg("stats")
+            .query::<String>(&mut con)
+            .unwrap(),
+    );
+    let (_, _, _, after): (String, String, String, String) = redis::pipe()
+        .cmd("XADD")
+        .arg("counted")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .cmd("XADD")
+        .arg("counted")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .cmd("PING")
+        .cmd("INFO")
+        .arg("stats")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        processed(&after),
+        before + 4,
+        "the first INFO and three commands"
+    );
+    let _: i64 = redis::cmd("DEL").arg("counted").query(&mut con).unwrap();
 
     // SCAN returns every key exactly once over a full iteration; MATCH and TYPE filter.
     let mut cursor = "0".to_string();

@@ -72,6 +72,12 @@ pub struct LogConfig {
     pub batch_bytes_max: u64,
     pub durability: Durability,
     pub retention: Retention,
+    /// Under `always`, zero-fill the active segment ahead of the writes, by as much as is
+    /// written (at least 16 KiB) up to this many bytes at a time. An fdatasync then has no file
+    /// size or block allocation to persist: one data write and a cache flush instead of also
+    /// writing the inode and allocation metadata. 0 turns it off. The zeros are cut off when
+    /// the segment is sealed or the log closes, and recovery reads them as the end of the log.
+    pub preallocate_bytes_max: u64,
 }
 
 impl Default for LogConfig {
@@ -83,6 +89,7 @@ impl Default for LogConfig {
             batch_bytes_max: 16 * 1024 * 1024,
             durability: Durability::Always,
             retention: Retention::default(),
+            preallocate_bytes_max: 4 * 1024 * 1024,
         }
     }
 }

@@ -8,8 +8,8 @@
 //!    entry is re-verified.
 //! 4. Otherwise, read the recovery point. Segments before the one holding it are trusted
 //!    (they were fsynced with their indexes before the recovery point moved past them). Every
-//!    later segment is scanned, verifying each batch's CRC; the first invalid or torn byte ends
-//!    the log there: the segment is truncated (then fsynced) and any later segment is deleted.
+//!    later segment is scanned, verifying each batch's CRC; the first invalid or torn byte (or
+//!    the start of zero-filled preallocated space) ends the log there: the segment is truncated (then fsynced) and any later segment is deleted.
 //!    Scanned segments are fsynced, sealed ones get fresh index files, and the recovery point
 //!    moves to the active segment.
 //!
@@ -309,6 +309,10 @@ fn open_unclean(
         let reaches_next =
             !is_last && outcome.error.is_none() && outcome.index.next_offset == bases[i + 1];
         if reaches_next {
+            if outcome.valid_bytes < file_bytes {
+                // Preallocated zeros a roll had not yet cut (sealing cuts them first).
+                file.set_len(outcome.valid_bytes)?;
+            }
             file.sync_data()?;
             outcome.index.seal();
             write_index_files(vfs, &path, &outcome.index)?;
@@ -329,9 +333,12 @@ fn open_unclean(
             report.segments_removed += 1;
         }
         if outcome.valid_bytes < file_bytes {
-            tracing::warn!(path = %path.display(), from = outcome.valid_bytes, to = file_bytes, "truncating invalid tail");
+            // Either an invalid tail or, with no error, zero-filled preallocated space.
+            if outcome.error.is_some() {
+                tracing::warn!(path = %path.display(), from = outcome.valid_bytes, to = file_bytes, "truncating invalid tail");
+                report.bytes_truncated += file_bytes - outcome.valid_bytes;
+            }
             file.set_len(outcome.valid_bytes)?;
-            report.bytes_truncated += file_bytes - outcome.valid_bytes;
         }
         file.sync_data()?;
         vfs.sync_dir(dir)?;

@@ -41,7 +41,8 @@ pub fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
 pub struct ScanOutcome {
     /// Indexes describing every valid batch.
     pub index: SegmentIndex,
-    /// Bytes from the start of the file up to the end of the last valid batch.
+    /// Bytes from the start of the file up to the end of the last valid batch. Anything after
+    /// it is either `error` or, when `error` is `None`, zero-filled preallocated space.
     pub valid_bytes: u64,
     /// The first invalid batch, if the scan stopped before the end of the bytes.
     pub error: Option<(u64, FormatError)>,
@@ -64,6 +65,9 @@ pub fn scan_from(
         let rest = &bytes[pos..];
         let header = match BatchHeader::parse(rest) {
             Ok(h) => h,
+            // Zero-filled space ahead of the writes (see `LogConfig::preallocate_bytes_max`)
+            // is the end of the log, not damage.
+            Err(_) if rest.iter().all(|&b| b == 0) => break None,
             Err(e) => break Some((pos as u64, e)),
         };
         let len = header.batch_len as usize;
@@ -381,6 +385,22 @@ mod tests {
         }
         // Wrong base offset: nothing is valid.
         assert_eq!(scan_segment(&bytes, 99, 256).valid_bytes, 0);
+    }
+
+    #[test]
+    fn zero_filled_space_ends_the_scan_without_an_error() {
+        let mut bytes = segment_bytes(4);
+        let written = bytes.len() as u64;
+        bytes.resize(bytes.len() + 10_000, 0);
+        let outcome = scan_segment(&bytes, 100, 256);
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(outcome.valid_bytes, written);
+        assert_eq!(outcome.index.next_offset, 112);
+        // A non-zero byte anywhere after the end makes it damage again.
+        *bytes.last_mut().unwrap() = 1;
+        let outcome = scan_segment(&bytes, 100, 256);
+        assert_eq!(outcome.error.map(|(at, _)| at), Some(written));
+        assert_eq!(outcome.valid_bytes, written);
     }
 
     #[test]

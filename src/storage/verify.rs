@@ -79,7 +79,7 @@ pub fn verify_log_dir(vfs: &dyn Vfs, dir: &Path) -> io::Result<LogVerification> 
         let map = vfs.open(&path, OpenMode::Read)?.map()?;
         let mut outcome = scan_segment(&map, base, 4096);
         report.segments += 1;
-        report.bytes += map.len() as u64;
+        report.bytes += outcome.valid_bytes;
         report.records += outcome.index.next_offset - base;
         if let Some((position, e)) = &outcome.error {
             report

@@ -6,21 +6,21 @@ use bytes::Bytes;
 use super::reply::Reply;
 
 pub struct Args {
-    name: String,
+    name: &'static str,
     items: std::vec::IntoIter<Bytes>,
 }
 
 impl Args {
-    /// `args` without the command name, which is kept (lowercase) for error messages.
-    pub fn new(name: String, args: Vec<Bytes>) -> Args {
-        Args {
-            name,
-            items: args.into_iter(),
-        }
+    /// A whole request: `name` is the command's (lowercase) name for error messages, and the
+    /// first element of `request` (the name as sent) is skipped.
+    pub fn new(name: &'static str, request: Vec<Bytes>) -> Args {
+        let mut items = request.into_iter();
+        items.next();
+        Args { name, items }
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.name
     }
 
     pub fn remaining(&self) -> usize {
@@ -35,7 +35,7 @@ impl Args {
     pub fn required(&mut self) -> Result<Bytes, Reply> {
         self.items
             .next()
-            .ok_or_else(|| Reply::wrong_arity(&self.name))
+            .ok_or_else(|| Reply::wrong_arity(self.name))
     }
 
     /// Consume the next argument if it equals `keyword` (case-insensitively).

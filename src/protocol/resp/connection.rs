@@ -129,7 +129,9 @@ impl Connection {
             }
             let mut replies: Vec<Reply> = Vec::new();
             let mut pending: Vec<PendingAck> = Vec::new();
-            let end = self.run_round(&mut replies, &mut pending);
+            let (end, executed) = self.run_round(&mut replies, &mut pending);
+            // Counted per round: one shared atomic add instead of one per command.
+            self.shared.count_commands(executed);
             if !pending.is_empty() {
                 cmd::settle(&mut pending, &mut replies).await;
             }
@@ -166,13 +168,12 @@ impl Connection {
     }
 
     /// Record what the client just did, for CLIENT LIST (atomics: no shared lock per command).
-    fn note_command(&self, spec: Option<&cmd::CommandSpec>) {
+    fn note_command(&self, spec: Option<&cmd::CommandSpec>, now_ms: u64) {
         let index = spec.map_or(u64::MAX, |spec| cmd::index_of(spec) as u64);
         self.activity.last_command.store(index, Ordering::Relaxed);
-        let elapsed = self.shared.started.elapsed().as_millis() as u64;
         self.activity
             .last_active_ms
-            .store(elapsed, Ordering::Relaxed);
+            .store(now_ms, Ordering::Relaxed);
         let protocol = if self.session.protocol == Protocol::Resp3 {
             3
         } else {
@@ -183,8 +184,26 @@ impl Connection {
 
     /// Run buffered requests until input runs out, the round is full, one closes or blocks, or
     /// one must see writes whose acks are still pending (it then opens the next round).
-    fn run_round(&mut self, replies: &mut Vec<Reply>, pending: &mut Vec<PendingAck>) -> RoundEnd {
+    /// Also returns how many commands ran.
+    fn run_round(
+        &mut self,
+        replies: &mut Vec<Reply>,
+        pending: &mut Vec<PendingAck>,
+    ) -> (RoundEnd, u64) {
+        let mut executed = 0;
+        let end = self.run_requests(replies, pending, &mut executed);
+        (end, executed)
+    }
+
+    fn run_requests(
+        &mut self,
+        replies: &mut Vec<Reply>,
+        pending: &mut Vec<PendingAck>,
+        executed: &mut u64,
+    ) -> RoundEnd {
         let limits = self.shared.facts.limits;
+        // One clock read per round is precise enough for CLIENT LIST's idle time.
+        let now_ms = self.shared.started.elapsed().as_millis() as u64;
         loop {
             if replies.len() >= ROUND_REQUESTS_MAX {
                 return RoundEnd::Full;
@@ -206,7 +225,12 @@ impl Connection {
                 self.carried = Some(args);
                 return RoundEnd::Full;
             }
-            self.note_command(spec);
+            self.note_command(spec, now_ms);
+            if !spec.is_some_and(|spec| spec.defers_ack) {
+                // Anything but the hot XADD/XACK may be INFO, which must see earlier commands.
+                self.shared.count_commands(std::mem::take(executed));
+            }
+            *executed += 1;
             let mode_before = self.session.reply_mode;
             let mut blocked = None;
             let reply_index = replies.len();

@@ -5,6 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::broker::StreamId;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// `+OK`
@@ -13,6 +15,8 @@ pub enum Reply {
     Error(String),
     Integer(i64),
     Bulk(Bytes),
+    /// A stream ID as a bulk string, formatted straight into the output.
+    Id(StreamId),
     /// A missing value: `$-1` in RESP2.
     Nil,
     /// A missing array: `*-1` in RESP2.
@@ -78,10 +82,20 @@ impl Reply {
             Reply::Many(replies) => replies.iter().for_each(|r| r.encode(protocol, out)),
             Reply::Status(s) => line(out, b'+', s.as_bytes()),
             Reply::Error(e) => line(out, b'-', e.replace(['\r', '\n'], " ").as_bytes()),
-            Reply::Integer(n) => line(out, b':', n.to_string().as_bytes()),
+            Reply::Integer(n) => line(out, b':', itoa::Buffer::new().format(*n).as_bytes()),
             Reply::Bulk(b) => {
-                line(out, b'$', b.len().to_string().as_bytes());
+                length_line(out, b'$', b.len());
                 out.put_slice(b);
+                out.put_slice(b"\r\n");
+            }
+            Reply::Id(id) => {
+                let (mut ms, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+                let (ms, seq) = (ms.format(id.ms).as_bytes(), seq.format(id.seq).as_bytes());
+                length_line(out, b'$', ms.len() + 1 + seq.len());
+                out.reserve(ms.len() + seq.len() + 3);
+                out.put_slice(ms);
+                out.put_u8(b'-');
+                out.put_slice(seq);
                 out.put_slice(b"\r\n");
             }
             Reply::Nil if resp3 => out.put_slice(b"_\r\n"),
@@ -89,22 +103,18 @@ impl Reply {
             Reply::NilArray if resp3 => out.put_slice(b"_\r\n"),
             Reply::NilArray => out.put_slice(b"*-1\r\n"),
             Reply::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
+                length_line(out, b'*', items.len());
                 items.iter().for_each(|i| i.encode(protocol, out));
             }
             Reply::Push(items) => {
-                line(
-                    out,
-                    if resp3 { b'>' } else { b'*' },
-                    items.len().to_string().as_bytes(),
-                );
+                length_line(out, if resp3 { b'>' } else { b'*' }, items.len());
                 items.iter().for_each(|i| i.encode(protocol, out));
             }
             Reply::Map(pairs) => {
                 if resp3 {
-                    line(out, b'%', pairs.len().to_string().as_bytes());
+                    length_line(out, b'%', pairs.len());
                 } else {
-                    line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
+                    length_line(out, b'*', pairs.len() * 2);
                 }
                 for (k, v) in pairs {
                     k.encode(protocol, out);
@@ -113,6 +123,11 @@ impl Reply {
             }
         }
     }
+}
+
+/// `$5\r\n`, `*3\r\n`: a length line, formatted without allocating.
+fn length_line(out: &mut BytesMut, prefix: u8, len: usize) {
+    line(out, prefix, itoa::Buffer::new().format(len).as_bytes());
 }
 
 fn line(out: &mut BytesMut, prefix: u8, body: &[u8]) {
@@ -149,5 +164,12 @@ mod tests {
             "-ERR a  b\r\n"
         );
         assert_eq!(encoded(&Reply::ok(), Protocol::Resp3), "+OK\r\n");
+        assert_eq!(encoded(&Reply::Integer(-42), Protocol::Resp2), ":-42\r\n");
+        let id = Reply::Id(StreamId::new(1_700_000_000_123, u64::MAX));
+        assert_eq!(
+            encoded(&id, Protocol::Resp3),
+            "$34\r\n1700000000123-18446744073709551615\r\n"
+        );
+        assert_eq!(StreamId::new(5, 0).to_string(), "5-0");
     }
 }

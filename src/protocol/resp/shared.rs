@@ -109,10 +109,12 @@ impl RespShared {
         self.settings().password.is_some()
     }
 
-    pub fn count_command(&self) {
-        self.stats
-            .commands_processed
-            .fetch_add(1, Ordering::Relaxed);
+    pub fn count_commands(&self, n: u64) {
+        if n > 0 {
+            self.stats
+                .commands_processed
+                .fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Kill clients matching `pred`; returns how many.

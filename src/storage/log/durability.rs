@@ -29,6 +29,27 @@ pub(super) fn spawn_flusher(log: Weak<LogInner>, period: Duration) {
     }
 }
 
+/// Buffered batches taken out of the writer by the sync leader, on their way to the file.
+struct TakenWrite {
+    file: Arc<dyn VFile>,
+    data: Vec<u8>,
+    from: u64,
+    /// Zeros to write after the data (preallocation).
+    zero_fill: u64,
+}
+
+/// Write `len` zero bytes at `pos`, from one small static buffer.
+fn write_zeros(file: &dyn VFile, mut pos: u64, len: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let end = pos + len;
+    while pos < end {
+        let n = (end - pos).min(ZEROS.len() as u64);
+        file.write_at(&ZEROS[..n as usize], pos)?;
+        pos += n;
+    }
+    Ok(())
+}
+
 impl LogInner {
     /// Group commit: wait until `next_offset` is durable, leading an fsync if nobody is.
     pub(super) fn wait_until_durable(&self, next_offset: u64) -> Result<()> {
@@ -108,38 +129,109 @@ impl LogInner {
         }
     }
 
-    /// Write what `always` buffered; the caller holds the writer lock. A failure fails the
-    /// log: those batches already have offsets.
+    /// Write what `always` buffered, with the writer lock held (roll, close, a full buffer).
+    /// A failure fails the log: those batches already have offsets.
     pub(super) fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
+        self.await_write_in_flight()?;
+        if let Some(write) = self.take_pending(writer) {
+            self.write_taken(write)?;
+        }
+        Ok(())
+    }
+
+    /// Move the buffered batches (and any zero-filling due) out of the writer, so they can be
+    /// written without the writer lock; the caller holds it. Until [`Self::write_taken`]
+    /// finishes, roll and close wait in [`Self::await_write_in_flight`].
+    fn take_pending(&self, writer: &mut Writer) -> Option<TakenWrite> {
         if writer.pending.is_empty() {
-            return Ok(());
+            return None;
         }
-        let file = Arc::clone(&self.read_shared().active.file);
-        if let Err(e) = file.write_at(&writer.pending, writer.pending_from) {
-            return Err(self.fail(e));
+        let mut flight = lock(&self.write_in_flight);
+        debug_assert!(!flight.active, "one write of buffered batches at a time");
+        let mut data = std::mem::take(&mut flight.spare);
+        data.clear();
+        std::mem::swap(&mut data, &mut writer.pending);
+        flight.active = true;
+        let from = writer.pending_from;
+        let end = from + data.len() as u64;
+        writer.pending_from = end;
+        let ahead_max = self.config.preallocate_bytes_max;
+        let zero_fill = if ahead_max > 0 && end > writer.file_bytes {
+            // As much as is written (so a small log wastes little), within the limits.
+            let ahead = end.max(PREALLOCATE_BYTES_MIN).min(ahead_max);
+            writer.file_bytes = end + ahead;
+            ahead
+        } else {
+            writer.file_bytes = writer.file_bytes.max(end);
+            0
+        };
+        Some(TakenWrite {
+            file: Arc::clone(&self.read_shared().active.file),
+            data,
+            from,
+            zero_fill,
+        })
+    }
+
+    /// Write what [`Self::take_pending`] took, then let roll and close go on.
+    fn write_taken(&self, write: TakenWrite) -> Result<()> {
+        let TakenWrite {
+            file,
+            data,
+            from,
+            zero_fill,
+        } = write;
+        let end = from + data.len() as u64;
+        let result = file
+            .write_at(&data, from)
+            .and_then(|()| write_zeros(&*file, end, zero_fill));
+        {
+            let mut flight = lock(&self.write_in_flight);
+            flight.active = false;
+            // Keep a big buffer from pinning memory after a burst.
+            if data.capacity() <= PENDING_BYTES_MAX {
+                flight.spare = data;
+            }
+            self.write_done.notify_all();
         }
-        writer.pending_from += writer.pending.len() as u64;
-        writer.pending.clear();
-        // Keep a big buffer from pinning memory after a burst.
-        if writer.pending.capacity() > PENDING_BYTES_MAX {
-            writer.pending = Vec::new();
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// Wait until no write of buffered batches is in flight. Called with the writer lock held,
+    /// which stops a new one from starting.
+    pub(super) fn await_write_in_flight(&self) -> Result<()> {
+        let mut flight = lock(&self.write_in_flight);
+        while flight.active {
+            flight = self
+                .write_done
+                .wait(flight)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(flight);
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::PreviousIo);
         }
         Ok(())
     }
 
     /// fsync the active segment up to what is written now; make it visible. Returns the offset
-    /// below which everything is durable.
+    /// below which everything is durable. The buffered batches are written outside the writer
+    /// lock, so appenders keep encoding meanwhile.
     pub(super) fn sync_active(&self) -> Result<u64> {
-        let (file, base, written) = {
+        let (file, base, written, taken) = {
             let mut writer = lock(&self.writer);
-            self.flush_pending(&mut writer)?;
+            let taken = self.take_pending(&mut writer);
             let shared = self.read_shared();
             (
                 Arc::clone(&shared.active.file),
                 shared.active.base_offset,
                 shared.active.written,
+                taken,
             )
         };
+        if let Some(write) = taken {
+            self.write_taken(write)?;
+        }
         if let Err(e) = file.sync_data() {
             return Err(self.fail(e));
         }

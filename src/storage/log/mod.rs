@@ -120,10 +120,24 @@ struct Writer {
     pending: Vec<u8>,
     /// File position of `pending[0]`.
     pending_from: u64,
+    /// Length of the active segment file: written bytes plus any zero-filled preallocated
+    /// space after them.
+    file_bytes: u64,
 }
 
 /// Bytes buffered under `always` before they are written even without a sync.
 const PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The least zero-filled space added ahead of the writes at a time.
+const PREALLOCATE_BYTES_MIN: u64 = 16 * 1024;
+
+/// Whether the sync leader is writing buffered batches outside the writer lock.
+#[derive(Default)]
+struct WriteInFlight {
+    active: bool,
+    /// The buffer the last write used, kept for the next swap.
+    spare: Vec<u8>,
+}
 
 struct SyncState {
     durable_next_offset: u64,
@@ -138,6 +152,8 @@ struct LogInner {
     shared: RwLock<Shared>,
     sync: Mutex<SyncState>,
     synced: Condvar,
+    write_in_flight: Mutex<WriteInFlight>,
+    write_done: Condvar,
     failed: AtomicBool,
     closed: AtomicBool,
     recovery: RecoveryReport,
@@ -219,6 +235,8 @@ impl Log {
                 encode_buf: Vec::new(),
                 pending: Vec::new(),
                 pending_from: end.bytes,
+                // Recovery cut any preallocated space, and a clean close never leaves any.
+                file_bytes: end.bytes,
             }),
             durable_watch: tokio::sync::watch::Sender::new(end.next_offset),
             shared: RwLock::new(shared),
@@ -227,6 +245,8 @@ impl Log {
                 leader_active: false,
             }),
             synced: Condvar::new(),
+            write_in_flight: Mutex::default(),
+            write_done: Condvar::new(),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             recovery: recovered.report,
@@ -532,7 +552,9 @@ impl LogInner {
         if written.bytes == 0 {
             return Ok(());
         }
+        let file_bytes = writer.file_bytes;
         let step = || -> std::io::Result<(Arc<SealedSegment>, ActiveState)> {
+            cut_preallocated(&*file, file_bytes, written.bytes)?;
             file.sync_data()?;
             index.seal();
             write_index_files(&*self.vfs, &path, &index)?;
@@ -569,6 +591,7 @@ impl LogInner {
         }
         self.notify_visible();
         writer.started_ms = active.started_ms;
+        writer.file_bytes = 0;
         if self.config.retention != Default::default() {
             if let Err(e) = self.enforce_retention(now_ms()) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "retention after roll failed");
@@ -652,7 +675,9 @@ impl LogInner {
                 a.index.clone(),
             )
         };
+        let file_bytes = writer.file_bytes;
         let mut step = || -> std::io::Result<()> {
+            cut_preallocated(&*file, file_bytes, written.bytes)?;
             file.sync_data()?;
             self.publish_visible(base, written);
             index.seal();
@@ -682,6 +707,15 @@ impl LogInner {
         self.synced.notify_all();
         Ok(())
     }
+}
+
+/// Cut zero-filled preallocated space off a segment that is being sealed or closed, so sealed
+/// and cleanly closed segments end exactly at their last batch.
+fn cut_preallocated(file: &dyn VFile, file_bytes: u64, written_bytes: u64) -> std::io::Result<()> {
+    if file_bytes > written_bytes {
+        file.set_len(written_bytes)?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

@@ -136,7 +136,17 @@ pub struct CommandSpec {
     /// True for commands whose reply may wait for durability (they must not be preceded by a
     /// settle, so pipelines of them share one fsync).
     pub defers_ack: bool,
+    /// Whether it may wait for an fsync or do slow I/O (see [`may_block`]).
+    blocks: Blocks,
     handler: Handler,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blocks {
+    Never,
+    Always,
+    /// XADD commits a trim durably when asked to trim.
+    WhenTrimming,
 }
 
 const fn spec(name: &'static str, arity: i32, handler: Handler) -> CommandSpec {
@@ -144,16 +154,23 @@ const fn spec(name: &'static str, arity: i32, handler: Handler) -> CommandSpec {
         name,
         arity,
         defers_ack: false,
+        blocks: Blocks::Never,
         handler,
+    }
+}
+
+/// A command that commits durably inline, or does slow I/O.
+const fn blocking(name: &'static str, arity: i32, handler: Handler) -> CommandSpec {
+    CommandSpec {
+        blocks: Blocks::Always,
+        ..spec(name, arity, handler)
     }
 }
 
 const fn deferring(name: &'static str, arity: i32, handler: Handler) -> CommandSpec {
     CommandSpec {
-        name,
-        arity,
         defers_ack: true,
-        handler,
+        ..spec(name, arity, handler)
     }
 }
 
@@ -163,13 +180,13 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("command", -1, command::command),
     spec("config", -2, config::config),
     spec("dbsize", 1, keyspace::dbsize),
-    spec("del", -2, keyspace::del),
+    blocking("del", -2, keyspace::del),
     spec("discard", 1, multi::discard),
     spec("echo", 2, connection::echo),
-    spec("exec", 1, multi::exec),
+    blocking("exec", 1, multi::exec),
     spec("exists", -2, keyspace::exists),
-    spec("flushall", -1, keyspace::flushall),
-    spec("flushdb", -1, keyspace::flushall),
+    blocking("flushall", -1, keyspace::flushall),
+    blocking("flushdb", -1, keyspace::flushall),
     spec("hello", -1, connection::hello),
     spec("info", -1, info::info),
     spec("keys", 2, keyspace::keys),
@@ -180,7 +197,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("pubsub", -2, pubsub::pubsub),
     spec("punsubscribe", -1, pubsub::punsubscribe),
     spec("quit", -1, connection::quit),
-    spec("rename", 3, keyspace::rename),
+    blocking("rename", 3, keyspace::rename),
     spec("reset", 1, connection::reset),
     spec("scan", -2, keyspace::scan),
     spec("select", 2, connection::select),
@@ -188,14 +205,17 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("topic.read", -3, pubsub::topic_read),
     spec("topic.subscribe", 3, pubsub::topic_subscribe),
     spec("type", 2, keyspace::type_of),
-    spec("unlink", -2, keyspace::del),
+    blocking("unlink", -2, keyspace::del),
     spec("unsubscribe", -1, pubsub::unsubscribe),
     deferring("xack", -4, xack::xack),
-    deferring("xadd", -5, xadd::xadd),
+    CommandSpec {
+        blocks: Blocks::WhenTrimming,
+        ..deferring("xadd", -5, xadd::xadd)
+    },
     spec("xautoclaim", -6, xclaim::xautoclaim),
     spec("xclaim", -6, xclaim::xclaim),
-    spec("xdel", -3, xdel::xdel),
-    spec("xgroup", -2, xgroup::xgroup),
+    blocking("xdel", -3, xdel::xdel),
+    blocking("xgroup", -2, xgroup::xgroup),
     spec("xinfo", -2, xinfo::xinfo),
     spec("xlen", 2, xlen::xlen),
     spec("xpending", -3, xpending::xpending),
@@ -203,8 +223,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("xread", -4, xread::xread),
     spec("xreadgroup", -7, xread::xreadgroup),
     spec("xrevrange", -4, xrange::xrevrange),
-    spec("xsetid", -3, xdel::xsetid),
-    spec("xtrim", -4, xtrim::xtrim),
+    blocking("xsetid", -3, xdel::xsetid),
+    blocking("xtrim", -4, xtrim::xtrim),
 ];
 
 /// The command's position in [`COMMANDS`] (for compact bookkeeping), by address: `spec` is
@@ -239,17 +259,12 @@ pub fn needs_settled_writes(spec: Option<&CommandSpec>) -> bool {
 /// Whether a request may wait for an fsync or do slow I/O (then it runs off the async worker).
 /// Appends, acks and deliveries are buffered and cheap; what commits durably inline is not.
 pub fn may_block(spec: Option<&CommandSpec>, args: &[Bytes]) -> bool {
-    let Some(spec) = spec else {
-        return false;
-    };
-    match spec.name {
-        "xdel" | "xtrim" | "xsetid" | "xgroup" | "del" | "unlink" | "flushall" | "flushdb"
-        | "rename" | "exec" => true,
-        // XADD commits a trim durably when asked to trim.
-        "xadd" => args
+    match spec.map_or(Blocks::Never, |spec| spec.blocks) {
+        Blocks::Never => false,
+        Blocks::Always => true,
+        Blocks::WhenTrimming => args
             .iter()
             .any(|a| a.eq_ignore_ascii_case(b"MAXLEN") || a.eq_ignore_ascii_case(b"MINID")),
-        _ => false,
     }
 }
 
@@ -307,7 +322,6 @@ pub fn execute(
     reply_index: usize,
     blocked: &mut Option<Blocked>,
 ) -> Reply {
-    shared.count_command();
     let checked = spec.ok_or_else(|| unknown_command(&args)).and_then(|spec| {
         let count = args.len() as i32;
         if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
@@ -356,7 +370,7 @@ fn dispatch(
     reply_index: usize,
     blocked: &mut Option<Blocked>,
 ) -> Reply {
-    let mut args = Args::new(spec.name.to_string(), args.into_iter().skip(1).collect());
+    let mut args = Args::new(spec.name, args);
     let mut context = Context {
         shared,
         broker: &shared.broker,

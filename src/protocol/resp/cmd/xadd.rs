@@ -86,5 +86,5 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
             reply_index: context.reply_index,
         });
     }
-    Ok(Reply::bulk(added.id.to_string()))
+    Ok(Reply::Id(added.id))
 }

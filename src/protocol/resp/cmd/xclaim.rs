@@ -15,7 +15,7 @@ fn claimed_reply(entries: Vec<Entry>, just_id: bool) -> Reply {
             .into_iter()
             .map(|e| {
                 if just_id {
-                    Reply::bulk(e.id.to_string())
+                    Reply::Id(e.id)
                 } else {
                     entry_reply(e)
                 }
@@ -121,14 +121,8 @@ pub fn xautoclaim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
             other => stream_error(other),
         })?;
     Ok(Reply::Array(vec![
-        Reply::bulk(result.next.to_string()),
+        Reply::Id(result.next),
         claimed_reply(result.claimed, just_id),
-        Reply::Array(
-            result
-                .deleted
-                .into_iter()
-                .map(|id| Reply::bulk(id.to_string()))
-                .collect(),
-        ),
+        Reply::Array(result.deleted.into_iter().map(Reply::Id).collect()),
     ]))
 }

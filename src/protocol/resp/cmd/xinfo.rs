@@ -70,13 +70,10 @@ fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
         // Potok has no radix tree; its segments play that part.
         (Reply::bulk("radix-tree-keys"), Reply::Integer(segments)),
         (Reply::bulk("radix-tree-nodes"), Reply::Integer(segments)),
-        (
-            Reply::bulk("last-generated-id"),
-            Reply::bulk(info.last_id.to_string()),
-        ),
+        (Reply::bulk("last-generated-id"), Reply::Id(info.last_id)),
         (
             Reply::bulk("max-deleted-entry-id"),
-            Reply::bulk(info.max_deleted.to_string()),
+            Reply::Id(info.max_deleted),
         ),
         (
             Reply::bulk("entries-added"),
@@ -123,7 +120,7 @@ fn full_group(name: bytes::Bytes, group: &GroupState, lag: Option<u64>, count: u
         .take(count)
         .map(|(id, p)| {
             Reply::Array(vec![
-                Reply::bulk(id.to_string()),
+                Reply::Id(*id),
                 Reply::Bulk(p.consumer.clone()),
                 Reply::Integer(p.delivery_time_ms),
                 Reply::Integer(p.delivery_count as i64),
@@ -141,7 +138,7 @@ fn full_group(name: bytes::Bytes, group: &GroupState, lag: Option<u64>, count: u
                 .take(count)
                 .map(|(id, p)| {
                     Reply::Array(vec![
-                        Reply::bulk(id.to_string()),
+                        Reply::Id(*id),
                         Reply::Integer(p.delivery_time_ms),
                         Reply::Integer(p.delivery_count as i64),
                     ])
@@ -162,7 +159,7 @@ fn full_group(name: bytes::Bytes, group: &GroupState, lag: Option<u64>, count: u
         (Reply::bulk("name"), Reply::Bulk(name)),
         (
             Reply::bulk("last-delivered-id"),
-            Reply::bulk(group.last_delivered.to_string()),
+            Reply::Id(group.last_delivered),
         ),
         (
             Reply::bulk("entries-read"),
@@ -198,7 +195,7 @@ fn groups(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
                     (Reply::bulk("pending"), Reply::Integer(g.pending as i64)),
                     (
                         Reply::bulk("last-delivered-id"),
-                        Reply::bulk(g.last_delivered.to_string()),
+                        Reply::Id(g.last_delivered),
                     ),
                     (
                         Reply::bulk("entries-read"),

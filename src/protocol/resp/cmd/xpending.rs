@@ -83,7 +83,7 @@ pub fn xpending(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Rep
                     Reply::NilArray,
                 ]));
             }
-            let id = |id: Option<StreamId>| id.map_or(Reply::Nil, |id| Reply::bulk(id.to_string()));
+            let id = |id: Option<StreamId>| id.map_or(Reply::Nil, Reply::Id);
             let consumers = summary
                 .per_consumer
                 .into_iter()
@@ -102,7 +102,7 @@ pub fn xpending(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Rep
                 rows.into_iter()
                     .map(|r| {
                         Reply::Array(vec![
-                            Reply::bulk(r.id.to_string()),
+                            Reply::Id(r.id),
                             Reply::Bulk(r.consumer),
                             Reply::Integer(r.idle_ms as i64),
                             Reply::Integer(r.delivery_count as i64),

@@ -53,10 +53,7 @@ pub fn entry_reply(entry: Entry) -> Reply {
         .into_iter()
         .flat_map(|(f, v)| [Reply::Bulk(f), Reply::Bulk(v)])
         .collect();
-    Reply::Array(vec![
-        Reply::bulk(entry.id.to_string()),
-        Reply::Array(fields),
-    ])
+    Reply::Array(vec![Reply::Id(entry.id), Reply::Array(fields)])
 }
 
 fn range(args: &mut Args, context: &mut Context<'_>, reverse: bool) -> Result<Reply, Reply> {

@@ -190,7 +190,7 @@ impl GroupReadRequest {
                         .into_iter()
                         .map(|(id, entry)| {
                             entry.map_or_else(
-                                || Reply::Array(vec![Reply::bulk(id.to_string()), Reply::NilArray]),
+                                || Reply::Array(vec![Reply::Id(id), Reply::NilArray]),
                                 entry_reply,
                             )
                         })
