@@ -14,7 +14,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, Notify};
 
-use super::cmd::{self, Blocked, PendingAck, ReplyMode, Session};
+use super::cmd::{self, Blocked, PendingAcks, ReplyMode, Session};
 use super::pubsub::{Subscriber, SUBSCRIBER_QUEUE_MAX};
 use super::reply::{Protocol, Reply};
 use super::request::{decode_request, ProtocolError};
@@ -43,6 +43,11 @@ struct Connection {
     /// A request decoded but left for the next round (it had to wait for pending acks).
     carried: Option<Vec<bytes::Bytes>>,
     activity: Arc<ClientActivity>,
+    /// A round's replies and pending acks, kept for the next round.
+    replies: Vec<Reply>,
+    pending: PendingAcks,
+    /// The last command looked up: pipelines mostly repeat one command.
+    last_command: Option<&'static cmd::CommandSpec>,
 }
 
 /// What ended a round of requests.
@@ -110,6 +115,9 @@ pub async fn serve(
         messages,
         carried: None,
         activity,
+        replies: Vec::new(),
+        pending: PendingAcks::default(),
+        last_command: None,
     };
     connection.run().await;
     for channel in connection.session.subscriptions.iter() {
@@ -127,15 +135,20 @@ impl Connection {
             if self.killed.load(Ordering::Acquire) {
                 return;
             }
-            let mut replies: Vec<Reply> = Vec::new();
-            let mut pending: Vec<PendingAck> = Vec::new();
+            // Reused across rounds, so a steady pipeline allocates neither.
+            let mut replies = std::mem::take(&mut self.replies);
+            let mut pending = std::mem::take(&mut self.pending);
+            replies.clear();
             let (end, executed) = self.run_round(&mut replies, &mut pending);
             // Counted per round: one shared atomic add instead of one per command.
             self.shared.count_commands(executed);
             if !pending.is_empty() {
-                cmd::settle(&mut pending, &mut replies).await;
+                pending.settle(&mut replies).await;
             }
-            if !self.write(&replies).await {
+            let written = self.write(&replies).await;
+            replies.clear();
+            (self.replies, self.pending) = (replies, pending);
+            if !written {
                 return;
             }
             let keep_going = match end {
@@ -184,11 +197,21 @@ impl Connection {
 
     /// Run buffered requests until input runs out, the round is full, one closes or blocks, or
     /// one must see writes whose acks are still pending (it then opens the next round).
+    fn lookup(&mut self, name: &[u8]) -> Option<&'static cmd::CommandSpec> {
+        let last = self.last_command;
+        if let Some(spec) = last.filter(|s| s.name.as_bytes().eq_ignore_ascii_case(name)) {
+            return Some(spec);
+        }
+        let spec = cmd::lookup(name);
+        self.last_command = spec.or(last);
+        spec
+    }
+
     /// Also returns how many commands ran.
     fn run_round(
         &mut self,
         replies: &mut Vec<Reply>,
-        pending: &mut Vec<PendingAck>,
+        pending: &mut PendingAcks,
     ) -> (RoundEnd, u64) {
         let mut executed = 0;
         let end = self.run_requests(replies, pending, &mut executed);
@@ -198,7 +221,7 @@ impl Connection {
     fn run_requests(
         &mut self,
         replies: &mut Vec<Reply>,
-        pending: &mut Vec<PendingAck>,
+        pending: &mut PendingAcks,
         executed: &mut u64,
     ) -> RoundEnd {
         let limits = self.shared.facts.limits;
@@ -220,7 +243,7 @@ impl Connection {
                     }
                 },
             };
-            let spec = cmd::lookup(&args[0]);
+            let spec = self.lookup(&args[0]);
             if !pending.is_empty() && cmd::needs_settled_writes(spec) {
                 self.carried = Some(args);
                 return RoundEnd::Full;

@@ -6,7 +6,7 @@
 //! authentication, MULTI queueing. Then it runs the handler.
 //!
 //! Acknowledgements and durability: XADD and XACK write without waiting and leave a
-//! [`PendingAck`]; the connection settles all pending acks (one fsync wait per log) before it
+//! [`PendingAcks`] entry; the connection settles all pending acks (one fsync wait per log) before it
 //! writes the replies, and before running any command that could observe those writes. So a
 //! pipeline shares group commit, and nothing is acknowledged before it is durable.
 
@@ -93,12 +93,65 @@ impl Session {
     }
 }
 
-/// A reply that must wait until a log is durable up to `next_offset` (an XADD's entry, an
-/// XACK's journal record).
-pub struct PendingAck {
-    pub log: Log,
-    pub next_offset: u64,
-    pub reply_index: usize,
+/// The replies of one round that must wait until a log is durable (an XADD's entry, an XACK's
+/// journal record): per log, the offset to wait for, and which replies depend on it. A round
+/// usually touches one log, so it holds one `Log` handle per log rather than one per command.
+#[derive(Default)]
+pub struct PendingAcks {
+    /// Each log with the offset below which it must be durable.
+    logs: Vec<(Log, u64)>,
+    /// (index in `logs`, index of the reply in the round).
+    replies: Vec<(usize, usize)>,
+}
+
+impl PendingAcks {
+    /// How many recent logs `add` checks before adding another entry; a log listed twice is
+    /// merely waited for twice.
+    const LOGS_SEARCHED: usize = 8;
+
+    pub fn add(&mut self, log: &Log, next_offset: u64, reply_index: usize) {
+        let recent = self.logs.len().saturating_sub(Self::LOGS_SEARCHED);
+        let found = self.logs[recent..]
+            .iter()
+            .rposition(|(l, _)| l.same_log(log))
+            .map(|i| recent + i);
+        let i = found.unwrap_or_else(|| {
+            self.logs.push((log.clone(), 0));
+            self.logs.len() - 1
+        });
+        self.logs[i].1 = self.logs[i].1.max(next_offset);
+        self.replies.push((i, reply_index));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty()
+    }
+
+    /// Wait, blocking the thread, until every log is durable as far as listed; failures are
+    /// left for [`PendingAcks::settle`] to report.
+    pub fn wait_blocking(&self) {
+        for (log, highest) in &self.logs {
+            let _ = log.wait_until_durable(*highest);
+        }
+    }
+
+    /// Wait until every log is durable as far as its replies need (one wait per log). A reply
+    /// whose durability failed becomes an error instead. Leaves `self` empty.
+    pub async fn settle(&mut self, replies: &mut [Reply]) {
+        for (i, (log, highest)) in self.logs.iter().enumerate() {
+            if let Err(e) = log.wait_until_durable_async(*highest).await {
+                tracing::error!(error = %e, "write not durable; failing its reply");
+                for &(_, reply_index) in self.replies.iter().filter(|(l, _)| *l == i) {
+                    if let Some(reply) = replies.get_mut(reply_index) {
+                        *reply =
+                            Reply::error(format!("ERR write failed, it may not be stored: {e}"));
+                    }
+                }
+            }
+        }
+        self.logs.clear();
+        self.replies.clear();
+    }
 }
 
 /// Re-runs a blocked read: `Ok(Some(reply))` once there is data.
@@ -120,7 +173,7 @@ pub struct Context<'a> {
     pub broker: &'a Broker,
     pub session: &'a mut Session,
     /// Pending acks of this round; a handler that defers its ack pushes here.
-    pub pending: &'a mut Vec<PendingAck>,
+    pub pending: &'a mut PendingAcks,
     /// Index its reply will have in the round.
     pub reply_index: usize,
     /// Set by a handler whose reply must wait for data; its returned reply is then ignored.
@@ -318,7 +371,7 @@ pub fn execute(
     session: &mut Session,
     spec: Option<&'static CommandSpec>,
     args: Vec<Bytes>,
-    pending: &mut Vec<PendingAck>,
+    pending: &mut PendingAcks,
     reply_index: usize,
     blocked: &mut Option<Blocked>,
 ) -> Reply {
@@ -366,7 +419,7 @@ fn dispatch(
     shared: &RespShared,
     session: &mut Session,
     args: Vec<Bytes>,
-    pending: &mut Vec<PendingAck>,
+    pending: &mut PendingAcks,
     reply_index: usize,
     blocked: &mut Option<Blocked>,
 ) -> Reply {
@@ -381,26 +434,6 @@ fn dispatch(
     };
     match (spec.handler)(&mut args, &mut context) {
         Ok(reply) | Err(reply) => reply,
-    }
-}
-
-/// Wait until every pending reply's log is durable (one wait per log, for its highest offset).
-/// A reply whose durability failed becomes an error instead.
-pub async fn settle(pending: &mut Vec<PendingAck>, replies: &mut [Reply]) {
-    while let Some(first) = pending.first() {
-        let log = first.log.clone();
-        let (same, rest): (Vec<PendingAck>, Vec<PendingAck>) =
-            pending.drain(..).partition(|p| p.log.same_log(&log));
-        *pending = rest;
-        let highest = same.iter().map(|p| p.next_offset).max().unwrap_or(0);
-        if let Err(e) = log.wait_until_durable_async(highest).await {
-            tracing::error!(error = %e, "write not durable; failing its reply");
-            for p in same {
-                if let Some(reply) = replies.get_mut(p.reply_index) {
-                    *reply = Reply::error(format!("ERR write failed, it may not be stored: {e}"));
-                }
-            }
-        }
     }
 }
 

@@ -45,9 +45,7 @@ pub fn exec(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
         // (and so visible) first. EXEC runs off the async worker, so it may wait here; a
         // failure is reported when the connection settles the same acks.
         if !spec.defers_ack {
-            for ack in context.pending.iter() {
-                let _ = ack.log.wait_until_durable(ack.next_offset);
-            }
+            context.pending.wait_blocking();
         }
         let mut blocked = None;
         let reply = dispatch(

@@ -2,7 +2,7 @@
 //! acknowledged entry is never delivered again (pipelined XACKs share the fsync).
 
 use super::xadd::{parse_ids, stream_error};
-use super::{existing_stream, Context, PendingAck, Reply};
+use super::{existing_stream, Context, Reply};
 use crate::protocol::resp::args::Args;
 
 pub fn xack(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
@@ -13,12 +13,9 @@ pub fn xack(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     };
     let (acked, wait) = stream.ack(&group, &ids).map_err(stream_error)?;
     if let Some(next_offset) = wait {
-        let log = stream.journal_log().clone();
-        context.pending.push(PendingAck {
-            log,
-            next_offset,
-            reply_index: context.reply_index,
-        });
+        context
+            .pending
+            .add(stream.journal_log(), next_offset, context.reply_index);
     }
     Ok(Reply::Integer(acked as i64))
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::xtrim::TrimParser;
-use super::{existing_stream, Context, PendingAck, Reply};
+use super::{existing_stream, Context, Reply};
 use crate::broker::{IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
 use crate::storage::Durability;
@@ -80,11 +80,9 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     // Under `always` the reply waits for the fsync (shared by the pipeline); under `interval`
     // and `never` the policy is to acknowledge once written.
     if stream.log().config().durability == Durability::Always {
-        context.pending.push(PendingAck {
-            log: stream.log().clone(),
-            next_offset: added.next_offset,
-            reply_index: context.reply_index,
-        });
+        context
+            .pending
+            .add(stream.log(), added.next_offset, context.reply_index);
     }
     Ok(Reply::Id(added.id))
 }
