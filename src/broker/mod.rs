@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 
@@ -105,7 +105,7 @@ pub struct Broker {
     dir: PathBuf,
     vfs: Arc<dyn Vfs>,
     config: BrokerConfig,
-    state: Mutex<State>,
+    state: RwLock<State>,
     /// Held for the broker's life: one process per data directory.
     _lock: Option<File>,
 }
@@ -158,7 +158,7 @@ impl Broker {
             dir: dir.to_path_buf(),
             vfs,
             config,
-            state: Mutex::new(State {
+            state: RwLock::new(State {
                 catalog,
                 streams,
                 topic_catalog,
@@ -169,8 +169,13 @@ impl Broker {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Shared access: the per-command lookups (every XADD) take only this.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn dir(&self) -> &Path {
@@ -178,7 +183,7 @@ impl Broker {
     }
 
     pub fn stream(&self, name: &[u8]) -> Option<Arc<Stream>> {
-        self.lock().streams.get(name).cloned()
+        self.read().streams.get(name).cloned()
     }
 
     /// The stream called `name`, created (durably, in the catalog) if it does not exist.
@@ -186,7 +191,7 @@ impl Broker {
         if name.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
-        let mut guard = self.lock();
+        let mut guard = self.write();
         let state = &mut *guard;
         if let Some(stream) = state.streams.get(name) {
             return Ok(Arc::clone(stream));
@@ -232,7 +237,7 @@ impl Broker {
 
     /// The Pub/Sub topic for `channel`, if anything was ever published to it (and kept).
     pub fn topic(&self, channel: &[u8]) -> Option<Arc<Topic>> {
-        self.lock().topics.get(channel).cloned()
+        self.read().topics.get(channel).cloned()
     }
 
     /// The topic for `channel`, created (durably, in the topic catalog) if needed.
@@ -240,7 +245,7 @@ impl Broker {
         if channel.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
-        let mut guard = self.lock();
+        let mut guard = self.write();
         let state = &mut *guard;
         if let Some(topic) = state.topics.get(channel) {
             return Ok(Arc::clone(topic));
@@ -262,7 +267,7 @@ impl Broker {
 
     /// Wake `notify` once when the stream `name` gets new visible entries, or is created.
     pub fn register_stream_waiter(&self, name: &[u8], notify: &Arc<Notify>) {
-        let mut state = self.lock();
+        let mut state = self.write();
         match state.streams.get(name) {
             Some(stream) => stream.register_waiter(notify),
             None => {
@@ -290,7 +295,7 @@ impl Broker {
 
     /// Names of every entity with its kind, sorted.
     pub fn names(&self) -> Vec<(Bytes, EntityKind)> {
-        self.lock()
+        self.read()
             .catalog
             .entries()
             .map(|(n, e)| (n.clone(), e.kind))
@@ -298,11 +303,11 @@ impl Broker {
     }
 
     pub fn kind_of(&self, name: &[u8]) -> Option<EntityKind> {
-        self.lock().catalog.get(name).map(|e| e.kind)
+        self.read().catalog.get(name).map(|e| e.kind)
     }
 
     pub fn len(&self) -> usize {
-        self.lock().catalog.len()
+        self.read().catalog.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -311,7 +316,7 @@ impl Broker {
 
     /// Delete an entity and free its disk space. Returns whether it existed.
     pub fn delete(&self, name: &[u8]) -> Result<bool, BrokerError> {
-        let mut state = self.lock();
+        let mut state = self.write();
         let Some(entry) = state.catalog.remove(name) else {
             return Ok(false);
         };
@@ -333,7 +338,7 @@ impl Broker {
         if to.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
-        let mut state = self.lock();
+        let mut state = self.write();
         if state.catalog.get(from).is_none() {
             return Ok(false);
         }
@@ -369,7 +374,7 @@ impl Broker {
 
     /// Sync and close every log cleanly.
     pub fn close(&self) -> Result<(), BrokerError> {
-        let state = self.lock();
+        let state = self.read();
         for stream in state.streams.values() {
             stream.close()?;
         }

@@ -59,10 +59,9 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     if spec == IdSpec::Explicit(StreamId::MIN) {
         return Err(stream_error(StreamError::IdZero));
     }
-    let fields: Vec<(Bytes, Bytes)> = values
-        .chunks_exact(2)
-        .map(|p| (p[0].clone(), p[1].clone()))
-        .collect();
+    let mut values = values.into_iter();
+    let fields: Vec<(Bytes, Bytes)> =
+        std::iter::from_fn(|| Some((values.next()?, values.next()?))).collect();
     let stream = match existing_stream(context, &key) {
         Some(stream) => stream,
         None if !make_stream => return Ok(Reply::Nil),
