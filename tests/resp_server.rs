@@ -333,6 +333,72 @@ fn pipelined_appends_are_acknowledged_in_order() {
     };
     assert_eq!(ids, (1..=500).map(|n| format!("{n}-0")).collect::<Vec<_>>());
     assert_eq!(len, 500, "a read after appends in one pipeline sees them");
+
+    // Appends in one pipeline reuse their stream handle; deleting or renaming the key in the
+    // same pipeline must not let a later append reach the old stream.
+    let (_, deleted, _, _, renamed, _, len_a, len_b): (
+        String,
+        i64,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+    ) = redis::pipe()
+        .cmd("XADD")
+        .arg("c")
+        .arg("*")
+        .arg("f")
+        .arg("1")
+        .cmd("DEL")
+        .arg("c")
+        .cmd("XADD")
+        .arg("c")
+        .arg("*")
+        .arg("f")
+        .arg("2")
+        .cmd("XADD")
+        .arg("c")
+        .arg("*")
+        .arg("f")
+        .arg("3")
+        .cmd("RENAME")
+        .arg("c")
+        .arg("d")
+        .cmd("XADD")
+        .arg("c")
+        .arg("*")
+        .arg("f")
+        .arg("4")
+        .cmd("XLEN")
+        .arg("c")
+        .cmd("XLEN")
+        .arg("d")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((deleted, renamed.as_str()), (1, "OK"));
+    assert_eq!((len_a, len_b), (1, 2), "the new c holds 4; d holds 2 and 3");
+    // Within one transaction too, where nothing ends a round in between.
+    let (_, deleted, _, len): (String, i64, String, i64) = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg("t")
+        .arg("*")
+        .arg("f")
+        .arg("1")
+        .cmd("DEL")
+        .arg("t")
+        .cmd("XADD")
+        .arg("t")
+        .arg("*")
+        .arg("f")
+        .arg("2")
+        .cmd("XLEN")
+        .arg("t")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((deleted, len), (1, 1));
 }
 
 #[test]

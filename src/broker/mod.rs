@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -106,6 +107,9 @@ pub struct Broker {
     vfs: Arc<dyn Vfs>,
     config: BrokerConfig,
     state: RwLock<State>,
+    /// Moves on whenever `state` may change, so a caller may keep a stream handle while it
+    /// stays the same (see [`Broker::generation`]).
+    generation: AtomicU64,
     /// Held for the broker's life: one process per data directory.
     _lock: Option<File>,
 }
@@ -165,6 +169,7 @@ impl Broker {
                 topics,
                 creation_waiters: HashMap::new(),
             }),
+            generation: AtomicU64::new(0),
             _lock: None,
         })
     }
@@ -175,7 +180,16 @@ impl Broker {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::Release);
+        guard
+    }
+
+    /// A number that changes whenever a stream or topic may have been created, deleted or
+    /// renamed. A handle looked up after reading generation `g` may be reused as long as the
+    /// generation is still `g` (a per-connection cache for pipelines that repeat one key).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn dir(&self) -> &Path {

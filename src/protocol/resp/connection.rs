@@ -140,6 +140,7 @@ impl Connection {
             let mut pending = std::mem::take(&mut self.pending);
             replies.clear();
             let (end, executed) = self.run_round(&mut replies, &mut pending);
+            self.session.forget_stream();
             // Counted per round: one shared atomic add instead of one per command.
             self.shared.count_commands(executed);
             if !pending.is_empty() {

@@ -67,6 +67,16 @@ pub struct Session {
     pub patterns: Subscribed,
     /// How Pub/Sub reaches this connection.
     pub subscriber: Subscriber,
+    /// The stream this connection last appended to in the current round (see
+    /// [`Context::take_stream`]).
+    last_stream: Option<CachedStream>,
+}
+
+/// A stream handle with its key and the catalog generation it was looked up under.
+struct CachedStream {
+    key: Bytes,
+    stream: Arc<Stream>,
+    generation: u64,
 }
 
 impl Session {
@@ -83,7 +93,14 @@ impl Session {
             subscriptions: Default::default(),
             patterns: Default::default(),
             subscriber,
+            last_stream: None,
         }
+    }
+
+    /// Drop the cached stream handle. Called after every round, so an idle connection never
+    /// keeps a deleted stream's files (and their disk space) alive.
+    pub fn forget_stream(&mut self) {
+        self.last_stream = None;
     }
 
     /// RESP2's subscribed context: only subscription commands, PING, QUIT and RESET run.
@@ -434,6 +451,30 @@ fn dispatch(
     };
     match (spec.handler)(&mut args, &mut context) {
         Ok(reply) | Err(reply) => reply,
+    }
+}
+
+impl Context<'_> {
+    /// The stream called `key` if it exists, with the catalog generation to hand back to
+    /// [`Context::keep_stream`]. A pipeline appending to one key takes it from the connection's
+    /// cache: no catalog lock, no hashing, no reference count traffic shared with other cores.
+    fn take_stream(&mut self, key: &[u8]) -> (Option<Arc<Stream>>, u64) {
+        let generation = self.broker.generation();
+        match self.session.last_stream.take() {
+            Some(cached) if cached.generation == generation && cached.key == key => {
+                (Some(cached.stream), generation)
+            }
+            _ => (self.broker.stream(key), generation),
+        }
+    }
+
+    /// Cache `stream` as looked up under `generation` for the next command.
+    fn keep_stream(&mut self, key: Bytes, stream: Arc<Stream>, generation: u64) {
+        self.session.last_stream = Some(CachedStream {
+            key,
+            stream,
+            generation,
+        });
     }
 }
 

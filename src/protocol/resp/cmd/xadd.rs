@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::xtrim::TrimParser;
-use super::{existing_stream, Context, Reply};
+use super::{Context, Reply};
 use crate::broker::{IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
 use crate::storage::Durability;
@@ -51,18 +51,20 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     }
     let trim = trim.finish()?;
     let spec = parse_id_spec(&args.required()?)?;
-    let values = args.rest();
-    if values.is_empty() || !values.len().is_multiple_of(2) {
+    let values = args.remaining();
+    if values == 0 || !values.is_multiple_of(2) {
         return Err(Reply::wrong_arity("xadd"));
     }
     // Checked before the stream is created, so a bad request changes nothing.
     if spec == IdSpec::Explicit(StreamId::MIN) {
         return Err(stream_error(StreamError::IdZero));
     }
-    let mut values = values.into_iter();
-    let fields: Vec<(Bytes, Bytes)> =
-        std::iter::from_fn(|| Some((values.next()?, values.next()?))).collect();
-    let stream = match existing_stream(context, &key) {
+    let mut fields: Vec<(Bytes, Bytes)> = Vec::with_capacity(values / 2);
+    while let (Some(field), Some(value)) = (args.optional(), args.optional()) {
+        fields.push((field, value));
+    }
+    let (found, generation) = context.take_stream(&key);
+    let stream = match found {
         Some(stream) => stream,
         None if !make_stream => return Ok(Reply::Nil),
         None => context
@@ -83,5 +85,6 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
             .pending
             .add(stream.log(), added.next_offset, context.reply_index);
     }
+    context.keep_stream(key, stream, generation);
     Ok(Reply::Id(added.id))
 }
