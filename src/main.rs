@@ -46,7 +46,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// A TOML file with any of: data_dir, resp_addr, fsync, password.
+    /// A TOML file with any of: data_dir, resp_addr, amqp_addr, fsync, password,
+    /// amqp_user, amqp_password.
     #[arg(long, env = "POTOK_CONFIG")]
     config: Option<PathBuf>,
     /// Where data lives [default: ./data].
@@ -55,6 +56,15 @@ struct ServeArgs {
     /// RESP listen address [default: 127.0.0.1:6379].
     #[arg(long, env = "POTOK_RESP_ADDR")]
     resp_addr: Option<String>,
+    /// AMQP 0-9-1 listen address [default: 127.0.0.1:5672].
+    #[arg(long, env = "POTOK_AMQP_ADDR")]
+    amqp_addr: Option<String>,
+    /// The AMQP user [default: guest, which may only connect over loopback, as in RabbitMQ].
+    #[arg(long, env = "POTOK_AMQP_USER")]
+    amqp_user: Option<String>,
+    /// The AMQP user's password [default: guest].
+    #[arg(long, env = "POTOK_AMQP_PASSWORD", hide_env_values = true)]
+    amqp_password: Option<String>,
     /// Durability of appends: always, never, or an interval like 100ms [default: always].
     #[arg(long, env = "POTOK_FSYNC")]
     fsync: Option<Durability>,
@@ -69,8 +79,11 @@ struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     resp_addr: Option<String>,
+    amqp_addr: Option<String>,
     fsync: Option<String>,
     password: Option<String>,
+    amqp_user: Option<String>,
+    amqp_password: Option<String>,
 }
 
 fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
@@ -90,6 +103,18 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
             .resp_addr
             .or(file.resp_addr)
             .unwrap_or(defaults.resp_addr),
+        amqp_addr: args
+            .amqp_addr
+            .or(file.amqp_addr)
+            .unwrap_or(defaults.amqp_addr),
+        amqp_user: args
+            .amqp_user
+            .or(file.amqp_user)
+            .unwrap_or(defaults.amqp_user),
+        amqp_password: args
+            .amqp_password
+            .or(file.amqp_password)
+            .unwrap_or(defaults.amqp_password),
         durability: args.fsync.or(file_fsync).unwrap_or(defaults.durability),
         password: args.password.or(file.password),
         ..defaults

@@ -24,7 +24,14 @@ fn redis_py_works_unmodified_over_resp2_and_resp3() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_potok"))
-        .args(["serve", "--resp-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--amqp-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -22,7 +22,14 @@ impl Server {
 
     fn start_with(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_potok"))
-            .args(["serve", "--resp-addr", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--resp-addr",
+                "127.0.0.1:0",
+                "--amqp-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::piped())

@@ -9,6 +9,7 @@
 //! per entity kind (`streams/<id>/`), each a log. Front ends (RESP, AMQP) translate to calls here
 //! and keep only per-connection state.
 
+pub mod amqp;
 pub mod catalog;
 pub mod group;
 pub mod journal;
@@ -110,6 +111,8 @@ pub struct Broker {
     /// Moves on whenever `state` may change, so a caller may keep a stream handle while it
     /// stays the same (see [`Broker::generation`]).
     generation: AtomicU64,
+    /// The AMQP model (exchanges, queues, bindings) under `<data>/amqp/`.
+    vhost: amqp::VirtualHost,
     /// Held for the broker's life: one process per data directory.
     _lock: Option<File>,
 }
@@ -158,8 +161,14 @@ impl Broker {
                     .map_err(|e| BrokerError::Stream(e.into()))
             },
         )?;
+        let vhost = amqp::VirtualHost::open(
+            Arc::clone(&vfs),
+            &dir.join("amqp"),
+            config.stream_log.clone(),
+        )?;
         Ok(Broker {
             dir: dir.to_path_buf(),
+            vhost,
             vfs,
             config,
             state: RwLock::new(State {
@@ -194,6 +203,11 @@ impl Broker {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The AMQP virtual host `/`.
+    pub fn vhost(&self) -> &amqp::VirtualHost {
+        &self.vhost
     }
 
     pub fn stream(&self, name: &[u8]) -> Option<Arc<Stream>> {
@@ -388,6 +402,7 @@ impl Broker {
 
     /// Sync and close every log cleanly.
     pub fn close(&self) -> Result<(), BrokerError> {
+        self.vhost.close();
         let state = self.read();
         for stream in state.streams.values() {
             stream.close()?;

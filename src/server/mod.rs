@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::broker::{Broker, BrokerConfig};
+use crate::protocol::amqp::AmqpShared;
 use crate::protocol::resp::request::RequestLimits;
 use crate::protocol::resp::shared::{RespShared, ServerFacts, Settings};
 use crate::storage::Durability;
@@ -23,6 +24,9 @@ use crate::storage::Durability;
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub resp_addr: String,
+    pub amqp_addr: String,
+    pub amqp_user: String,
+    pub amqp_password: String,
     pub durability: Durability,
     pub clients_max: usize,
     pub request_limits: RequestLimits,
@@ -35,6 +39,9 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from("./data"),
             resp_addr: "127.0.0.1:6379".into(),
+            amqp_addr: "127.0.0.1:5672".into(),
+            amqp_user: "guest".into(),
+            amqp_password: "guest".into(),
             durability: Durability::Always,
             clients_max: 10_000,
             request_limits: RequestLimits::default(),
@@ -57,8 +64,20 @@ pub async fn run(
     let listener = TcpListener::bind(&config.resp_addr).await?;
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), fsync = %config.durability, "RESP listening");
-    // Tests and scripts wait for this line to learn the port.
-    println!("potok: RESP listening on {local}");
+    let amqp_listener = TcpListener::bind(&config.amqp_addr).await?;
+    let amqp_local: SocketAddr = amqp_listener.local_addr()?;
+    tracing::info!(addr = %amqp_local, "AMQP listening");
+    // Tests and scripts wait for these lines to learn the ports. One write, and errors ignored:
+    // a reader that took the first line and closed the pipe must not bring the server down.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(
+            stdout,
+            "potok: RESP listening on {local}\npotok: AMQP listening on {amqp_local}\n"
+        );
+        let _ = stdout.flush();
+    }
 
     let settings = Settings {
         password: config.password.clone(),
@@ -110,11 +129,37 @@ pub async fn run(
             });
         }
     };
+    let amqp_shared = Arc::new(AmqpShared::new(
+        Arc::clone(&broker),
+        config.amqp_user.clone(),
+        config.amqp_password.clone(),
+    ));
+    let amqp_accept_loop = async {
+        loop {
+            let socket = match amqp_listener.accept().await {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::warn!(error = %e, "AMQP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = Arc::clone(&amqp_shared);
+            let shutdown_rx = notify_shutdown.subscribe();
+            let done = tasks_done_tx.clone();
+            tokio::spawn(async move {
+                crate::protocol::amqp::connection::serve(socket, shared, shutdown_rx).await;
+                drop(done);
+            });
+        }
+    };
     tokio::select! {
         _ = accept_loop => {}
+        _ = amqp_accept_loop => {}
         _ = shutdown => tracing::info!("shutting down"),
     }
     drop(listener);
+    drop(amqp_listener);
     drop(notify_shutdown);
     drop(tasks_done_tx);
     let _ = tasks_done_rx.recv().await;

@@ -1,0 +1,890 @@
+//! The AMQP 0-9-1 model (one virtual host, `/`): exchanges that route into queues, queues that
+//! are logs with an acknowledgement cursor, and the bindings between them. Protocol-neutral in
+//! the sense that nothing here reads frames; errors carry RabbitMQ's reply codes and texts so a
+//! front end can send them as they are.
+//!
+//! On disk, under `<data>/amqp/`: `definitions` (durable exchanges, queues, bindings; see
+//! [`definitions`]) and `queues/<id>/` per queue (`messages/` log, `acks/` journal).
+
+pub mod definitions;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod ranges;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use crate::storage::io::Vfs;
+use crate::storage::{Durability, LogConfig};
+use definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
+pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
+pub use message::Message;
+pub use queue::{ChannelLimit, ConsumerSpec, Delivery, Queue, QueueError, QueueEvent};
+
+/// AMQP reply codes (the spec's constants, as RabbitMQ uses them).
+pub mod code {
+    pub const CONTENT_TOO_LARGE: u16 = 311;
+    pub const NO_ROUTE: u16 = 312;
+    pub const CONNECTION_FORCED: u16 = 320;
+    pub const INVALID_PATH: u16 = 402;
+    pub const ACCESS_REFUSED: u16 = 403;
+    pub const NOT_FOUND: u16 = 404;
+    pub const RESOURCE_LOCKED: u16 = 405;
+    pub const PRECONDITION_FAILED: u16 = 406;
+    pub const FRAME_ERROR: u16 = 501;
+    pub const SYNTAX_ERROR: u16 = 502;
+    pub const COMMAND_INVALID: u16 = 503;
+    pub const CHANNEL_ERROR: u16 = 504;
+    pub const UNEXPECTED_FRAME: u16 = 505;
+    pub const RESOURCE_ERROR: u16 = 506;
+    pub const NOT_ALLOWED: u16 = 530;
+    pub const NOT_IMPLEMENTED: u16 = 540;
+    pub const INTERNAL_ERROR: u16 = 541;
+}
+
+/// An error as an AMQP close: code and text (`NOT_FOUND - no queue 'q' in vhost '/'`). Codes
+/// below 500 close the channel, the rest the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpError {
+    pub code: u16,
+    pub text: String,
+}
+
+impl AmqpError {
+    pub fn new(code: u16, text: impl Into<String>) -> AmqpError {
+        let name = match code {
+            code::NOT_FOUND => "NOT_FOUND",
+            code::ACCESS_REFUSED => "ACCESS_REFUSED",
+            code::RESOURCE_LOCKED => "RESOURCE_LOCKED",
+            code::PRECONDITION_FAILED => "PRECONDITION_FAILED",
+            code::FRAME_ERROR => "FRAME_ERROR",
+            code::SYNTAX_ERROR => "SYNTAX_ERROR",
+            code::COMMAND_INVALID => "COMMAND_INVALID",
+            code::CHANNEL_ERROR => "CHANNEL_ERROR",
+            code::UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
+            code::RESOURCE_ERROR => "RESOURCE_ERROR",
+            code::NOT_ALLOWED => "NOT_ALLOWED",
+            code::NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
+            code::INTERNAL_ERROR => "INTERNAL_ERROR",
+            code::CONNECTION_FORCED => "CONNECTION_FORCED",
+            code::INVALID_PATH => "INVALID_PATH",
+            _ => "ERROR",
+        };
+        AmqpError {
+            code,
+            text: format!("{name} - {}", text.into()),
+        }
+    }
+
+    pub fn closes_connection(&self) -> bool {
+        self.code >= 500 || self.code == code::CONNECTION_FORCED
+    }
+
+    fn no_exchange(name: &str) -> AmqpError {
+        AmqpError::new(
+            code::NOT_FOUND,
+            format!("no exchange '{name}' in vhost '/'"),
+        )
+    }
+
+    pub fn no_queue(name: &str) -> AmqpError {
+        AmqpError::new(code::NOT_FOUND, format!("no queue '{name}' in vhost '/'"))
+    }
+
+    fn internal(e: impl std::fmt::Display) -> AmqpError {
+        AmqpError::new(code::INTERNAL_ERROR, e.to_string())
+    }
+
+    fn locked(name: &str) -> AmqpError {
+        AmqpError::new(
+            code::RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '/'. It could \
+                 be originally declared on another connection or the exclusive property value \
+                 does not match that of the original declaration."
+            ),
+        )
+    }
+}
+
+fn inequivalent(arg: &str, what: &str, name: &str, received: String, current: String) -> AmqpError {
+    AmqpError::new(
+        code::PRECONDITION_FAILED,
+        format!(
+            "inequivalent arg '{arg}' for {what} '{name}' in vhost '/': received '{received}' but current is '{current}'"
+        ),
+    )
+}
+
+/// RabbitMQ's name for a field value's type in equivalence errors.
+fn type_name(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) | AMQPValue::ShortInt(_) | AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::ShortShortUInt(_) | AMQPValue::ShortUInt(_) | AMQPValue::LongUInt(_) => {
+            "unsignedint"
+        }
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+fn value_text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(v) => v.to_string(),
+        AMQPValue::ShortInt(v) => v.to_string(),
+        AMQPValue::LongInt(v) => v.to_string(),
+        AMQPValue::LongLongInt(v) => v.to_string(),
+        AMQPValue::ShortShortUInt(v) => v.to_string(),
+        AMQPValue::ShortUInt(v) => v.to_string(),
+        AMQPValue::LongUInt(v) => v.to_string(),
+        AMQPValue::Timestamp(v) => v.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Queue arguments that must match on redeclaration (the ones RabbitMQ checks).
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-overflow",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+/// Numeric argument values compare by value whatever integer type carried them.
+fn same_value(a: &AMQPValue, b: &AMQPValue) -> bool {
+    let int = |v: &AMQPValue| -> Option<i128> {
+        Some(match v {
+            AMQPValue::ShortShortInt(v) => (*v).into(),
+            AMQPValue::ShortInt(v) => (*v).into(),
+            AMQPValue::LongInt(v) => (*v).into(),
+            AMQPValue::LongLongInt(v) => (*v).into(),
+            AMQPValue::ShortShortUInt(v) => (*v).into(),
+            AMQPValue::ShortUInt(v) => (*v).into(),
+            AMQPValue::LongUInt(v) => (*v).into(),
+            AMQPValue::Timestamp(v) => (*v).into(),
+            _ => return None,
+        })
+    };
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => value_text(a) == value_text(b) && type_name(a) == type_name(b),
+    }
+}
+
+fn check_queue_args(
+    name: &str,
+    current: &FieldTable,
+    received: &FieldTable,
+) -> Result<(), AmqpError> {
+    for arg in EQUIVALENT_QUEUE_ARGS {
+        let (r, c) = (received.inner().get(*arg), current.inner().get(*arg));
+        let same = match (r, c) {
+            (None, None) => true,
+            (Some(r), Some(c)) => same_value(r, c),
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        let describe = |v: Option<&AMQPValue>| match v {
+            Some(v) => format!("the value '{}' of type '{}'", value_text(v), type_name(v)),
+            None => "none".to_string(),
+        };
+        return Err(AmqpError::new(
+            code::PRECONDITION_FAILED,
+            format!(
+                "inequivalent arg '{arg}' for queue '{name}' in vhost '/': received {} but current is {}",
+                describe(r),
+                describe(c)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What `queue.declare` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDeclared {
+    pub name: String,
+    pub message_count: u32,
+    pub consumer_count: u32,
+}
+
+/// `queue.declare`'s request.
+#[derive(Clone, Debug, Default)]
+pub struct QueueDeclare {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// `exchange.declare`'s request.
+#[derive(Clone, Debug)]
+pub struct ExchangeDeclare {
+    pub name: String,
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+struct VhostState {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Arc<Queue>>,
+    next_queue_id: u64,
+}
+
+/// The virtual host `/`.
+pub struct VirtualHost {
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    /// Template for durable queues' logs (non-durable ones never fsync).
+    queue_log: LogConfig,
+    state: Mutex<VhostState>,
+}
+
+/// Exchanges every vhost has; none can be deleted or redeclared differently.
+const PREDECLARED: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+impl VirtualHost {
+    /// Open `<data>/amqp`: durable definitions and queues come back; anything else left from
+    /// before (non-durable queues' directories) is removed.
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        queue_log: LogConfig,
+    ) -> std::io::Result<VirtualHost> {
+        vfs.create_dir_all(&dir.join("queues"))?;
+        let defs = Definitions::load(&*vfs, dir)?;
+        let mut exchanges = HashMap::new();
+        for (name, kind) in PREDECLARED {
+            exchanges.insert(name.to_string(), Exchange::new(name, *kind, true));
+        }
+        for def in &defs.exchanges {
+            let mut exchange = Exchange::new(&def.name, def.kind, true);
+            exchange.auto_delete = def.auto_delete;
+            exchange.internal = def.internal;
+            exchange.arguments = def.arguments.clone();
+            exchanges.insert(def.name.clone(), exchange);
+        }
+        let mut queues = HashMap::new();
+        let mut kept = HashSet::new();
+        for def in &defs.queues {
+            let options = queue::QueueOptions {
+                name: def.name.clone(),
+                id: def.id,
+                durable: true,
+                auto_delete: def.auto_delete,
+                exclusive_owner: None,
+                arguments: def.arguments.clone(),
+            };
+            let queue_dir = dir.join("queues").join(def.id.to_string());
+            let queue = Queue::open(Arc::clone(&vfs), &queue_dir, queue_log.clone(), options)
+                .map_err(std::io::Error::other)?;
+            kept.insert(def.id.to_string());
+            queues.insert(def.name.clone(), Arc::new(queue));
+        }
+        for sub in vfs.list_subdirs(&dir.join("queues"))? {
+            if !kept.contains(&sub) {
+                vfs.remove_dir_all(&dir.join("queues").join(&sub))?;
+            }
+        }
+        for def in &defs.bindings {
+            if let Some(exchange) = exchanges.get_mut(&def.source) {
+                exchange.bindings.push(def.binding.clone());
+            }
+        }
+        Ok(VirtualHost {
+            dir: dir.to_path_buf(),
+            vfs,
+            queue_log,
+            state: Mutex::new(VhostState {
+                exchanges,
+                queues,
+                next_queue_id: defs.next_queue_id.max(1),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VhostState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rewrite the definitions file from the durable part of the state.
+    fn save(&self, state: &VhostState) -> Result<(), AmqpError> {
+        let predeclared = |name: &str| PREDECLARED.iter().any(|(n, _)| *n == name);
+        let mut defs = Definitions {
+            next_queue_id: state.next_queue_id,
+            ..Default::default()
+        };
+        let mut names: Vec<&String> = state.exchanges.keys().collect();
+        names.sort();
+        for name in names {
+            let e = &state.exchanges[name];
+            if e.durable && !predeclared(name) {
+                defs.exchanges.push(ExchangeDef {
+                    name: name.clone(),
+                    kind: e.kind,
+                    auto_delete: e.auto_delete,
+                    internal: e.internal,
+                    arguments: e.arguments.clone(),
+                });
+            }
+            for binding in &e.bindings {
+                let destination_durable = match &binding.destination {
+                    Destination::Queue(q) => state.queues.get(q).is_some_and(|q| q.durable),
+                    Destination::Exchange(x) => state.exchanges.get(x).is_some_and(|x| x.durable),
+                };
+                if e.durable && destination_durable {
+                    defs.bindings.push(BindingDef {
+                        source: name.clone(),
+                        binding: binding.clone(),
+                    });
+                }
+            }
+        }
+        let mut queues: Vec<&Arc<Queue>> = state.queues.values().filter(|q| q.durable).collect();
+        queues.sort_by_key(|q| q.id);
+        for q in queues {
+            defs.queues.push(QueueDef {
+                name: q.name.clone(),
+                id: q.id,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+            });
+        }
+        defs.save(&*self.vfs, &self.dir)
+            .map_err(AmqpError::internal)
+    }
+
+    pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<(), AmqpError> {
+        let mut state = self.lock();
+        if let Some(existing) = state.exchanges.get(&d.name) {
+            if d.passive {
+                return Ok(());
+            }
+            if d.name.is_empty() || d.name.starts_with("amq.") {
+                // RabbitMQ accepts an equivalent redeclaration of a predeclared exchange.
+                if existing.kind.name() != d.kind || !d.durable {
+                    return Err(AmqpError::new(
+                        code::ACCESS_REFUSED,
+                        format!(
+                            "exchange name '{}' contains reserved prefix 'amq.*'",
+                            d.name
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            let what = "exchange";
+            if existing.kind.name() != d.kind {
+                return Err(inequivalent(
+                    "type",
+                    what,
+                    &d.name,
+                    d.kind,
+                    existing.kind.name().into(),
+                ));
+            }
+            if existing.durable != d.durable {
+                return Err(inequivalent(
+                    "durable",
+                    what,
+                    &d.name,
+                    d.durable.to_string(),
+                    existing.durable.to_string(),
+                ));
+            }
+            if existing.auto_delete != d.auto_delete {
+                return Err(inequivalent(
+                    "auto_delete",
+                    what,
+                    &d.name,
+                    d.auto_delete.to_string(),
+                    existing.auto_delete.to_string(),
+                ));
+            }
+            if existing.internal != d.internal {
+                return Err(inequivalent(
+                    "internal",
+                    what,
+                    &d.name,
+                    d.internal.to_string(),
+                    existing.internal.to_string(),
+                ));
+            }
+            return Ok(());
+        }
+        if d.passive {
+            return Err(AmqpError::no_exchange(&d.name));
+        }
+        let Some(kind) = ExchangeKind::parse(&d.kind) else {
+            return Err(AmqpError::new(
+                code::COMMAND_INVALID,
+                format!("unknown exchange type '{}'", d.kind),
+            ));
+        };
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                format!(
+                    "exchange name '{}' contains reserved prefix 'amq.*'",
+                    d.name
+                ),
+            ));
+        }
+        let mut exchange = Exchange::new(&d.name, kind, d.durable);
+        exchange.auto_delete = d.auto_delete;
+        exchange.internal = d.internal;
+        exchange.arguments = d.arguments;
+        let durable = exchange.durable;
+        state.exchanges.insert(d.name.clone(), exchange);
+        if durable {
+            if let Err(e) = self.save(&state) {
+                state.exchanges.remove(&d.name);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        let mut state = self.lock();
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        let Some(exchange) = state.exchanges.get(name) else {
+            // RabbitMQ answers delete-ok for an exchange that does not exist.
+            return Ok(());
+        };
+        let bound_as_destination = state.exchanges.values().any(|e| {
+            e.bindings
+                .iter()
+                .any(|b| b.destination == Destination::Exchange(name.to_string()))
+        });
+        if if_unused && (!exchange.bindings.is_empty() || bound_as_destination) {
+            return Err(AmqpError::new(
+                code::PRECONDITION_FAILED,
+                format!("exchange '{name}' in vhost '/' in use"),
+            ));
+        }
+        state.exchanges.remove(name);
+        let gone = Destination::Exchange(name.to_string());
+        let mut emptied = Vec::new();
+        for e in state.exchanges.values_mut() {
+            let before = e.bindings.len();
+            e.bindings.retain(|b| b.destination != gone);
+            if e.auto_delete && before > 0 && e.bindings.is_empty() {
+                emptied.push(e.name.clone());
+            }
+        }
+        for name in emptied {
+            state.exchanges.remove(&name);
+        }
+        self.save(&state)
+    }
+
+    /// Bind `destination` to `source` (queue.bind and exchange.bind).
+    pub fn bind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        let mut state = self.lock();
+        if source.is_empty() {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.check_destination(&state, &destination)?;
+        let exchange = state
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| AmqpError::no_exchange(source))?;
+        let binding = Binding {
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        if exchange.bindings.contains(&binding) {
+            return Ok(());
+        }
+        exchange.bindings.push(binding);
+        self.save(&state)
+    }
+
+    pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        let mut state = self.lock();
+        if source.is_empty() {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.check_destination(&state, &destination)?;
+        let exchange = state
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| AmqpError::no_exchange(source))?;
+        let binding = Binding {
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        let before = exchange.bindings.len();
+        exchange.bindings.retain(|b| *b != binding);
+        let auto_delete = exchange.auto_delete && exchange.bindings.is_empty() && before > 0;
+        if auto_delete {
+            state.exchanges.remove(source);
+        }
+        self.save(&state)
+    }
+
+    fn check_destination(
+        &self,
+        state: &VhostState,
+        destination: &Destination,
+    ) -> Result<(), AmqpError> {
+        match destination {
+            Destination::Queue(q) if !state.queues.contains_key(q) => Err(AmqpError::no_queue(q)),
+            Destination::Exchange(x) if !state.exchanges.contains_key(x) => {
+                Err(AmqpError::no_exchange(x))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `queue.declare` by connection `connection`.
+    pub fn declare_queue(
+        &self,
+        d: QueueDeclare,
+        connection: u64,
+    ) -> Result<QueueDeclared, AmqpError> {
+        let mut state = self.lock();
+        let name = if d.name.is_empty() {
+            if d.passive {
+                return Err(AmqpError::no_queue(""));
+            }
+            generated_queue_name()
+        } else {
+            d.name.clone()
+        };
+        if let Some(queue) = state.queues.get(&name) {
+            if queue.locked_for(connection) {
+                return Err(AmqpError::locked(&name));
+            }
+            if !d.passive {
+                let what = "queue";
+                if queue.durable != d.durable {
+                    return Err(inequivalent(
+                        "durable",
+                        what,
+                        &name,
+                        d.durable.to_string(),
+                        queue.durable.to_string(),
+                    ));
+                }
+                let exclusive = queue.exclusive_owner.is_some();
+                if exclusive != d.exclusive {
+                    return Err(AmqpError::locked(&name));
+                }
+                if queue.auto_delete != d.auto_delete {
+                    return Err(inequivalent(
+                        "auto_delete",
+                        what,
+                        &name,
+                        d.auto_delete.to_string(),
+                        queue.auto_delete.to_string(),
+                    ));
+                }
+                check_queue_args(&name, &queue.arguments, &d.arguments)?;
+            }
+            return Ok(QueueDeclared {
+                name,
+                message_count: queue.message_count().min(u32::MAX as u64) as u32,
+                consumer_count: queue.consumer_count() as u32,
+            });
+        }
+        if d.passive {
+            return Err(AmqpError::no_queue(&name));
+        }
+        if name.starts_with("amq.") && !d.name.is_empty() {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        if let Some(kind) = d.arguments.inner().get("x-queue-type") {
+            let kind = value_text(kind);
+            if kind != "classic" {
+                return Err(AmqpError::new(
+                    code::PRECONDITION_FAILED,
+                    format!("invalid arg 'x-queue-type' for queue '{name}' in vhost '/': {kind} queues are not supported yet"),
+                ));
+            }
+        }
+        let id = state.next_queue_id;
+        state.next_queue_id += 1;
+        let log = LogConfig {
+            durability: if d.durable {
+                self.queue_log.durability
+            } else {
+                Durability::Never
+            },
+            ..self.queue_log.clone()
+        };
+        let options = queue::QueueOptions {
+            name: name.clone(),
+            id,
+            durable: d.durable,
+            auto_delete: d.auto_delete,
+            exclusive_owner: d.exclusive.then_some(connection),
+            arguments: d.arguments,
+        };
+        let queue_dir = self.dir.join("queues").join(id.to_string());
+        let queue = Queue::open(Arc::clone(&self.vfs), &queue_dir, log, options)
+            .map_err(AmqpError::internal)?;
+        let queue = Arc::new(queue);
+        state.queues.insert(name.clone(), Arc::clone(&queue));
+        // The default exchange routes by queue name: an implicit binding, not stored.
+        if let Err(e) = self.save(&state) {
+            state.queues.remove(&name);
+            return Err(e);
+        }
+        Ok(QueueDeclared {
+            name,
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.lock().queues.get(name).cloned()
+    }
+
+    /// The queue `name` as connection `connection` may use it.
+    pub fn queue_for(&self, name: &str, connection: u64) -> Result<Arc<Queue>, AmqpError> {
+        let queue = self.queue(name).ok_or_else(|| AmqpError::no_queue(name))?;
+        if queue.locked_for(connection) {
+            return Err(AmqpError::locked(name));
+        }
+        Ok(queue)
+    }
+
+    /// Delete a queue; returns how many ready messages it held.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        connection: u64,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, AmqpError> {
+        let mut state = self.lock();
+        let Some(queue) = state.queues.get(name).cloned() else {
+            // RabbitMQ answers delete-ok with 0 for a queue that does not exist.
+            return Ok(0);
+        };
+        if queue.locked_for(connection) {
+            return Err(AmqpError::locked(name));
+        }
+        let count = queue.check_delete(if_unused, if_empty).map_err(|e| {
+            let what = if matches!(e, QueueError::InUse) && if_unused && queue.consumer_count() > 0
+            {
+                "in use"
+            } else {
+                "not empty"
+            };
+            AmqpError::new(
+                code::PRECONDITION_FAILED,
+                format!("queue '{name}' in vhost '/' {what}"),
+            )
+        })?;
+        self.remove_queue(&mut state, &queue)?;
+        Ok(count.min(u32::MAX as u64) as u32)
+    }
+
+    fn remove_queue(&self, state: &mut VhostState, queue: &Arc<Queue>) -> Result<(), AmqpError> {
+        state.queues.remove(&queue.name);
+        let gone = Destination::Queue(queue.name.clone());
+        let mut emptied = Vec::new();
+        for e in state.exchanges.values_mut() {
+            let before = e.bindings.len();
+            e.bindings.retain(|b| b.destination != gone);
+            if e.auto_delete && before > 0 && e.bindings.is_empty() {
+                emptied.push(e.name.clone());
+            }
+        }
+        for name in emptied {
+            state.exchanges.remove(&name);
+        }
+        let saved = self.save(state);
+        queue.delete();
+        let dir = self.dir.join("queues").join(queue.id.to_string());
+        if let Err(e) = self
+            .vfs
+            .remove_dir_all(&dir)
+            .and_then(|()| self.vfs.sync_dir(&self.dir.join("queues")))
+        {
+            tracing::warn!(queue = %queue.name, error = %e, "removing queue files failed");
+        }
+        saved
+    }
+
+    /// After a consumer left an auto-delete queue with no consumers.
+    pub fn auto_delete_queue(&self, queue: &Arc<Queue>) {
+        let mut state = self.lock();
+        if state
+            .queues
+            .get(&queue.name)
+            .is_some_and(|q| Arc::ptr_eq(q, queue))
+            && queue.consumer_count() == 0
+        {
+            if let Err(e) = self.remove_queue(&mut state, queue) {
+                tracing::warn!(queue = %queue.name, error = %e.text, "auto-delete failed");
+            }
+        }
+    }
+
+    /// A connection closed: its exclusive queues go.
+    pub fn connection_closed(&self, connection: u64) {
+        let mut state = self.lock();
+        let owned: Vec<Arc<Queue>> = state
+            .queues
+            .values()
+            .filter(|q| q.exclusive_owner == Some(connection))
+            .cloned()
+            .collect();
+        for queue in owned {
+            if let Err(e) = self.remove_queue(&mut state, &queue) {
+                tracing::warn!(queue = %queue.name, error = %e.text, "removing exclusive queue failed");
+            }
+        }
+    }
+
+    pub fn purge_queue(&self, name: &str, connection: u64) -> Result<u32, AmqpError> {
+        let queue = self.queue_for(name, connection)?;
+        Ok(queue.purge().min(u32::MAX as u64) as u32)
+    }
+
+    /// The queues a message published to `exchange` with this key and headers reaches:
+    /// following exchange-to-exchange bindings (each exchange once) and alternate exchanges.
+    /// `Err` if the exchange does not exist or is internal.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Result<Vec<Arc<Queue>>, AmqpError> {
+        let state = self.lock();
+        if exchange.is_empty() {
+            return Ok(state.queues.get(routing_key).cloned().into_iter().collect());
+        }
+        let x = state
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| AmqpError::no_exchange(exchange))?;
+        if x.internal {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+            ));
+        }
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let mut seen_queues = HashSet::new();
+        let mut visited = HashSet::new();
+        let mut pending = vec![exchange.to_string()];
+        while let Some(name) = pending.pop() {
+            if !visited.insert(name.clone()) {
+                continue;
+            }
+            let Some(x) = state.exchanges.get(&name) else {
+                continue;
+            };
+            let before = queues.len();
+            let mut routed_to_exchange = false;
+            for destination in x.matching(routing_key, headers) {
+                match destination {
+                    Destination::Queue(q) => {
+                        if let Some(queue) = state.queues.get(q) {
+                            if seen_queues.insert(q.clone()) {
+                                queues.push(Arc::clone(queue));
+                            }
+                        }
+                    }
+                    Destination::Exchange(next) => {
+                        routed_to_exchange = true;
+                        pending.push(next.clone());
+                    }
+                }
+            }
+            if queues.len() == before && !routed_to_exchange {
+                if let Some(alternate) = x.alternate_exchange() {
+                    pending.push(alternate.to_string());
+                }
+            }
+        }
+        Ok(queues)
+    }
+
+    /// Close every queue's logs cleanly (server shutdown).
+    pub fn close(&self) {
+        for queue in self.lock().queues.values() {
+            queue.close();
+        }
+    }
+}
+
+/// `amq.gen-` and 22 URL-safe base64 characters, as RabbitMQ names server-named queues.
+fn generated_queue_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let suffix: String = (0..22)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
+    format!("amq.gen-{suffix}")
+}

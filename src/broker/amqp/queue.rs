@@ -1,0 +1,754 @@
+//! A queue: a log of messages plus an acknowledgement cursor shared by its consumers.
+//!
+//! Every message is appended to the queue's log. What is ready for delivery is the part of the
+//! log past `next_ready` plus the `requeued` offsets (returned by nack, reject, recover or a
+//! closed channel; they go out again first, in their original order, marked redelivered).
+//! Delivered messages are `unacked` until acknowledged; acknowledged offsets join `acked`, and
+//! once everything below an offset is acknowledged (`ack_floor`) the log may drop whole
+//! segments below it, so disk use follows the backlog.
+//!
+//! Acknowledgements of a durable queue go to a small journal (`acks/`) without waiting for its
+//! fsync: after a crash an acknowledged message may be delivered again (at-least-once), but a
+//! published, confirmed message is never lost. Only persistent messages (delivery mode 2)
+//! survive a restart, as in RabbitMQ.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use amq_protocol::types::FieldTable;
+use byteorder::{ByteOrder, LittleEndian as LE};
+use bytes::Bytes;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
+
+use super::message::Message;
+use super::ranges::RangeSet;
+use crate::broker::journal::Journal;
+use crate::storage::io::Vfs;
+use crate::storage::{self, Log, LogConfig};
+
+/// Deliveries queued for a connection but not yet written; past this a consumer gets no more
+/// until its connection catches up (a slow or no-ack consumer cannot make the server buffer
+/// without bound).
+pub const BACKLOG_MAX: usize = 1024;
+/// Bytes read from the log at a time when filling the look-ahead.
+const READ_AHEAD_BYTES: u64 = 256 * 1024;
+
+/// Prefetch shared by every consumer on one channel (`basic.qos` with `global`), and the
+/// channel's unacknowledged deliveries.
+#[derive(Debug, Default)]
+pub struct ChannelLimit {
+    /// 0 = unlimited.
+    pub prefetch: AtomicU32,
+    pub unacked: AtomicUsize,
+}
+
+impl ChannelLimit {
+    fn has_room(&self) -> bool {
+        let prefetch = self.prefetch.load(Ordering::Relaxed) as usize;
+        prefetch == 0 || self.unacked.load(Ordering::Relaxed) < prefetch
+    }
+}
+
+/// What a queue sends a consumer's connection. (Nearly every event is a delivery, so the
+/// size difference to the rare cancel is not worth a box per delivery.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum QueueEvent {
+    Deliver(Delivery),
+    /// The queue went away (deleted); the consumer is gone.
+    Cancelled {
+        consumer_id: u64,
+        consumer_tag: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub queue: Arc<Queue>,
+    pub consumer_tag: String,
+    pub consumer_id: u64,
+    pub offset: u64,
+    pub redelivered: bool,
+    pub no_ack: bool,
+    pub message: Message,
+}
+
+/// A consumer as the queue sees it.
+pub struct ConsumerSpec {
+    pub id: u64,
+    pub tag: String,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch; 0 = unlimited.
+    pub prefetch: u32,
+    pub channel_limit: Arc<ChannelLimit>,
+    /// Deliveries queued for the connection and not yet written.
+    pub backlog: Arc<AtomicUsize>,
+    pub sink: UnboundedSender<QueueEvent>,
+}
+
+struct Consumer {
+    spec: ConsumerSpec,
+    unacked: usize,
+}
+
+impl Consumer {
+    fn has_room(&self) -> bool {
+        if self.spec.backlog.load(Ordering::Relaxed) >= BACKLOG_MAX {
+            return false;
+        }
+        if self.spec.no_ack {
+            return true;
+        }
+        (self.spec.prefetch == 0 || self.unacked < self.spec.prefetch as usize)
+            && self.spec.channel_limit.has_room()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    #[error("queue has an exclusive consumer")]
+    ExclusiveConsumer,
+    #[error("queue has consumers")]
+    InUse,
+}
+
+struct QueueState {
+    /// The next log offset never handed out.
+    next_ready: u64,
+    /// Offsets handed back, to go out again first.
+    requeued: BTreeSet<u64>,
+    /// Delivered and not yet acknowledged: offset → consumer id (0 for `basic.get`).
+    unacked: HashMap<u64, u64>,
+    /// Acknowledged offsets at or above `ack_floor`.
+    acked: RangeSet,
+    /// Every offset below this is acknowledged (or gone).
+    ack_floor: u64,
+    /// Messages read ahead from `next_ready` on.
+    ahead: VecDeque<(u64, Message)>,
+    consumers: Vec<Consumer>,
+    /// Round-robin position in `consumers`.
+    next_consumer: usize,
+    /// Set once a consumer attached (auto-delete applies after the last one leaves).
+    had_consumer: bool,
+}
+
+pub struct Queue {
+    pub name: String,
+    pub id: u64,
+    pub durable: bool,
+    pub auto_delete: bool,
+    /// The connection that declared an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub arguments: FieldTable,
+    log: Log,
+    journal: Option<Journal>,
+    state: Mutex<QueueState>,
+    /// Woken when deliveries may be possible (new messages, credit, consumers).
+    dispatch_wanted: Arc<Notify>,
+    /// A dispatcher task is running for this queue.
+    pub dispatcher_running: AtomicBool,
+    deleted: AtomicBool,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).finish()
+    }
+}
+
+/// How a queue is created.
+pub struct QueueOptions {
+    pub name: String,
+    pub id: u64,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub exclusive_owner: Option<u64>,
+    pub arguments: FieldTable,
+}
+
+const OP_ACKED: u8 = 1;
+const OP_SNAPSHOT: u8 = 2;
+
+impl Queue {
+    /// Open (or create) the queue's log in `dir` and recover its acknowledgement state.
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        log_config: LogConfig,
+        options: QueueOptions,
+    ) -> storage::Result<Queue> {
+        let log = Log::open_with(Arc::clone(&vfs), dir.join("messages"), log_config)?;
+        let mut acked = RangeSet::default();
+        let mut ack_floor = 0;
+        let journal = if options.durable {
+            let (journal, ops) = Journal::open(vfs, &dir.join("acks"))?;
+            for op in ops {
+                apply_op(&op, &mut acked, &mut ack_floor);
+            }
+            Some(journal)
+        } else {
+            None
+        };
+        ack_floor = ack_floor.max(log.start_offset());
+        acked.remove_below(ack_floor);
+        // Transient messages do not survive a restart: count them as acknowledged.
+        let mut offset = ack_floor;
+        let end = log.visible_next_offset();
+        while offset < end {
+            let read = log.read(offset, READ_AHEAD_BYTES)?;
+            let Some(next) = read.next_offset() else {
+                break;
+            };
+            for record in read.records() {
+                if !Message::record_is_persistent(&record) {
+                    acked.insert(record.offset);
+                }
+            }
+            offset = next;
+        }
+        let queue = Queue {
+            name: options.name,
+            id: options.id,
+            durable: options.durable,
+            auto_delete: options.auto_delete,
+            exclusive_owner: options.exclusive_owner,
+            arguments: options.arguments,
+            log,
+            journal,
+            state: Mutex::new(QueueState {
+                next_ready: ack_floor,
+                requeued: BTreeSet::new(),
+                unacked: HashMap::new(),
+                acked,
+                ack_floor,
+                ahead: VecDeque::new(),
+                consumers: Vec::new(),
+                next_consumer: 0,
+                had_consumer: false,
+            }),
+            dispatch_wanted: Arc::new(Notify::new()),
+            dispatcher_running: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+        };
+        {
+            let mut state = queue.lock();
+            queue.advance_floor(&mut state);
+            skip_acked(&mut state);
+        }
+        let wake = Arc::clone(&queue.dispatch_wanted);
+        queue
+            .log
+            .set_visibility_listener(Arc::new(move || wake.notify_one()));
+        Ok(queue)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Append a message without waiting for durability; returns the offset to wait for.
+    pub fn publish(&self, message: &Message) -> storage::Result<u64> {
+        let record = message.to_record(crate::storage::recovery::now_ms());
+        Ok(self
+            .log
+            .append_without_waiting(std::slice::from_ref(&record))?
+            .next_offset)
+    }
+
+    /// Messages ready for delivery (not counting unacknowledged ones).
+    pub fn message_count(&self) -> u64 {
+        let state = self.lock();
+        self.ready_count(&state)
+    }
+
+    fn ready_count(&self, state: &QueueState) -> u64 {
+        let end = self.log.visible_next_offset();
+        let tail = end.saturating_sub(state.next_ready);
+        tail - state.acked.count_in(state.next_ready, end) + state.requeued.len() as u64
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Wait until deliveries may be possible (for the dispatcher task).
+    pub async fn dispatch_wanted(&self) {
+        self.dispatch_wanted.notified().await;
+    }
+
+    pub fn wake_dispatcher(&self) {
+        self.dispatch_wanted.notify_one();
+    }
+
+    /// Attach a consumer. An exclusive consumer needs an unconsumed queue; nobody joins a
+    /// queue with an exclusive consumer.
+    pub fn add_consumer(&self, spec: ConsumerSpec) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        if state.consumers.iter().any(|c| c.spec.exclusive)
+            || (spec.exclusive && !state.consumers.is_empty())
+        {
+            return Err(QueueError::ExclusiveConsumer);
+        }
+        state.consumers.push(Consumer { spec, unacked: 0 });
+        state.had_consumer = true;
+        drop(state);
+        self.wake_dispatcher();
+        Ok(())
+    }
+
+    /// Detach a consumer; its unacknowledged deliveries stay with its channel. Returns whether
+    /// the queue should now be auto-deleted.
+    pub fn remove_consumer(&self, consumer_id: u64) -> bool {
+        let mut state = self.lock();
+        state.consumers.retain(|c| c.spec.id != consumer_id);
+        self.auto_delete && state.had_consumer && state.consumers.is_empty()
+    }
+
+    /// Hand out what can be handed out now, round-robin over consumers with room.
+    pub fn dispatch(self: &Arc<Self>) -> storage::Result<()> {
+        let mut state = self.lock();
+        if self.is_deleted() {
+            return Ok(());
+        }
+        loop {
+            if state.consumers.is_empty() {
+                return Ok(());
+            }
+            let Some(pick) = self.pick_consumer(&mut state) else {
+                return Ok(());
+            };
+            let Some((offset, redelivered, message)) = self.take_ready(&mut state)? else {
+                return Ok(());
+            };
+            let consumer = &mut state.consumers[pick];
+            let no_ack = consumer.spec.no_ack;
+            let delivery = Delivery {
+                queue: Arc::clone(self),
+                consumer_tag: consumer.spec.tag.clone(),
+                consumer_id: consumer.spec.id,
+                offset,
+                redelivered,
+                no_ack,
+                message,
+            };
+            consumer.spec.backlog.fetch_add(1, Ordering::Relaxed);
+            if !no_ack {
+                consumer.unacked += 1;
+                consumer
+                    .spec
+                    .channel_limit
+                    .unacked
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let id = consumer.spec.id;
+            if consumer
+                .spec
+                .sink
+                .send(QueueEvent::Deliver(delivery))
+                .is_err()
+            {
+                // The connection is gone; it will remove the consumer. Put the message back.
+                consumer.spec.backlog.fetch_sub(1, Ordering::Relaxed);
+                state.requeued.insert(offset);
+                state.consumers.retain(|c| c.spec.id != id);
+                continue;
+            }
+            if no_ack {
+                self.acknowledge(&mut state, offset);
+            } else {
+                state.unacked.insert(offset, id);
+            }
+        }
+    }
+
+    /// The next consumer with room, round-robin.
+    fn pick_consumer(&self, state: &mut QueueState) -> Option<usize> {
+        let n = state.consumers.len();
+        for i in 0..n {
+            let index = (state.next_consumer + i) % n;
+            if state.consumers[index].has_room() {
+                state.next_consumer = (index + 1) % n;
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Take the next ready message: requeued ones first, then the log from `next_ready`.
+    fn take_ready(&self, state: &mut QueueState) -> storage::Result<Option<(u64, bool, Message)>> {
+        if let Some(offset) = state.requeued.pop_first() {
+            match self.read_one(offset)? {
+                Some(message) => return Ok(Some((offset, true, message))),
+                // Gone (a purge raced it): nothing to deliver there.
+                None => return self.take_ready(state),
+            }
+        }
+        if state.ahead.is_empty() {
+            self.read_ahead(state)?;
+        }
+        Ok(state.ahead.pop_front().map(|(offset, message)| {
+            state.next_ready = offset + 1;
+            skip_acked(state);
+            (offset, false, message)
+        }))
+    }
+
+    fn read_ahead(&self, state: &mut QueueState) -> storage::Result<()> {
+        let end = self.log.visible_next_offset();
+        let mut from = state.next_ready;
+        while state.ahead.is_empty() && from < end {
+            let read = self.log.read(from, READ_AHEAD_BYTES)?;
+            let Some(next) = read.next_offset() else {
+                break;
+            };
+            for record in read.records() {
+                if record.offset >= from && !state.acked.contains(record.offset) {
+                    if let Some(message) = Message::from_record(&record) {
+                        state.ahead.push_back((record.offset, message));
+                    }
+                }
+            }
+            from = next;
+        }
+        if state.ahead.is_empty() {
+            // Everything up to `from` was acknowledged (or unreadable): skip it.
+            state.next_ready = state.next_ready.max(from.min(end));
+        }
+        Ok(())
+    }
+
+    fn read_one(&self, offset: u64) -> storage::Result<Option<Message>> {
+        let read = self.log.read(offset, 1)?;
+        let message = read
+            .records()
+            .find(|r| r.offset == offset)
+            .and_then(|r| Message::from_record(&r));
+        Ok(message)
+    }
+
+    /// `basic.get`: the next ready message, and how many remain after it.
+    pub fn get(
+        self: &Arc<Self>,
+        no_ack: bool,
+    ) -> storage::Result<Option<(u64, bool, Message, u64)>> {
+        let mut state = self.lock();
+        let Some((offset, redelivered, message)) = self.take_ready(&mut state)? else {
+            return Ok(None);
+        };
+        if no_ack {
+            self.acknowledge(&mut state, offset);
+        } else {
+            state.unacked.insert(offset, 0);
+        }
+        let remaining = self.ready_count(&state);
+        Ok(Some((offset, redelivered, message, remaining)))
+    }
+
+    /// Acknowledge a delivered message.
+    pub fn ack(&self, offset: u64) {
+        let mut state = self.lock();
+        if let Some(consumer_id) = state.unacked.remove(&offset) {
+            release_credit(&mut state, consumer_id);
+            self.acknowledge(&mut state, offset);
+        }
+        drop(state);
+        self.wake_dispatcher();
+    }
+
+    /// Put a delivered message back where it was; it goes out again marked redelivered.
+    pub fn requeue(&self, offset: u64) {
+        let mut state = self.lock();
+        if let Some(consumer_id) = state.unacked.remove(&offset) {
+            release_credit(&mut state, consumer_id);
+            state.requeued.insert(offset);
+        }
+        drop(state);
+        self.wake_dispatcher();
+    }
+
+    /// Remove every ready message (not the unacknowledged ones); returns how many.
+    pub fn purge(&self) -> u64 {
+        let mut state = self.lock();
+        let count = self.ready_count(&state);
+        let end = self.log.visible_next_offset();
+        let requeued: Vec<u64> = std::mem::take(&mut state.requeued).into_iter().collect();
+        for offset in requeued {
+            self.acknowledge(&mut state, offset);
+        }
+        let start = state.next_ready;
+        if start < end {
+            state.acked.insert_range(start, end);
+            self.journal_op(encode_acked(start, end));
+        }
+        state.ahead.clear();
+        state.next_ready = end;
+        self.advance_floor(&mut state);
+        count
+    }
+
+    fn acknowledge(&self, state: &mut QueueState, offset: u64) {
+        state.acked.insert(offset);
+        self.journal_op(encode_acked(offset, offset + 1));
+        self.advance_floor(state);
+    }
+
+    /// Move the floor over acknowledged runs; drop log segments wholly below it and compact
+    /// the journal now and then.
+    fn advance_floor(&self, state: &mut QueueState) {
+        let before = state.ack_floor;
+        while let Some(end) = state.acked.run_from(state.ack_floor) {
+            state.ack_floor = end;
+        }
+        if state.ack_floor == before {
+            return;
+        }
+        state.acked.remove_below(state.ack_floor);
+        if let Err(e) = self.log.truncate_before(state.ack_floor) {
+            tracing::warn!(queue = %self.name, error = %e, "dropping acknowledged segments failed");
+        }
+        if let Some(journal) = &self.journal {
+            if journal.wants_snapshot() {
+                let snapshot = encode_snapshot(state.ack_floor, &state.acked);
+                if let Err(e) = journal.snapshot(snapshot) {
+                    tracing::warn!(queue = %self.name, error = %e, "ack journal snapshot failed");
+                }
+            }
+        }
+    }
+
+    fn journal_op(&self, op: Vec<u8>) {
+        if let Some(journal) = &self.journal {
+            // Lazily durable: losing it means a redelivery, never a loss.
+            if let Err(e) = journal.append_without_waiting(op) {
+                tracing::warn!(queue = %self.name, error = %e, "recording an ack failed");
+            }
+        }
+    }
+
+    /// Mark deleted, tell every consumer, close the logs. The caller removes the files.
+    pub fn delete(&self) {
+        self.deleted.store(true, Ordering::Release);
+        let consumers = std::mem::take(&mut self.lock().consumers);
+        for consumer in consumers {
+            let _ = consumer.spec.sink.send(QueueEvent::Cancelled {
+                consumer_id: consumer.spec.id,
+                consumer_tag: consumer.spec.tag.clone(),
+            });
+        }
+        self.close();
+        self.wake_dispatcher();
+    }
+
+    pub fn close(&self) {
+        if let Err(e) = self.log.close() {
+            tracing::warn!(queue = %self.name, error = %e, "closing queue log failed");
+        }
+        if let Some(journal) = &self.journal {
+            let _ = journal.close();
+        }
+    }
+
+    /// Whether a connection other than `connection` owns this exclusive queue.
+    pub fn locked_for(&self, connection: u64) -> bool {
+        self.exclusive_owner
+            .is_some_and(|owner| owner != connection)
+    }
+
+    /// For `queue.delete` with `if-unused` / `if-empty`.
+    pub fn check_delete(&self, if_unused: bool, if_empty: bool) -> Result<u64, QueueError> {
+        let state = self.lock();
+        if if_unused && !state.consumers.is_empty() {
+            return Err(QueueError::InUse);
+        }
+        let count = self.ready_count(&state);
+        if if_empty && count > 0 {
+            return Err(QueueError::InUse);
+        }
+        Ok(count)
+    }
+
+    /// Bytes the log holds now (tests check that acknowledged segments go).
+    pub fn log_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+}
+
+fn release_credit(state: &mut QueueState, consumer_id: u64) {
+    if let Some(consumer) = state
+        .consumers
+        .iter_mut()
+        .find(|c| c.spec.id == consumer_id)
+    {
+        consumer.unacked = consumer.unacked.saturating_sub(1);
+    }
+}
+
+/// Move `next_ready` past acknowledged offsets (and drop read-ahead they cover).
+fn skip_acked(state: &mut QueueState) {
+    state.next_ready = state.next_ready.max(state.ack_floor);
+    while let Some(end) = state.acked.run_from(state.next_ready) {
+        state.next_ready = end;
+    }
+    while state
+        .ahead
+        .front()
+        .is_some_and(|(o, _)| *o < state.next_ready || state.acked.contains(*o))
+    {
+        state.ahead.pop_front();
+    }
+}
+
+fn encode_acked(start: u64, end: u64) -> Vec<u8> {
+    let mut op = vec![OP_ACKED; 17];
+    LE::write_u64(&mut op[1..9], start);
+    LE::write_u64(&mut op[9..17], end);
+    op
+}
+
+fn encode_snapshot(floor: u64, acked: &RangeSet) -> Vec<u8> {
+    let mut op = vec![OP_SNAPSHOT];
+    op.extend_from_slice(&floor.to_le_bytes());
+    let ranges: Vec<(u64, u64)> = acked.iter().collect();
+    op.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for (s, e) in ranges {
+        op.extend_from_slice(&s.to_le_bytes());
+        op.extend_from_slice(&e.to_le_bytes());
+    }
+    op
+}
+
+/// Apply one journal operation; anything malformed is ignored (it can only make a message be
+/// delivered again).
+fn apply_op(op: &Bytes, acked: &mut RangeSet, floor: &mut u64) {
+    match op.first() {
+        Some(&OP_ACKED) if op.len() == 17 => {
+            acked.insert_range(LE::read_u64(&op[1..9]), LE::read_u64(&op[9..17]));
+        }
+        Some(&OP_SNAPSHOT) if op.len() >= 13 => {
+            let count = LE::read_u32(&op[9..13]) as usize;
+            if op.len() != 13 + count * 16 {
+                return;
+            }
+            *floor = LE::read_u64(&op[1..9]);
+            *acked = RangeSet::default();
+            for i in 0..count {
+                let at = 13 + i * 16;
+                acked.insert_range(LE::read_u64(&op[at..]), LE::read_u64(&op[at + 8..]));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::io::OsVfs;
+    use amq_protocol::protocol::basic::AMQPProperties;
+
+    fn message(body: &str, persistent: bool) -> Message {
+        let properties =
+            AMQPProperties::default().with_delivery_mode(if persistent { 2 } else { 1 });
+        let raw = cookie_factory::gen_simple(
+            amq_protocol::protocol::basic::gen_properties(&properties),
+            Vec::new(),
+        )
+        .unwrap();
+        Message {
+            exchange: Bytes::new(),
+            routing_key: Bytes::from_static(b"q"),
+            raw_properties: Bytes::from(raw),
+            properties,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    fn open(dir: &Path, segment_bytes_max: u64) -> Arc<Queue> {
+        let options = QueueOptions {
+            name: "q".into(),
+            id: 1,
+            durable: true,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments: FieldTable::default(),
+        };
+        let config = LogConfig {
+            segment_bytes_max,
+            ..LogConfig::default()
+        };
+        Arc::new(Queue::open(Arc::new(OsVfs), dir, config, options).unwrap())
+    }
+
+    fn publish_durably(queue: &Queue, message: &Message) {
+        let offset = queue.publish(message).unwrap();
+        queue.log().wait_until_durable(offset).unwrap();
+    }
+
+    #[test]
+    fn acks_survive_a_restart_and_transient_messages_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path(), 1 << 20);
+        for i in 0..5 {
+            publish_durably(&queue, &message(&format!("m{i}"), i != 3));
+        }
+        assert_eq!(queue.message_count(), 5);
+        let (first, _, m, remaining) = queue.get(false).unwrap().unwrap();
+        assert_eq!((&m.body[..], remaining), (&b"m0"[..], 4));
+        let (second, ..) = queue.get(true).unwrap().unwrap();
+        queue.ack(first);
+        assert_eq!(second, 1);
+        queue.close();
+        drop(queue);
+        let queue = open(dir.path(), 1 << 20);
+        // m0 acked, m1 auto-acked, m3 transient: m2 and m4 remain.
+        assert_eq!(queue.message_count(), 2);
+        let bodies: Vec<_> =
+            std::iter::from_fn(|| queue.get(true).unwrap().map(|g| g.2.body)).collect();
+        assert_eq!(
+            bodies,
+            [Bytes::from_static(b"m2"), Bytes::from_static(b"m4")]
+        );
+    }
+
+    #[test]
+    fn acknowledged_segments_are_deleted_so_disk_follows_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path(), 4096);
+        let body = "x".repeat(500);
+        for _ in 0..100 {
+            publish_durably(&queue, &message(&body, true));
+        }
+        let full = queue.log_bytes();
+        assert!(queue.log().segment_count() > 5);
+        let mut offsets = Vec::new();
+        while let Some((offset, ..)) = queue.get(false).unwrap() {
+            offsets.push(offset);
+        }
+        // Requeue one in the middle: nothing at or after it can be dropped yet.
+        for &offset in &offsets[..90] {
+            queue.ack(offset);
+        }
+        assert!(
+            queue.log_bytes() < full / 5,
+            "{} of {full}",
+            queue.log_bytes()
+        );
+        queue.requeue(offsets[95]);
+        let (again, redelivered, ..) = queue.get(false).unwrap().unwrap();
+        assert_eq!((again, redelivered), (offsets[95], true));
+    }
+}

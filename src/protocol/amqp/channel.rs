@@ -1,0 +1,1036 @@
+//! One AMQP channel: its methods carried out on the broker's AMQP model, content assembly for
+//! publishes, delivery tags, prefetch, publisher confirms and transactions.
+//!
+//! Durability: a publish is appended to each target queue's log without waiting. Under confirm
+//! mode the channel's waiter task acks a round's publishes once every log they went to is
+//! durable (group commit shared with everything else); in a transaction `tx.commit-ok` waits
+//! the same way. Without either, the connection still asks for the fsync in the background so
+//! that the messages become visible and are delivered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPClass};
+use amq_protocol::types::ShortString;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc::{self, UnboundedSender};
+
+use super::frame::{put_content, put_method};
+use super::AmqpShared;
+use crate::broker::amqp::{
+    code, AmqpError, ChannelLimit, ConsumerSpec, Destination, ExchangeDeclare, Message, Queue,
+    QueueDeclare, QueueEvent,
+};
+use crate::storage::Log;
+
+/// Largest message body accepted (RabbitMQ's default `max_message_size`).
+pub const MESSAGE_BYTES_MAX: u64 = 128 * 1024 * 1024;
+
+/// What the connection lends a channel while it handles a method.
+pub struct Ctx<'a> {
+    pub shared: &'a AmqpShared,
+    pub connection_id: u64,
+    pub out: &'a mut Vec<u8>,
+    pub frame_max: u32,
+    /// Where the connection's consumers receive deliveries.
+    pub events: &'a UnboundedSender<QueueEvent>,
+    /// consumer id → channel, for routing deliveries.
+    pub consumer_channels: &'a mut HashMap<u64, u16>,
+    /// Where channel waiter tasks report confirms and commits.
+    pub done: &'a UnboundedSender<WaitDone>,
+}
+
+/// A publish waiting for its content.
+struct PendingPublish {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    header: Option<(u64, AMQPProperties, Bytes)>,
+    body: BytesMut,
+}
+
+struct Unacked {
+    queue: Arc<Queue>,
+    offset: u64,
+    /// Counts toward the channel's global prefetch.
+    counted: bool,
+}
+
+struct ConsumerEntry {
+    queue: Arc<Queue>,
+    id: u64,
+    backlog: Arc<AtomicUsize>,
+}
+
+/// Work for the channel's waiter task, processed in order.
+pub enum WaitItem {
+    /// Ack publishes up to `seq` once `waits` are durable.
+    Confirm { seq: u64, waits: Vec<(Log, u64)> },
+    /// Answer `tx.commit-ok` once `waits` are durable.
+    Commit { waits: Vec<(Log, u64)> },
+}
+
+/// What a waiter task reports back to the connection.
+#[derive(Debug)]
+pub enum WaitDone {
+    Confirmed { channel: u16, seq: u64, ok: bool },
+    Committed { channel: u16, ok: bool },
+}
+
+#[derive(Default)]
+struct Transaction {
+    publishes: Vec<(Vec<Arc<Queue>>, Message)>,
+    /// (tag, multiple, requeue or ack): replayed at commit.
+    settlements: Vec<Settlement>,
+}
+
+#[derive(Clone, Copy)]
+enum Settlement {
+    Ack {
+        tag: u64,
+        multiple: bool,
+    },
+    Reject {
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+}
+
+pub struct Channel {
+    pub id: u16,
+    /// Set after the server sent `channel.close`: everything but close/close-ok is dropped.
+    pub closing: bool,
+    pending: Option<PendingPublish>,
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    consumers: HashMap<String, ConsumerEntry>,
+    /// Prefetch for consumers created from now on (`basic.qos`, global = false).
+    consumer_prefetch: u32,
+    limit: Arc<ChannelLimit>,
+    last_queue: Option<String>,
+    confirm: bool,
+    next_publish_seq: u64,
+    tx: Option<Transaction>,
+    /// Logs written this round, with the offset to wait for.
+    round_waits: Vec<(Log, u64)>,
+    /// Highest confirm sequence number published this round.
+    round_seq: Option<u64>,
+    waiter: Option<mpsc::UnboundedSender<WaitItem>>,
+}
+
+fn ok(out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
+    put_method(out, channel, method);
+}
+
+fn precondition(text: String) -> AmqpError {
+    AmqpError::new(code::PRECONDITION_FAILED, text)
+}
+
+fn note_wait(waits: &mut Vec<(Log, u64)>, log: &Log, offset: u64) {
+    match waits.iter_mut().find(|(l, _)| l.same_log(log)) {
+        Some((_, o)) => *o = (*o).max(offset),
+        None => waits.push((log.clone(), offset)),
+    }
+}
+
+/// RabbitMQ's generated consumer tags: `amq.ctag-` and 22 URL-safe base64 characters.
+fn generated_tag() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let suffix: String = (0..22)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
+    format!("amq.ctag-{suffix}")
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Channel {
+        Channel {
+            id,
+            closing: false,
+            pending: None,
+            next_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            limit: Arc::new(ChannelLimit::default()),
+            last_queue: None,
+            confirm: false,
+            next_publish_seq: 1,
+            tx: None,
+            round_waits: Vec::new(),
+            round_seq: None,
+            waiter: None,
+        }
+    }
+
+    pub fn awaiting_content(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Carry out one method.
+    pub fn handle(&mut self, method: AMQPClass, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        if self.pending.is_some() {
+            return Err(AmqpError::new(
+                code::UNEXPECTED_FRAME,
+                "expected content header for class 60, got non content header frame instead",
+            ));
+        }
+        let id = self.id;
+        match method {
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                if !flow.active {
+                    return Err(AmqpError::new(code::NOT_IMPLEMENTED, "active=false"));
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: true,
+                    })),
+                );
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                return Err(AmqpError::new(
+                    code::CHANNEL_ERROR,
+                    "second 'channel.open' seen",
+                ));
+            }
+            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                        amq_protocol::protocol::access::RequestOk {},
+                    )),
+                );
+            }
+            AMQPClass::Exchange(m) => self.exchange_method(m, ctx)?,
+            AMQPClass::Queue(m) => self.queue_method(m, ctx)?,
+            AMQPClass::Basic(m) => self.basic_method(m, ctx)?,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if self.tx.is_some() {
+                    return Err(precondition("cannot switch from tx to confirm mode".into()));
+                }
+                self.confirm = true;
+                self.ensure_waiter(ctx);
+                if !select.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+            }
+            AMQPClass::Tx(m) => self.tx_method(m, ctx)?,
+            other => {
+                return Err(AmqpError::new(
+                    code::COMMAND_INVALID,
+                    format!(
+                        "method {}.{} is not valid from a client on a channel",
+                        other.get_amqp_class_id(),
+                        other.get_amqp_method_id()
+                    ),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn exchange_method(
+        &mut self,
+        m: exchange::AMQPMethod,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), AmqpError> {
+        let vhost = ctx.shared.broker.vhost();
+        let id = self.id;
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                vhost.declare_exchange(ExchangeDeclare {
+                    name: d.exchange.to_string(),
+                    kind: d.kind.to_string(),
+                    passive: d.passive,
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments,
+                })?;
+                if !d.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                if !d.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                vhost.bind(
+                    b.source.as_str(),
+                    Destination::Exchange(b.destination.to_string()),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )?;
+                if !b.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                vhost.unbind(
+                    b.source.as_str(),
+                    Destination::Exchange(b.destination.to_string()),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )?;
+                if !b.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
+                }
+            }
+            other => return Err(server_method(AMQPClass::Exchange(other))),
+        }
+        Ok(())
+    }
+
+    /// An empty queue name means the channel's last declared queue, as in RabbitMQ.
+    fn queue_name(&self, name: &ShortString) -> Result<String, AmqpError> {
+        if !name.as_str().is_empty() {
+            return Ok(name.to_string());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::new(code::NOT_FOUND, "no previously declared queue"))
+    }
+
+    fn queue_method(&mut self, m: queue::AMQPMethod, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let vhost = ctx.shared.broker.vhost();
+        let id = self.id;
+        match m {
+            queue::AMQPMethod::Declare(d) => {
+                let declared = vhost.declare_queue(
+                    QueueDeclare {
+                        name: d.queue.to_string(),
+                        passive: d.passive,
+                        durable: d.durable,
+                        exclusive: d.exclusive,
+                        auto_delete: d.auto_delete,
+                        arguments: d.arguments,
+                    },
+                    ctx.connection_id,
+                )?;
+                self.last_queue = Some(declared.name.clone());
+                if !d.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: declared.name.into(),
+                            message_count: declared.message_count,
+                            consumer_count: declared.consumer_count,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Bind(b) => {
+                let name = self.queue_name(&b.queue)?;
+                vhost.queue_for(&name, ctx.connection_id)?;
+                let key = if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
+                    name.clone()
+                } else {
+                    b.routing_key.to_string()
+                };
+                vhost.bind(
+                    b.exchange.as_str(),
+                    Destination::Queue(name),
+                    &key,
+                    b.arguments,
+                )?;
+                if !b.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
+                }
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                let name = self.queue_name(&b.queue)?;
+                vhost.queue_for(&name, ctx.connection_id)?;
+                vhost.unbind(
+                    b.exchange.as_str(),
+                    Destination::Queue(name),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )?;
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let name = self.queue_name(&p.queue)?;
+                let count = vhost.purge_queue(&name, ctx.connection_id)?;
+                if !p.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count: count,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = self.queue_name(&d.queue)?;
+                let count =
+                    vhost.delete_queue(&name, ctx.connection_id, d.if_unused, d.if_empty)?;
+                if !d.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count: count,
+                        })),
+                    );
+                }
+            }
+            other => return Err(server_method(AMQPClass::Queue(other))),
+        }
+        Ok(())
+    }
+
+    fn basic_method(&mut self, m: basic::AMQPMethod, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let id = self.id;
+        match m {
+            basic::AMQPMethod::Qos(q) => {
+                if q.global {
+                    self.limit
+                        .prefetch
+                        .store(u32::from(q.prefetch_count), Ordering::Relaxed);
+                } else {
+                    self.consumer_prefetch = u32::from(q.prefetch_count);
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
+                // More room may mean more deliveries.
+                for c in self.consumers.values() {
+                    c.queue.wake_dispatcher();
+                }
+            }
+            basic::AMQPMethod::Consume(c) => self.consume(c, ctx)?,
+            basic::AMQPMethod::Cancel(c) => {
+                let tag = c.consumer_tag.to_string();
+                self.cancel_consumer(&tag, ctx);
+                if !c.nowait {
+                    ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: tag.into(),
+                        })),
+                    );
+                }
+            }
+            basic::AMQPMethod::Publish(p) => {
+                self.pending = Some(PendingPublish {
+                    exchange: p.exchange.to_string(),
+                    routing_key: p.routing_key.to_string(),
+                    mandatory: p.mandatory,
+                    header: None,
+                    body: BytesMut::new(),
+                });
+            }
+            basic::AMQPMethod::Get(g) => self.get(g, ctx)?,
+            basic::AMQPMethod::Ack(a) => {
+                let settlement = Settlement::Ack {
+                    tag: a.delivery_tag,
+                    multiple: a.multiple,
+                };
+                self.settle_or_defer(settlement)?;
+            }
+            basic::AMQPMethod::Nack(n) => {
+                let settlement = Settlement::Reject {
+                    tag: n.delivery_tag,
+                    multiple: n.multiple,
+                    requeue: n.requeue,
+                };
+                self.settle_or_defer(settlement)?;
+            }
+            basic::AMQPMethod::Reject(r) => {
+                let settlement = Settlement::Reject {
+                    tag: r.delivery_tag,
+                    multiple: false,
+                    requeue: r.requeue,
+                };
+                self.settle_or_defer(settlement)?;
+            }
+            basic::AMQPMethod::Recover(r) => {
+                self.recover(r.requeue)?;
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+            }
+            basic::AMQPMethod::RecoverAsync(r) => self.recover(r.requeue)?,
+            other => return Err(server_method(AMQPClass::Basic(other))),
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, c: basic::Consume, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let name = self.queue_name(&c.queue)?;
+        let queue = ctx
+            .shared
+            .broker
+            .vhost()
+            .queue_for(&name, ctx.connection_id)?;
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            generated_tag()
+        } else {
+            c.consumer_tag.to_string()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::new(
+                code::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let consumer_id = ctx.shared.next_consumer_id.fetch_add(1, Ordering::Relaxed);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        // The reply goes out before any delivery: deliveries reach the connection as events,
+        // handled after this method's output is queued.
+        if !c.nowait {
+            ok(
+                ctx.out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.clone().into(),
+                })),
+            );
+        }
+        queue
+            .add_consumer(ConsumerSpec {
+                id: consumer_id,
+                tag: tag.clone(),
+                no_ack: c.no_ack,
+                exclusive: c.exclusive,
+                prefetch: self.consumer_prefetch,
+                channel_limit: Arc::clone(&self.limit),
+                backlog: Arc::clone(&backlog),
+                sink: ctx.events.clone(),
+            })
+            .map_err(|_| {
+                AmqpError::new(
+                    code::ACCESS_REFUSED,
+                    format!("queue '{name}' in vhost '/' in exclusive use"),
+                )
+            })?;
+        ctx.consumer_channels.insert(consumer_id, self.id);
+        spawn_dispatcher(&queue);
+        self.consumers.insert(
+            tag,
+            ConsumerEntry {
+                queue,
+                id: consumer_id,
+                backlog,
+            },
+        );
+        Ok(())
+    }
+
+    /// Remove a consumer (client cancel, channel close); an auto-delete queue may go with it.
+    fn cancel_consumer(&mut self, tag: &str, ctx: &mut Ctx<'_>) {
+        if let Some(entry) = self.consumers.remove(tag) {
+            ctx.consumer_channels.remove(&entry.id);
+            if entry.queue.remove_consumer(entry.id) {
+                ctx.shared.broker.vhost().auto_delete_queue(&entry.queue);
+            }
+        }
+    }
+
+    fn get(&mut self, g: basic::Get, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let name = self.queue_name(&g.queue)?;
+        let queue = ctx
+            .shared
+            .broker
+            .vhost()
+            .queue_for(&name, ctx.connection_id)?;
+        let got = queue
+            .get(g.no_ack)
+            .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
+        let Some((offset, redelivered, message, remaining)) = got else {
+            ok(
+                ctx.out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            );
+            return Ok(());
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        if !g.no_ack {
+            self.unacked.insert(
+                tag,
+                Unacked {
+                    queue: Arc::clone(&queue),
+                    offset,
+                    counted: false,
+                },
+            );
+        }
+        ok(
+            ctx.out,
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: tag,
+                redelivered,
+                exchange: String::from_utf8_lossy(&message.exchange)
+                    .into_owned()
+                    .into(),
+                routing_key: String::from_utf8_lossy(&message.routing_key)
+                    .into_owned()
+                    .into(),
+                message_count: remaining.min(u32::MAX as u64) as u32,
+            })),
+        );
+        put_content(
+            ctx.out,
+            self.id,
+            &message.raw_properties,
+            &message.body,
+            ctx.frame_max,
+        );
+        Ok(())
+    }
+
+    /// Write a delivery from a queue; returns false if this channel cannot take it.
+    pub fn deliver(&mut self, delivery: crate::broker::amqp::Delivery, ctx: &mut Ctx<'_>) {
+        let consumer = self
+            .consumers
+            .values()
+            .find(|c| c.id == delivery.consumer_id);
+        if let Some(c) = consumer {
+            c.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.closing || consumer.is_none() {
+            // Cancelled meanwhile: the message goes back (unless it was already acked).
+            if !delivery.no_ack {
+                self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
+                delivery.queue.requeue(delivery.offset);
+            }
+            return;
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let message = &delivery.message;
+        ok(
+            ctx.out,
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: delivery.consumer_tag.clone().into(),
+                delivery_tag: tag,
+                redelivered: delivery.redelivered,
+                exchange: String::from_utf8_lossy(&message.exchange)
+                    .into_owned()
+                    .into(),
+                routing_key: String::from_utf8_lossy(&message.routing_key)
+                    .into_owned()
+                    .into(),
+            })),
+        );
+        put_content(
+            ctx.out,
+            self.id,
+            &message.raw_properties,
+            &message.body,
+            ctx.frame_max,
+        );
+        if !delivery.no_ack {
+            self.unacked.insert(
+                tag,
+                Unacked {
+                    queue: Arc::clone(&delivery.queue),
+                    offset: delivery.offset,
+                    counted: true,
+                },
+            );
+        }
+    }
+
+    /// The queue deleted a consumer: tell the client (consumer_cancel_notify).
+    pub fn consumer_cancelled(&mut self, tag: &str, ctx: &mut Ctx<'_>) {
+        if let Some(entry) = self.consumers.remove(tag) {
+            ctx.consumer_channels.remove(&entry.id);
+            if !self.closing {
+                ok(
+                    ctx.out,
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                        consumer_tag: tag.into(),
+                        nowait: true,
+                    })),
+                );
+            }
+        }
+    }
+
+    fn settle_or_defer(&mut self, settlement: Settlement) -> Result<(), AmqpError> {
+        let (tag, multiple) = match settlement {
+            Settlement::Ack { tag, multiple } | Settlement::Reject { tag, multiple, .. } => {
+                (tag, multiple)
+            }
+        };
+        // Unknown tags fail at once, in a transaction too. `multiple` with tag 0 means all.
+        let known = if multiple {
+            tag == 0 || self.unacked.range(..=tag).next().is_some()
+        } else {
+            self.unacked.contains_key(&tag)
+        };
+        if !known {
+            return Err(precondition(format!("unknown delivery tag {tag}")));
+        }
+        match &mut self.tx {
+            Some(tx) => tx.settlements.push(settlement),
+            None => self.settle(settlement)?,
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, settlement: Settlement) -> Result<(), AmqpError> {
+        let (tag, multiple, action) = match settlement {
+            Settlement::Ack { tag, multiple } => (tag, multiple, None),
+            Settlement::Reject {
+                tag,
+                multiple,
+                requeue,
+            } => (tag, multiple, Some(requeue)),
+        };
+        let tags: Vec<u64> = if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            self.unacked.range(..=upto).map(|(t, _)| *t).collect()
+        } else if self.unacked.contains_key(&tag) {
+            vec![tag]
+        } else {
+            return Err(precondition(format!("unknown delivery tag {tag}")));
+        };
+        for t in tags {
+            let Some(u) = self.unacked.remove(&t) else {
+                continue;
+            };
+            if u.counted {
+                self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
+            match action {
+                Some(true) => u.queue.requeue(u.offset),
+                // Acked, or rejected without requeue (dropped).
+                _ => u.queue.ack(u.offset),
+            }
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(AmqpError::new(code::NOT_IMPLEMENTED, "requeue=false"));
+        }
+        self.requeue_all();
+        Ok(())
+    }
+
+    fn requeue_all(&mut self) {
+        for (_, u) in std::mem::take(&mut self.unacked) {
+            if u.counted {
+                self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
+            u.queue.requeue(u.offset);
+        }
+    }
+
+    fn tx_method(&mut self, m: tx::AMQPMethod, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let id = self.id;
+        match m {
+            tx::AMQPMethod::Select(_) => {
+                if self.confirm {
+                    return Err(precondition("cannot switch from confirm to tx mode".into()));
+                }
+                if self.tx.is_none() {
+                    self.tx = Some(Transaction::default());
+                }
+                self.ensure_waiter(ctx);
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(tx) = self.tx.replace(Transaction::default()) else {
+                    return Err(precondition("channel is not transactional".into()));
+                };
+                let mut waits = Vec::new();
+                for (queues, message) in tx.publishes {
+                    for queue in queues {
+                        let offset = queue
+                            .publish(&message)
+                            .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
+                        note_wait(&mut waits, queue.log(), offset);
+                    }
+                }
+                for s in tx.settlements {
+                    self.settle(s)?;
+                }
+                if let Some(waiter) = &self.waiter {
+                    let _ = waiter.send(WaitItem::Commit { waits });
+                }
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                if self.tx.is_none() {
+                    return Err(precondition("channel is not transactional".into()));
+                }
+                self.tx = Some(Transaction::default());
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+            }
+            other => return Err(server_method(AMQPClass::Tx(other))),
+        }
+        Ok(())
+    }
+
+    /// Start the task that answers confirms and commits once their writes are durable.
+    fn ensure_waiter(&mut self, ctx: &mut Ctx<'_>) {
+        if self.waiter.is_some() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<WaitItem>();
+        let done = ctx.done.clone();
+        let channel = self.id;
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                let (WaitItem::Confirm { waits, .. } | WaitItem::Commit { waits }) = &item;
+                let mut ok = true;
+                for (log, offset) in waits {
+                    if log.wait_until_durable_async(*offset).await.is_err() {
+                        ok = false;
+                    }
+                }
+                let report = match item {
+                    WaitItem::Confirm { seq, .. } => WaitDone::Confirmed { channel, seq, ok },
+                    WaitItem::Commit { .. } => WaitDone::Committed { channel, ok },
+                };
+                if done.send(report).is_err() {
+                    return;
+                }
+            }
+        });
+        self.waiter = Some(tx);
+    }
+
+    /// A content header frame for this channel.
+    pub fn content_header(
+        &mut self,
+        class_id: u16,
+        body_size: u64,
+        properties: AMQPProperties,
+        raw_properties: Bytes,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), AmqpError> {
+        let Some(pending) = self.pending.as_mut().filter(|p| p.header.is_none()) else {
+            return Err(AmqpError::new(
+                code::UNEXPECTED_FRAME,
+                "unexpected content header",
+            ));
+        };
+        if class_id != 60 {
+            return Err(AmqpError::new(
+                code::FRAME_ERROR,
+                format!("content header for class {class_id}"),
+            ));
+        }
+        if body_size > MESSAGE_BYTES_MAX {
+            self.pending = None;
+            return Err(precondition(format!(
+                "message size {body_size} is larger than configured max size {MESSAGE_BYTES_MAX}"
+            )));
+        }
+        pending.header = Some((body_size, properties, raw_properties));
+        if body_size == 0 {
+            self.finish_publish(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// A content body frame for this channel.
+    pub fn content_body(&mut self, body: Bytes, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(AmqpError::new(
+                code::UNEXPECTED_FRAME,
+                "unexpected content body",
+            ));
+        };
+        let Some((size, _, _)) = &pending.header else {
+            return Err(AmqpError::new(
+                code::UNEXPECTED_FRAME,
+                "content body before its header",
+            ));
+        };
+        if pending.body.len() as u64 + body.len() as u64 > *size {
+            return Err(AmqpError::new(
+                code::FRAME_ERROR,
+                "content body longer than declared",
+            ));
+        }
+        pending.body.extend_from_slice(&body);
+        if pending.body.len() as u64 == *size {
+            self.finish_publish(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// A publish's content is complete: route it, return it if mandatory and unroutable, and
+    /// append it to every queue it reaches.
+    fn finish_publish(&mut self, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let Some((_, properties, raw_properties)) = pending.header else {
+            return Ok(());
+        };
+        let vhost = ctx.shared.broker.vhost();
+        let queues = vhost.route(
+            &pending.exchange,
+            &pending.routing_key,
+            properties.headers().as_ref(),
+        )?;
+        let message = Message {
+            exchange: Bytes::from(pending.exchange.clone().into_bytes()),
+            routing_key: Bytes::from(pending.routing_key.clone().into_bytes()),
+            raw_properties,
+            properties,
+            body: pending.body.freeze(),
+        };
+        if queues.is_empty() && pending.mandatory {
+            ok(
+                ctx.out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: code::NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: pending.exchange.into(),
+                    routing_key: pending.routing_key.into(),
+                })),
+            );
+            put_content(
+                ctx.out,
+                self.id,
+                &message.raw_properties,
+                &message.body,
+                ctx.frame_max,
+            );
+        }
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push((queues, message));
+            return Ok(());
+        }
+        for queue in &queues {
+            let offset = queue
+                .publish(&message)
+                .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
+            note_wait(&mut self.round_waits, queue.log(), offset);
+        }
+        if self.confirm {
+            self.round_seq = Some(self.next_publish_seq);
+            self.next_publish_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// End of a round of input: hand this round's confirms to the waiter task, or (without
+    /// confirms) just ask for the fsync so the messages become visible.
+    pub fn end_round(&mut self) {
+        let waits = std::mem::take(&mut self.round_waits);
+        if let Some(seq) = self.round_seq.take() {
+            if let Some(waiter) = &self.waiter {
+                let _ = waiter.send(WaitItem::Confirm { seq, waits });
+            }
+            return;
+        }
+        for (log, offset) in waits {
+            tokio::spawn(async move {
+                let _ = log.wait_until_durable_async(offset).await;
+            });
+        }
+    }
+
+    /// The channel is going away: unacknowledged deliveries return to their queues and its
+    /// consumers are removed.
+    pub fn close(&mut self, ctx: &mut Ctx<'_>) {
+        self.end_round();
+        self.pending = None;
+        let tags: Vec<String> = self.consumers.keys().cloned().collect();
+        for tag in tags {
+            self.cancel_consumer(&tag, ctx);
+        }
+        self.requeue_all();
+        self.waiter = None;
+    }
+}
+
+/// A method only a server may send.
+fn server_method(method: AMQPClass) -> AmqpError {
+    AmqpError::new(
+        code::COMMAND_INVALID,
+        format!(
+            "method {}.{} is not valid from a client",
+            method.get_amqp_class_id(),
+            method.get_amqp_method_id()
+        ),
+    )
+}
+
+/// One task per queue moves ready messages to consumers whenever something changes.
+fn spawn_dispatcher(queue: &Arc<Queue>) {
+    if queue.dispatcher_running.swap(true, Ordering::AcqRel) {
+        queue.wake_dispatcher();
+        return;
+    }
+    let queue = Arc::clone(queue);
+    tokio::spawn(async move {
+        loop {
+            if queue.is_deleted() {
+                return;
+            }
+            if let Err(e) = queue.dispatch() {
+                tracing::error!(queue = %queue.name, error = %e, "dispatch failed");
+            }
+            queue.dispatch_wanted().await;
+        }
+    });
+}

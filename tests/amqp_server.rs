@@ -1,0 +1,906 @@
+//! The AMQP 0-9-1 front end against the real binary, driven by the `lapin` client (and raw
+//! bytes for malformed input): routing by every exchange type, queues, acknowledgements and
+//! requeue order, prefetch, publisher confirms, mandatory returns, transactions, the error
+//! codes RabbitMQ sends, restart and kill -9.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+struct Server {
+    child: Child,
+    amqp: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_potok"))
+            .args([
+                "serve",
+                "--resp-addr",
+                "127.0.0.1:0",
+                "--amqp-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start potok");
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = String::new();
+        let mut byte = [0u8; 1];
+        let amqp = loop {
+            if stdout.read(&mut byte).unwrap_or(0) == 0 {
+                panic!("server exited before listening: {seen}");
+            }
+            seen.push(byte[0] as char);
+            if let Some(line) = seen
+                .lines()
+                .find(|l| l.starts_with("potok: AMQP listening on "))
+            {
+                if seen.ends_with('\n') {
+                    break line
+                        .trim_start_matches("potok: AMQP listening on ")
+                        .to_string();
+                }
+            }
+        };
+        Server { child, amqp }
+    }
+
+    fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
+
+    fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "clean shutdown exits 0");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(server: &Server) -> (Connection, Channel) {
+    let connection = Connection::connect(&server.uri(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    (connection, channel)
+}
+
+fn s(text: &str) -> ShortString {
+    text.into()
+}
+
+/// The AMQP reply code of a protocol error.
+fn code(error: lapin::Error) -> u16 {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => e.get_id(),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    channel
+        .basic_publish(
+            s(exchange),
+            s(key),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
+async fn get_body(channel: &Channel, queue: &str) -> Option<Vec<u8>> {
+    let got = channel
+        .basic_get(s(queue), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")?;
+    Some(got.delivery.data.clone())
+}
+
+async fn declare_queue(channel: &Channel, name: &str) {
+    channel
+        .queue_declare(
+            s(name),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+}
+
+/// Drain a queue with basic.get, returning bodies as strings.
+async fn drain(channel: &Channel, queue: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    while let Some(body) = get_body(channel, queue).await {
+        bodies.push(String::from_utf8(body).unwrap());
+    }
+    bodies
+}
+
+#[test]
+fn every_exchange_type_routes_like_rabbitmq() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for q in ["d1", "d2", "f1", "f2", "t1", "t2", "h_all", "h_any", "e2e"] {
+            declare_queue(&ch, q).await;
+        }
+        let declare = |name: &'static str, kind: ExchangeKind| {
+            let ch = ch.clone();
+            async move {
+                ch.exchange_declare(
+                    s(name),
+                    kind,
+                    ExchangeDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        declare("xd", ExchangeKind::Direct).await;
+        declare("xf", ExchangeKind::Fanout).await;
+        declare("xt", ExchangeKind::Topic).await;
+        declare("xh", ExchangeKind::Headers).await;
+        declare("xsrc", ExchangeKind::Fanout).await;
+        let bind = |q: &'static str, x: &'static str, key: &'static str, args: FieldTable| {
+            let ch = ch.clone();
+            async move {
+                ch.queue_bind(s(q), s(x), s(key), QueueBindOptions::default(), args)
+                    .await
+                    .unwrap()
+            }
+        };
+        bind("d1", "xd", "red", FieldTable::default()).await;
+        bind("d2", "xd", "blue", FieldTable::default()).await;
+        bind("f1", "xf", "", FieldTable::default()).await;
+        bind("f2", "xf", "ignored", FieldTable::default()).await;
+        bind("t1", "xt", "*.orange.*", FieldTable::default()).await;
+        bind("t2", "xt", "lazy.#", FieldTable::default()).await;
+        let mut all = FieldTable::default();
+        all.insert(
+            s("x-match"),
+            AMQPValue::LongString(LongString::from(&b"all"[..])),
+        );
+        all.insert(
+            s("format"),
+            AMQPValue::LongString(LongString::from(&b"pdf"[..])),
+        );
+        all.insert(
+            s("type"),
+            AMQPValue::LongString(LongString::from(&b"report"[..])),
+        );
+        bind("h_all", "xh", "", all).await;
+        let mut any = FieldTable::default();
+        any.insert(
+            s("x-match"),
+            AMQPValue::LongString(LongString::from(&b"any"[..])),
+        );
+        any.insert(
+            s("format"),
+            AMQPValue::LongString(LongString::from(&b"zip"[..])),
+        );
+        any.insert(
+            s("type"),
+            AMQPValue::LongString(LongString::from(&b"report"[..])),
+        );
+        bind("h_any", "xh", "", any).await;
+        // Exchange-to-exchange: xsrc fans out into xd, which routes "red" to d1.
+        ch.exchange_bind(
+            s("xd"),
+            s("xsrc"),
+            s(""),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+        publish(&ch, "xd", "red", b"direct-red", persistent()).await;
+        publish(&ch, "xd", "green", b"direct-green", persistent()).await;
+        publish(&ch, "xf", "any", b"fanout", persistent()).await;
+        for key in [
+            "quick.orange.rabbit",
+            "lazy.orange.elephant",
+            "lazy",
+            "quick.orange.fox.jumps",
+            "orange",
+        ] {
+            publish(&ch, "xt", key, key.as_bytes(), persistent()).await;
+        }
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut t = FieldTable::default();
+            for (k, v) in pairs {
+                t.insert(s(k), AMQPValue::LongString(LongString::from(v.as_bytes())));
+            }
+            BasicProperties::default().with_headers(t)
+        };
+        publish(
+            &ch,
+            "xh",
+            "",
+            b"pdf-report",
+            headers(&[("format", "pdf"), ("type", "report")]),
+        )
+        .await;
+        publish(
+            &ch,
+            "xh",
+            "",
+            b"pdf-log",
+            headers(&[("format", "pdf"), ("type", "log")]),
+        )
+        .await;
+        publish(&ch, "xsrc", "red", b"via-e2e", persistent()).await;
+        publish(&ch, "", "e2e", b"default-exchange", persistent()).await;
+
+        assert_eq!(drain(&ch, "d1").await, ["direct-red", "via-e2e"]);
+        assert!(drain(&ch, "d2").await.is_empty());
+        assert_eq!(drain(&ch, "f1").await, ["fanout"]);
+        assert_eq!(drain(&ch, "f2").await, ["fanout"]);
+        assert_eq!(
+            drain(&ch, "t1").await,
+            ["quick.orange.rabbit", "lazy.orange.elephant"]
+        );
+        assert_eq!(drain(&ch, "t2").await, ["lazy.orange.elephant", "lazy"]);
+        assert_eq!(drain(&ch, "h_all").await, ["pdf-report"]);
+        assert_eq!(drain(&ch, "h_any").await, ["pdf-report"]);
+        assert_eq!(drain(&ch, "e2e").await, ["default-exchange"]);
+    });
+}
+
+#[test]
+fn acks_nacks_and_requeue_keep_order_with_prefetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        declare_queue(&ch, "work").await;
+        for i in 0..10 {
+            publish(&ch, "", "work", format!("m{i}").as_bytes(), persistent()).await;
+        }
+        let consumer_channel = _connection.create_channel().await.unwrap();
+        consumer_channel
+            .basic_qos(3, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let mut consumer = consumer_channel
+            .basic_consume(
+                s("work"),
+                s("c1"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+                .await
+                .expect("delivery within prefetch")
+                .unwrap()
+                .unwrap();
+            got.push(d);
+        }
+        // Prefetch 3: no fourth delivery until one is acknowledged.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), consumer.next())
+                .await
+                .is_err()
+        );
+        let bodies: Vec<_> = got
+            .iter()
+            .map(|d| String::from_utf8(d.data.clone()).unwrap())
+            .collect();
+        assert_eq!(bodies, ["m0", "m1", "m2"]);
+        // Nack m1 with requeue: it comes back before m3, marked redelivered. Ack m0 and m2.
+        got[1]
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+        got[0].ack(BasicAckOptions::default()).await.unwrap();
+        got[2].ack(BasicAckOptions::default()).await.unwrap();
+        let mut next = Vec::new();
+        for _ in 0..3 {
+            let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            next.push((String::from_utf8(d.data.clone()).unwrap(), d.redelivered));
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        assert_eq!(
+            next,
+            [
+                ("m1".to_string(), true),
+                ("m3".to_string(), false),
+                ("m4".to_string(), false)
+            ]
+        );
+        // Reject without requeue drops the message; the rest arrive in order.
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, b"m5");
+        d.reject(BasicRejectOptions { requeue: false })
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        for _ in 0..4 {
+            let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            rest.push(String::from_utf8(d.data.clone()).unwrap());
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        assert_eq!(rest, ["m6", "m7", "m8", "m9"]);
+        consumer_channel
+            .basic_cancel(s("c1"), BasicCancelOptions::default())
+            .await
+            .unwrap();
+        // Closing a channel returns its unacknowledged deliveries to the queue.
+        publish(&ch, "", "work", b"again", persistent()).await;
+        let c2 = _connection.create_channel().await.unwrap();
+        let got = c2
+            .basic_get(s("work"), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.delivery.data.as_slice(), got.delivery.redelivered),
+            (&b"again"[..], false)
+        );
+        c2.close(200, s("bye")).await.unwrap();
+        let got = ch
+            .basic_get(s("work"), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.delivery.data.as_slice(), got.delivery.redelivered),
+            (&b"again"[..], true)
+        );
+        assert!(get_body(&ch, "work").await.is_none());
+    });
+}
+
+#[test]
+fn confirms_returns_and_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        // Mandatory and unroutable: returned (312 NO_ROUTE) and then acknowledged.
+        let confirm = ch
+            .basic_publish(
+                s(""),
+                s("nowhere"),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"lost",
+                persistent(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let returned = confirm
+            .take_message()
+            .expect("a basic.return before the ack");
+        assert_eq!(returned.reply_code, 312);
+        assert_eq!(returned.reply_text.as_str(), "NO_ROUTE");
+        assert_eq!(returned.data, b"lost");
+        // Properties travel byte for byte.
+        declare_queue(&ch, "props").await;
+        let mut headers = FieldTable::default();
+        headers.insert(s("n"), AMQPValue::LongLongInt(-7));
+        let props = BasicProperties::default()
+            .with_content_type(s("text/plain"))
+            .with_correlation_id(s("abc"))
+            .with_priority(3)
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        publish(&ch, "", "props", b"p", props.clone()).await;
+        let got = ch
+            .basic_get(s("props"), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.delivery.properties, props);
+
+        // Transactions: nothing is visible before commit; rollback discards.
+        let tx = connection.create_channel().await.unwrap();
+        declare_queue(&tx, "txq").await;
+        tx.tx_select().await.unwrap();
+        tx.basic_publish(
+            s(""),
+            s("txq"),
+            BasicPublishOptions::default(),
+            b"t1",
+            persistent(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            get_body(&ch, "txq").await.is_none(),
+            "uncommitted publish is invisible"
+        );
+        tx.tx_commit().await.unwrap();
+        assert_eq!(get_body(&ch, "txq").await.as_deref(), Some(&b"t1"[..]));
+        tx.basic_publish(
+            s(""),
+            s("txq"),
+            BasicPublishOptions::default(),
+            b"t2",
+            persistent(),
+        )
+        .await
+        .unwrap();
+        tx.tx_rollback().await.unwrap();
+        tx.tx_commit().await.unwrap();
+        assert!(get_body(&ch, "txq").await.is_none(), "rolled back");
+    });
+}
+
+#[test]
+fn errors_carry_rabbitmq_codes_and_close_only_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (connection, ch) = connect(&server).await;
+        declare_queue(&ch, "q").await;
+        // 406: inequivalent redeclaration.
+        let err = ch
+            .queue_declare(
+                s("q"),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 406);
+        // 404: passive declare of a missing queue, publish to a missing exchange (via confirm).
+        let ch = connection.create_channel().await.unwrap();
+        let err = ch
+            .queue_declare(
+                s("missing"),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 404);
+        let ch = connection.create_channel().await.unwrap();
+        let err = ch
+            .exchange_declare(
+                s("missing-x"),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 404);
+        // 403: binding to the default exchange; reserved names.
+        let ch = connection.create_channel().await.unwrap();
+        let err = ch
+            .queue_bind(
+                s("q"),
+                s(""),
+                s("k"),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 403);
+        let ch = connection.create_channel().await.unwrap();
+        let err = ch
+            .queue_declare(
+                s("amq.mine"),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 403);
+        // 406: unknown delivery tag.
+        let ch = connection.create_channel().await.unwrap();
+        ch.basic_ack(99, BasicAckOptions::default()).await.unwrap();
+        let err = ch
+            .queue_declare(
+                s("q"),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code(err),
+            406,
+            "the ack of an unknown tag closed the channel"
+        );
+        // 405: another connection's exclusive queue.
+        let ch = connection.create_channel().await.unwrap();
+        ch.queue_declare(
+            s("mine"),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let (other, other_ch) = connect(&server).await;
+        let err = other_ch
+            .queue_declare(
+                s("mine"),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 405);
+        // The connection survived every channel error.
+        let ch = connection.create_channel().await.unwrap();
+        declare_queue(&ch, "still-fine").await;
+        // An exclusive queue goes with its connection.
+        connection.close(200, s("bye")).await.unwrap();
+        let probe = other.create_channel().await.unwrap();
+        let mut found = false;
+        for _ in 0..50 {
+            match probe
+                .queue_declare(
+                    s("mine"),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+            {
+                Ok(_) => {
+                    found = true;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    assert_eq!(code(e), 404);
+                    found = false;
+                    break;
+                }
+            }
+        }
+        assert!(!found, "exclusive queue deleted with its connection");
+    });
+}
+
+#[test]
+fn confirmed_persistent_messages_survive_kill_9_and_definitions_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_declare(
+            s("orders"),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            s("eu"),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            s("eu"),
+            s("orders"),
+            s("eu.#"),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            s("temp"),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut confirms = Vec::new();
+        for i in 0..500 {
+            confirms.push(
+                ch.basic_publish(
+                    s("orders"),
+                    s("eu.de"),
+                    BasicPublishOptions::default(),
+                    format!("o{i}").as_bytes(),
+                    persistent(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+        publish(
+            &ch,
+            "orders",
+            "eu.fr",
+            b"transient",
+            BasicProperties::default().with_delivery_mode(1),
+        )
+        .await;
+        // Consume and ack the first 100 (acks are recorded lazily: at worst redelivered).
+        for _ in 0..100 {
+            let got = ch
+                .basic_get(s("eu"), BasicGetOptions::default())
+                .await
+                .unwrap()
+                .unwrap();
+            got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    });
+    server.kill_9();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        // The durable exchange and binding came back; the non-durable queue did not.
+        let err = ch
+            .queue_declare(
+                s("temp"),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 404);
+        let ch = _connection.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        publish(&ch, "orders", "eu.it", b"after", persistent()).await;
+        let bodies = drain(&ch, "eu").await;
+        let expected_tail: Vec<String> = (100..500).map(|i| format!("o{i}")).collect();
+        // Every confirmed message is there, in order; acknowledged ones may come back.
+        assert!(
+            bodies.len() >= 401 && bodies.len() <= 501,
+            "{}",
+            bodies.len()
+        );
+        let tail: Vec<String> = bodies[bodies.len() - 401..bodies.len() - 1].to_vec();
+        assert_eq!(tail, expected_tail);
+        assert_eq!(bodies.last().unwrap(), "after");
+        assert!(
+            !bodies.contains(&"transient".to_string()),
+            "transient messages do not survive"
+        );
+    });
+    server.stop();
+    // After a clean restart, the acknowledged ones are gone for good.
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        assert!(drain(&ch, "eu").await.is_empty());
+    });
+}
+
+/// Read frames until a connection.close arrives; returns its reply code.
+fn read_connection_close(socket: &mut TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 7 {
+            let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+            if buf.len() < 8 + size {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..8 + size).collect();
+            if frame[0] == 1 && frame[7..11] == [0, 10, 0, 50] {
+                return Some(u16::from_be_bytes([frame[11], frame[12]]));
+            }
+        }
+        match socket.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Perform the handshake by hand (PLAIN guest/guest), leaving the socket after open-ok.
+fn raw_handshake(addr: &str) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let method = |class: u16, method: u16, args: &[u8]| {
+        let mut payload = class.to_be_bytes().to_vec();
+        payload.extend_from_slice(&method.to_be_bytes());
+        payload.extend_from_slice(args);
+        let mut frame = vec![1, 0, 0];
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.push(0xCE);
+        frame
+    };
+    let read_frame = |socket: &mut TcpStream| {
+        let mut header = [0u8; 7];
+        socket.read_exact(&mut header).unwrap();
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        let mut rest = vec![0u8; size + 1];
+        socket.read_exact(&mut rest).unwrap();
+        rest
+    };
+    read_frame(&mut socket); // start
+    let mut start_ok = vec![0, 0, 0, 0]; // empty client properties
+    start_ok.extend_from_slice(&[5]);
+    start_ok.extend_from_slice(b"PLAIN");
+    let response = b"\0guest\0guest";
+    start_ok.extend_from_slice(&(response.len() as u32).to_be_bytes());
+    start_ok.extend_from_slice(response);
+    start_ok.extend_from_slice(&[5]);
+    start_ok.extend_from_slice(b"en_US");
+    socket.write_all(&method(10, 11, &start_ok)).unwrap();
+    read_frame(&mut socket); // tune
+    let mut tune_ok = 0u16.to_be_bytes().to_vec();
+    tune_ok.extend_from_slice(&4096u32.to_be_bytes());
+    tune_ok.extend_from_slice(&0u16.to_be_bytes());
+    socket.write_all(&method(10, 31, &tune_ok)).unwrap();
+    socket.write_all(&method(10, 40, &[1, b'/', 0, 0])).unwrap();
+    read_frame(&mut socket); // open-ok
+    socket
+}
+
+#[test]
+fn malformed_input_gets_the_right_close_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    // A wrong protocol header is answered with ours, then the socket closes.
+    let mut socket = TcpStream::connect(&server.amqp).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.write_all(b"AMQP\x01\x01\x00\x0a").unwrap();
+    let mut header = [0u8; 8];
+    socket.read_exact(&mut header).unwrap();
+    assert_eq!(&header, b"AMQP\x00\x00\x09\x01");
+    // A frame larger than the negotiated frame_max: 501, refused from its header alone.
+    let mut socket = raw_handshake(&server.amqp);
+    socket.write_all(&[3, 0, 1, 0, 0x10, 0, 0]).unwrap();
+    assert_eq!(read_connection_close(&mut socket), Some(501));
+    // A method on a channel that was never opened: 504.
+    let mut socket = raw_handshake(&server.amqp);
+    socket
+        .write_all(&[1, 0, 7, 0, 0, 0, 5, 0, 85, 0, 10, 0, 0xCE]) // confirm.select
+        .unwrap();
+    assert_eq!(read_connection_close(&mut socket), Some(504));
+    // An unknown method: 540.
+    let mut socket = raw_handshake(&server.amqp);
+    socket
+        .write_all(&[1, 0, 0, 0, 0, 0, 4, 0, 99, 0, 1, 0xCE])
+        .unwrap();
+    assert_eq!(read_connection_close(&mut socket), Some(540));
+    // A bad frame end: 501.
+    let mut socket = raw_handshake(&server.amqp);
+    socket.write_all(&[8, 0, 0, 0, 0, 0, 0, 0x00]).unwrap();
+    assert_eq!(read_connection_close(&mut socket), Some(501));
+    // Meanwhile a well-behaved client works.
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        declare_queue(&ch, "ok").await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        publish(&ch, "", "ok", b"fine", persistent()).await;
+        assert_eq!(get_body(&ch, "ok").await.as_deref(), Some(&b"fine"[..]));
+    });
+    // Wrong credentials: 403 and the connection ends.
+    runtime().block_on(async {
+        let uri = format!("amqp://guest:wrong@{}/%2f", server.amqp);
+        let err = Connection::connect(&uri, ConnectionProperties::default())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err}").contains("ACCESS_REFUSED") || format!("{err:?}").contains("403"),
+            "{err:?}"
+        );
+    });
+}
