@@ -397,19 +397,7 @@ impl VirtualHost {
             if d.passive {
                 return Ok(());
             }
-            if d.name.is_empty() || d.name.starts_with("amq.") {
-                // RabbitMQ accepts an equivalent redeclaration of a predeclared exchange.
-                if existing.kind.name() != d.kind || !d.durable {
-                    return Err(AmqpError::new(
-                        code::ACCESS_REFUSED,
-                        format!(
-                            "exchange name '{}' contains reserved prefix 'amq.*'",
-                            d.name
-                        ),
-                    ));
-                }
-                return Ok(());
-            }
+            // Predeclared exchanges too: an equivalent redeclaration is fine.
             let what = "exchange";
             if existing.kind.name() != d.kind {
                 return Err(inequivalent(
@@ -484,10 +472,16 @@ impl VirtualHost {
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
         let mut state = self.lock();
-        if name.is_empty() || name.starts_with("amq.") {
+        if name.is_empty() {
             return Err(AmqpError::new(
                 code::ACCESS_REFUSED,
-                format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if PREDECLARED.iter().any(|(n, _)| *n == name) {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                format!("deletion of system exchange '{name}' in vhost '/' not allowed"),
             ));
         }
         let Some(exchange) = state.exchanges.get(name) else {
