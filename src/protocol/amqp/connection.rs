@@ -333,6 +333,16 @@ impl Connection {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.last_received = Instant::now();
+        // Frames the client pipelined behind the handshake are already buffered.
+        if !self.input.is_empty() {
+            let end = self.process_input();
+            if !self.flush().await {
+                return End::Gone;
+            }
+            if let Some(end) = end {
+                return end;
+            }
+        }
         loop {
             let end = tokio::select! {
                 read = self.reader.read_buf(&mut self.input) => match read {
