@@ -201,13 +201,19 @@ async fn producer(o: Arc<Options>, stop: Arc<AtomicBool>, confirmed: Arc<AtomicU
         }
         match client.next().await {
             Frame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => {
-                let upto = if ack.multiple {
-                    ack.delivery_tag
+                let confirmed_now: Vec<(u64, Instant)> = if ack.multiple {
+                    let n = in_flight
+                        .iter()
+                        .take_while(|(seq, _)| *seq <= ack.delivery_tag)
+                        .count();
+                    in_flight.drain(..n).collect()
                 } else {
-                    ack.delivery_tag
+                    let at = in_flight
+                        .iter()
+                        .position(|(seq, _)| *seq == ack.delivery_tag);
+                    at.and_then(|i| in_flight.remove(i)).into_iter().collect()
                 };
-                while in_flight.front().is_some_and(|(seq, _)| *seq <= upto) {
-                    let (_, sent) = in_flight.pop_front().unwrap();
+                for (_, sent) in confirmed_now {
                     latencies.push(sent.elapsed().as_micros() as u64);
                     confirmed.fetch_add(1, Ordering::Relaxed);
                 }
