@@ -904,3 +904,256 @@ fn malformed_input_gets_the_right_close_and_others_are_unaffected() {
         );
     });
 }
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(s(k), v.clone());
+    }
+    t
+}
+
+fn text(v: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v.as_bytes()))
+}
+
+/// The `x-death` entries of a message: (reason, queue, count).
+fn deaths(properties: &BasicProperties) -> Vec<(String, String, i64)> {
+    let headers = properties.headers().as_ref().expect("headers");
+    let Some(AMQPValue::FieldArray(entries)) = headers.inner().get("x-death") else {
+        panic!("no x-death: {headers:?}");
+    };
+    let field = |t: &FieldTable, k: &str| match t.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+        other => panic!("{k}: {other:?}"),
+    };
+    entries
+        .as_slice()
+        .iter()
+        .map(|e| match e {
+            AMQPValue::FieldTable(t) => {
+                let count = match t.inner().get("count") {
+                    Some(AMQPValue::LongLongInt(n)) => *n,
+                    other => panic!("count: {other:?}"),
+                };
+                (field(t, "reason"), field(t, "queue"), count)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn ttl_dead_lettering_and_single_active_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_declare(
+            s("dlx"),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        declare_queue(&ch, "dead").await;
+        ch.queue_bind(
+            s("dead"),
+            s("dlx"),
+            s(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        // A TTL queue with no consumer feeds the dead-letter exchange (delayed retry).
+        ch.queue_declare(
+            s("delay"),
+            QueueDeclareOptions::default(),
+            args(&[
+                ("x-message-ttl", AMQPValue::LongInt(150)),
+                ("x-dead-letter-exchange", text("dlx")),
+            ]),
+        )
+        .await
+        .unwrap();
+        publish(&ch, "", "delay", b"later", persistent()).await;
+        assert_eq!(get_body(&ch, "dead").await, None, "not before the TTL");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let got = ch
+            .basic_get(s("dead"), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("dead-lettered");
+        assert_eq!(got.delivery.data, b"later");
+        assert_eq!(got.delivery.exchange.as_str(), "dlx");
+        assert_eq!(
+            deaths(&got.delivery.properties),
+            [("expired".to_string(), "delay".to_string(), 1)]
+        );
+        assert!(get_body(&ch, "delay").await.is_none());
+
+        // Per-message expiration, and rejection, with a dead-letter routing key.
+        ch.exchange_declare(
+            s("dlx2"),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        declare_queue(&ch, "parking").await;
+        ch.queue_bind(
+            s("parking"),
+            s("dlx2"),
+            s("park"),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            s("jobs"),
+            QueueDeclareOptions::default(),
+            args(&[
+                ("x-dead-letter-exchange", text("dlx2")),
+                ("x-dead-letter-routing-key", text("park")),
+            ]),
+        )
+        .await
+        .unwrap();
+        publish(
+            &ch,
+            "",
+            "jobs",
+            b"short-lived",
+            BasicProperties::default().with_expiration(s("50")),
+        )
+        .await;
+        publish(&ch, "", "jobs", b"bad", persistent()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let job = ch
+            .basic_get(s("jobs"), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.delivery.data, b"bad", "the expired one is gone");
+        job.delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .unwrap();
+        let mut parked = Vec::new();
+        for _ in 0..50 {
+            if let Some(m) = ch
+                .basic_get(s("parking"), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                parked.push((
+                    String::from_utf8(m.delivery.data.clone()).unwrap(),
+                    deaths(&m.delivery.properties)[0].0.clone(),
+                    m.delivery.routing_key.to_string(),
+                ));
+                if parked.len() == 2 {
+                    break;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(
+            parked,
+            [
+                (
+                    "short-lived".to_string(),
+                    "expired".to_string(),
+                    "park".to_string()
+                ),
+                (
+                    "bad".to_string(),
+                    "rejected".to_string(),
+                    "park".to_string()
+                )
+            ]
+        );
+        // Invalid arguments are refused as RabbitMQ does.
+        let err = ch
+            .queue_declare(
+                s("neg"),
+                QueueDeclareOptions::default(),
+                args(&[("x-message-ttl", AMQPValue::LongInt(-1))]),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 406);
+
+        // Single active consumer: only the first consumer receives until it goes.
+        let ch = connection.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.queue_declare(
+            s("sac"),
+            QueueDeclareOptions::default(),
+            args(&[("x-single-active-consumer", AMQPValue::Boolean(true))]),
+        )
+        .await
+        .unwrap();
+        let c1 = connection.create_channel().await.unwrap();
+        let c2 = connection.create_channel().await.unwrap();
+        let mut first = c1
+            .basic_consume(
+                s("sac"),
+                s("first"),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut second = c2
+            .basic_consume(
+                s("sac"),
+                s("second"),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for i in 0..4 {
+            publish(&ch, "", "sac", format!("s{i}").as_bytes(), persistent()).await;
+        }
+        for i in 0..4 {
+            let d = tokio::time::timeout(Duration::from_secs(5), first.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(d.data, format!("s{i}").as_bytes());
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), second.next())
+                .await
+                .is_err()
+        );
+        c1.basic_cancel(s("first"), BasicCancelOptions::default())
+            .await
+            .unwrap();
+        publish(&ch, "", "sac", b"to-second", persistent()).await;
+        let d = tokio::time::timeout(Duration::from_secs(5), second.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, b"to-second");
+    });
+}

@@ -134,6 +134,7 @@ pub async fn run(
         config.amqp_user.clone(),
         config.amqp_password.clone(),
     ));
+    crate::protocol::amqp::spawn_expiry_sweeper(Arc::clone(&amqp_shared));
     let amqp_accept_loop = async {
         loop {
             let socket = match amqp_listener.accept().await {

@@ -5,7 +5,8 @@
 //! them (flags and list), `m` = one byte of flags (bit 0: persistent); body = the message body;
 //! timestamp = when it was enqueued (ms).
 
-use amq_protocol::protocol::basic::{parse_properties, AMQPProperties};
+use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 
 use crate::storage::{Record, RecordView};
@@ -24,6 +25,8 @@ pub struct Message {
     /// The same, decoded (for routing on headers, expiry, priority, persistence).
     pub properties: AMQPProperties,
     pub body: Bytes,
+    /// When the queue took it (ms since the epoch): the start of its TTL.
+    pub enqueued_ms: i64,
 }
 
 impl Message {
@@ -32,7 +35,16 @@ impl Message {
         *self.properties.delivery_mode() == Some(2)
     }
 
-    pub fn to_record(&self, timestamp_ms: i64) -> Record {
+    /// Per-message TTL from the `expiration` property (milliseconds, as a decimal string).
+    pub fn expiration_ms(&self) -> Option<u64> {
+        self.properties
+            .expiration()
+            .as_ref()
+            .and_then(|e| e.as_str().parse().ok())
+    }
+
+    pub fn to_record(&self) -> Record {
+        let timestamp_ms = self.enqueued_ms;
         let flags = if self.is_persistent() {
             FLAG_PERSISTENT
         } else {
@@ -69,6 +81,7 @@ impl Message {
             raw_properties,
             properties,
             body: Bytes::copy_from_slice(record.body),
+            enqueued_ms: record.timestamp_ms,
         })
     }
 
@@ -78,5 +91,149 @@ impl Message {
             .headers()
             .find(|(k, _)| *k == HEADER_FLAGS)
             .is_some_and(|(_, v)| v.first().is_some_and(|f| f & FLAG_PERSISTENT != 0))
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+fn text_of(value: Option<&AMQPValue>) -> Option<String> {
+    match value? {
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// `properties` with `headers` replaced and `expiration` removed (the setters cannot unset).
+fn rebuilt(properties: &AMQPProperties, headers: FieldTable) -> AMQPProperties {
+    let mut p = AMQPProperties::default().with_headers(headers);
+    let copy = |v: &Option<ShortString>| v.clone();
+    if let Some(v) = copy(properties.content_type()) {
+        p = p.with_content_type(v);
+    }
+    if let Some(v) = copy(properties.content_encoding()) {
+        p = p.with_content_encoding(v);
+    }
+    if let Some(v) = *properties.delivery_mode() {
+        p = p.with_delivery_mode(v);
+    }
+    if let Some(v) = *properties.priority() {
+        p = p.with_priority(v);
+    }
+    if let Some(v) = copy(properties.correlation_id()) {
+        p = p.with_correlation_id(v);
+    }
+    if let Some(v) = copy(properties.reply_to()) {
+        p = p.with_reply_to(v);
+    }
+    if let Some(v) = copy(properties.message_id()) {
+        p = p.with_message_id(v);
+    }
+    if let Some(v) = *properties.timestamp() {
+        p = p.with_timestamp(v);
+    }
+    if let Some(v) = copy(properties.kind()) {
+        p = p.with_type(v);
+    }
+    if let Some(v) = copy(properties.user_id()) {
+        p = p.with_user_id(v);
+    }
+    if let Some(v) = copy(properties.app_id()) {
+        p = p.with_app_id(v);
+    }
+    if let Some(v) = copy(properties.cluster_id()) {
+        p = p.with_cluster_id(v);
+    }
+    p
+}
+
+impl Message {
+    /// The message as dead-lettered from `queue` for `reason`, to be published to
+    /// `exchange` with `routing_key`: RabbitMQ's `x-death` history (one entry per queue and
+    /// reason, newest first, with a count), the `x-first-death-*` headers, and the
+    /// `expiration` property moved to the entry's `original-expiration`.
+    pub fn dead_lettered(
+        &self,
+        queue: &str,
+        reason: &str,
+        exchange: &str,
+        routing_key: &str,
+        now_ms: i64,
+    ) -> Message {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
+            Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+            _ => Vec::new(),
+        };
+        let same = deaths.iter().position(|d| match d {
+            AMQPValue::FieldTable(t) => {
+                text_of(t.inner().get("queue")).as_deref() == Some(queue)
+                    && text_of(t.inner().get("reason")).as_deref() == Some(reason)
+            }
+            _ => false,
+        });
+        let entry = match same.map(|i| deaths.remove(i)) {
+            Some(AMQPValue::FieldTable(mut t)) => {
+                let count = match t.inner().get("count") {
+                    Some(AMQPValue::LongLongInt(n)) => *n,
+                    _ => 0,
+                };
+                t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
+                t
+            }
+            _ => {
+                let mut t = FieldTable::default();
+                t.insert("count".into(), AMQPValue::LongLongInt(1));
+                t.insert("reason".into(), long_string(reason));
+                t.insert("queue".into(), long_string(queue));
+                t.insert(
+                    "time".into(),
+                    AMQPValue::Timestamp(u64::try_from(now_ms / 1000).unwrap_or(0)),
+                );
+                t.insert(
+                    "exchange".into(),
+                    long_string(&String::from_utf8_lossy(&self.exchange)),
+                );
+                let key = long_string(&String::from_utf8_lossy(&self.routing_key));
+                t.insert(
+                    "routing-keys".into(),
+                    AMQPValue::FieldArray(FieldArray::from(vec![key])),
+                );
+                if let Some(expiration) = self.properties.expiration() {
+                    t.insert(
+                        "original-expiration".into(),
+                        long_string(expiration.as_str()),
+                    );
+                }
+                t
+            }
+        };
+        deaths.insert(0, AMQPValue::FieldTable(entry));
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(deaths)),
+        );
+        if !headers.contains_key("x-first-death-exchange") {
+            let first_exchange = String::from_utf8_lossy(&self.exchange).into_owned();
+            headers.insert(
+                "x-first-death-exchange".into(),
+                long_string(&first_exchange),
+            );
+            headers.insert("x-first-death-queue".into(), long_string(queue));
+            headers.insert("x-first-death-reason".into(), long_string(reason));
+        }
+        let properties = rebuilt(&self.properties, headers);
+        let raw =
+            cookie_factory::gen_simple(gen_properties(&properties), Vec::new()).unwrap_or_default();
+        Message {
+            exchange: Bytes::from(exchange.to_string().into_bytes()),
+            routing_key: Bytes::from(routing_key.to_string().into_bytes()),
+            raw_properties: Bytes::from(raw),
+            properties,
+            body: self.body.clone(),
+            enqueued_ms: now_ms,
+        }
     }
 }

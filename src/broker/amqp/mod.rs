@@ -6,6 +6,7 @@
 //! On disk, under `<data>/amqp/`: `definitions` (durable exchanges, queues, bindings; see
 //! [`definitions`]) and `queues/<id>/` per queue (`messages/` log, `acks/` journal).
 
+pub mod args;
 pub mod definitions;
 pub mod exchange;
 pub mod message;
@@ -23,7 +24,9 @@ use crate::storage::{Durability, LogConfig};
 use definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::Message;
-pub use queue::{ChannelLimit, ConsumerSpec, Delivery, Queue, QueueError, QueueEvent};
+pub use queue::{
+    ChannelLimit, ConsumerSpec, DeadLetter, DeadReason, Delivery, Queue, QueueError, QueueEvent,
+};
 
 /// AMQP reply codes (the spec's constants, as RabbitMQ uses them).
 pub mod code {
@@ -654,6 +657,8 @@ impl VirtualHost {
                 format!("queue name '{name}' contains reserved prefix 'amq.*'"),
             ));
         }
+        args::QueueArgs::parse(&name, &d.arguments)
+            .map_err(|why| AmqpError::new(code::PRECONDITION_FAILED, why))?;
         if let Some(kind) = d.arguments.inner().get("x-queue-type") {
             let kind = value_text(kind);
             if kind != "classic" {
@@ -864,6 +869,55 @@ impl VirtualHost {
             }
         }
         Ok(queues)
+    }
+
+    /// Publish what `from` dropped to its dead-letter exchange (with the dead-letter routing
+    /// key, else the original one). Returns the logs written, for the caller to ask for
+    /// their fsync. A missing dead-letter exchange drops the messages, as in RabbitMQ.
+    pub fn dead_letter(
+        &self,
+        from: &Queue,
+        letters: Vec<DeadLetter>,
+    ) -> Vec<(crate::storage::Log, u64)> {
+        let Some(exchange) = from.args.dead_letter_exchange.clone() else {
+            return Vec::new();
+        };
+        let now = crate::storage::recovery::now_ms();
+        let mut waits = Vec::new();
+        for letter in letters {
+            let key = from
+                .args
+                .dead_letter_routing_key
+                .clone()
+                .unwrap_or_else(|| {
+                    String::from_utf8_lossy(&letter.message.routing_key).into_owned()
+                });
+            let message = letter.message.dead_lettered(
+                &from.name,
+                letter.reason.name(),
+                &exchange,
+                &key,
+                now,
+            );
+            let Ok(queues) = self.route(&exchange, &key, message.properties.headers().as_ref())
+            else {
+                continue;
+            };
+            for queue in queues {
+                match queue.publish(&message) {
+                    Ok(offset) => waits.push((queue.log().clone(), offset)),
+                    Err(e) => {
+                        tracing::warn!(queue = %queue.name, error = %e, "dead-lettering failed")
+                    }
+                }
+            }
+        }
+        waits
+    }
+
+    /// Every queue (for periodic work such as expiring messages).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.lock().queues.values().cloned().collect()
     }
 
     /// Close every queue's logs cleanly (server shutdown).

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 
+use super::args::QueueArgs;
 use super::message::Message;
 use super::ranges::RangeSet;
 use crate::broker::journal::Journal;
@@ -136,6 +137,33 @@ struct QueueState {
     next_consumer: usize,
     /// Set once a consumer attached (auto-delete applies after the last one leaves).
     had_consumer: bool,
+    /// Messages dropped with a dead-letter exchange configured, for the caller to route
+    /// ([`Queue::take_dead_letters`]).
+    dead_letters: Vec<DeadLetter>,
+}
+
+/// Why a message left a queue without being acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadReason {
+    Rejected,
+    Expired,
+    Maxlen,
+}
+
+impl DeadReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadReason::Rejected => "rejected",
+            DeadReason::Expired => "expired",
+            DeadReason::Maxlen => "maxlen",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub message: Message,
+    pub reason: DeadReason,
 }
 
 pub struct Queue {
@@ -146,6 +174,8 @@ pub struct Queue {
     /// The connection that declared an exclusive queue.
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
+    /// The arguments Potok acts on, parsed.
+    pub args: QueueArgs,
     log: Log,
     journal: Option<Journal>,
     state: Mutex<QueueState>,
@@ -212,12 +242,14 @@ impl Queue {
             }
             offset = next;
         }
+        let args = QueueArgs::parse(&options.name, &options.arguments).unwrap_or_default();
         let queue = Queue {
             name: options.name,
             id: options.id,
             durable: options.durable,
             auto_delete: options.auto_delete,
             exclusive_owner: options.exclusive_owner,
+            args,
             arguments: options.arguments,
             log,
             journal,
@@ -231,6 +263,7 @@ impl Queue {
                 consumers: Vec::new(),
                 next_consumer: 0,
                 had_consumer: false,
+                dead_letters: Vec::new(),
             }),
             dispatch_wanted: Arc::new(Notify::new()),
             dispatcher_running: AtomicBool::new(false),
@@ -258,7 +291,7 @@ impl Queue {
 
     /// Append a message without waiting for durability; returns the offset to wait for.
     pub fn publish(&self, message: &Message) -> storage::Result<u64> {
-        let record = message.to_record(crate::storage::recovery::now_ms());
+        let record = message.to_record();
         Ok(self
             .log
             .append_without_waiting(std::slice::from_ref(&record))?
@@ -377,6 +410,10 @@ impl Queue {
 
     /// The next consumer with room, round-robin.
     fn pick_consumer(&self, state: &mut QueueState) -> Option<usize> {
+        if self.args.single_active_consumer {
+            // Only the longest-standing consumer receives; the next takes over when it goes.
+            return state.consumers.first().filter(|c| c.has_room()).map(|_| 0);
+        }
         let n = state.consumers.len();
         for i in 0..n {
             let index = (state.next_consumer + i) % n;
@@ -388,13 +425,81 @@ impl Queue {
         None
     }
 
-    /// Take the next ready message: requeued ones first, then the log from `next_ready`.
+    /// Take the next ready message that has not expired: requeued ones first, then the log
+    /// from `next_ready`. Expired ones met on the way are dropped (dead-lettered if configured),
+    /// as RabbitMQ expires messages when they reach the head.
     fn take_ready(&self, state: &mut QueueState) -> storage::Result<Option<(u64, bool, Message)>> {
+        let now = crate::storage::recovery::now_ms();
+        loop {
+            let Some((offset, redelivered, message)) = self.take_next(state)? else {
+                return Ok(None);
+            };
+            if !self.expired(&message, now) {
+                return Ok(Some((offset, redelivered, message)));
+            }
+            self.acknowledge(state, offset);
+            self.dead_letter(state, message, DeadReason::Expired);
+        }
+    }
+
+    fn expired(&self, message: &Message, now_ms: i64) -> bool {
+        let ttl = match (self.args.message_ttl_ms, message.expiration_ms()) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => return false,
+        };
+        message
+            .enqueued_ms
+            .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
+            <= now_ms
+    }
+
+    /// Keep a dropped message for dead-lettering if the queue has a dead-letter exchange.
+    fn dead_letter(&self, state: &mut QueueState, message: Message, reason: DeadReason) {
+        if self.args.dead_letter_exchange.is_some() {
+            state.dead_letters.push(DeadLetter { message, reason });
+        }
+    }
+
+    /// Drop expired messages at the head even with no consumer (a TTL queue feeding a
+    /// dead-letter exchange is how delayed retries are built). Queues without a TTL or a
+    /// dead-letter exchange are left alone: their expired messages go when they reach a
+    /// consumer.
+    pub fn expire_head(&self) -> storage::Result<()> {
+        if self.args.message_ttl_ms.is_none() && self.args.dead_letter_exchange.is_none() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        let now = crate::storage::recovery::now_ms();
+        while let Some((offset, redelivered, message)) = self.take_next(&mut state)? {
+            if self.expired(&message, now) {
+                self.acknowledge(&mut state, offset);
+                self.dead_letter(&mut state, message, DeadReason::Expired);
+                continue;
+            }
+            // Not expired: put it back where it was.
+            if redelivered {
+                state.requeued.insert(offset);
+            } else {
+                state.next_ready = offset;
+                state.ahead.push_front((offset, message));
+            }
+            break;
+        }
+        Ok(())
+    }
+
+    /// Messages dropped since the last call that should go to the dead-letter exchange.
+    pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.lock().dead_letters)
+    }
+
+    fn take_next(&self, state: &mut QueueState) -> storage::Result<Option<(u64, bool, Message)>> {
         if let Some(offset) = state.requeued.pop_first() {
             match self.read_one(offset)? {
                 Some(message) => return Ok(Some((offset, true, message))),
                 // Gone (a purge raced it): nothing to deliver there.
-                None => return self.take_ready(state),
+                None => return self.take_next(state),
             }
         }
         if state.ahead.is_empty() {
@@ -467,6 +572,24 @@ impl Queue {
         }
         drop(state);
         self.wake_dispatcher();
+    }
+
+    /// Drop a delivered message without requeueing it (reject or nack): dead-lettered if the
+    /// queue has a dead-letter exchange (see [`Queue::take_dead_letters`]).
+    pub fn reject(&self, offset: u64) -> storage::Result<()> {
+        let mut state = self.lock();
+        if let Some(consumer_id) = state.unacked.remove(&offset) {
+            release_credit(&mut state, consumer_id);
+            self.acknowledge(&mut state, offset);
+            if self.args.dead_letter_exchange.is_some() {
+                if let Some(message) = self.read_one(offset)? {
+                    self.dead_letter(&mut state, message, DeadReason::Rejected);
+                }
+            }
+        }
+        drop(state);
+        self.wake_dispatcher();
+        Ok(())
     }
 
     /// Put a delivered message back where it was; it goes out again marked redelivered.
@@ -674,6 +797,7 @@ mod tests {
             raw_properties: Bytes::from(raw),
             properties,
             body: Bytes::from(body.to_string()),
+            enqueued_ms: crate::storage::recovery::now_ms(),
         }
     }
 

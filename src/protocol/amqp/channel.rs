@@ -30,7 +30,7 @@ pub const MESSAGE_BYTES_MAX: u64 = 128 * 1024 * 1024;
 
 /// What the connection lends a channel while it handles a method.
 pub struct Ctx<'a> {
-    pub shared: &'a AmqpShared,
+    pub shared: &'a Arc<AmqpShared>,
     pub connection_id: u64,
     pub out: &'a mut Vec<u8>,
     pub frame_max: u32,
@@ -470,7 +470,7 @@ impl Channel {
                     tag: a.delivery_tag,
                     multiple: a.multiple,
                 };
-                self.settle_or_defer(settlement)?;
+                self.settle_or_defer(settlement, ctx.shared)?;
             }
             basic::AMQPMethod::Nack(n) => {
                 let settlement = Settlement::Reject {
@@ -478,7 +478,7 @@ impl Channel {
                     multiple: n.multiple,
                     requeue: n.requeue,
                 };
-                self.settle_or_defer(settlement)?;
+                self.settle_or_defer(settlement, ctx.shared)?;
             }
             basic::AMQPMethod::Reject(r) => {
                 let settlement = Settlement::Reject {
@@ -486,7 +486,7 @@ impl Channel {
                     multiple: false,
                     requeue: r.requeue,
                 };
-                self.settle_or_defer(settlement)?;
+                self.settle_or_defer(settlement, ctx.shared)?;
             }
             basic::AMQPMethod::Recover(r) => {
                 self.recover(r.requeue)?;
@@ -551,7 +551,7 @@ impl Channel {
                 )
             })?;
         ctx.consumer_channels.insert(consumer_id, self.id);
-        spawn_dispatcher(&queue);
+        spawn_dispatcher(&queue, ctx.shared);
         self.consumers.insert(
             tag,
             ConsumerEntry {
@@ -583,6 +583,7 @@ impl Channel {
         let got = queue
             .get(g.no_ack)
             .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
+        route_dead_letters(ctx.shared, &queue);
         let Some((offset, redelivered, message, remaining)) = got else {
             ok(
                 ctx.out,
@@ -699,7 +700,11 @@ impl Channel {
         }
     }
 
-    fn settle_or_defer(&mut self, settlement: Settlement) -> Result<(), AmqpError> {
+    fn settle_or_defer(
+        &mut self,
+        settlement: Settlement,
+        shared: &AmqpShared,
+    ) -> Result<(), AmqpError> {
         let (tag, multiple) = match settlement {
             Settlement::Ack { tag, multiple } | Settlement::Reject { tag, multiple, .. } => {
                 (tag, multiple)
@@ -716,12 +721,12 @@ impl Channel {
         }
         match &mut self.tx {
             Some(tx) => tx.settlements.push(settlement),
-            None => self.settle(settlement)?,
+            None => self.settle(settlement, shared)?,
         }
         Ok(())
     }
 
-    fn settle(&mut self, settlement: Settlement) -> Result<(), AmqpError> {
+    fn settle(&mut self, settlement: Settlement, shared: &AmqpShared) -> Result<(), AmqpError> {
         let (tag, multiple, action) = match settlement {
             Settlement::Ack { tag, multiple } => (tag, multiple, None),
             Settlement::Reject {
@@ -747,8 +752,13 @@ impl Channel {
             }
             match action {
                 Some(true) => u.queue.requeue(u.offset),
-                // Acked, or rejected without requeue (dropped).
-                _ => u.queue.ack(u.offset),
+                Some(false) => {
+                    u.queue
+                        .reject(u.offset)
+                        .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
+                    route_dead_letters(shared, &u.queue);
+                }
+                None => u.queue.ack(u.offset),
             }
         }
         Ok(())
@@ -802,7 +812,7 @@ impl Channel {
                     }
                 }
                 for s in tx.settlements {
-                    self.settle(s)?;
+                    self.settle(s, ctx.shared)?;
                 }
                 if let Some(waiter) = &self.waiter {
                     let _ = waiter.send(WaitItem::Commit { waits });
@@ -935,6 +945,7 @@ impl Channel {
             raw_properties,
             properties,
             body: pending.body.freeze(),
+            enqueued_ms: crate::storage::recovery::now_ms(),
         };
         if queues.is_empty() && pending.mandatory {
             ok(
@@ -1016,12 +1027,12 @@ fn server_method(method: AMQPClass) -> AmqpError {
 }
 
 /// One task per queue moves ready messages to consumers whenever something changes.
-fn spawn_dispatcher(queue: &Arc<Queue>) {
+fn spawn_dispatcher(queue: &Arc<Queue>, shared: &Arc<AmqpShared>) {
     if queue.dispatcher_running.swap(true, Ordering::AcqRel) {
         queue.wake_dispatcher();
         return;
     }
-    let queue = Arc::clone(queue);
+    let (queue, shared) = (Arc::clone(queue), Arc::clone(shared));
     tokio::spawn(async move {
         loop {
             if queue.is_deleted() {
@@ -1030,7 +1041,22 @@ fn spawn_dispatcher(queue: &Arc<Queue>) {
             if let Err(e) = queue.dispatch() {
                 tracing::error!(queue = %queue.name, error = %e, "dispatch failed");
             }
+            route_dead_letters(&shared, &queue);
             queue.dispatch_wanted().await;
         }
     });
+}
+
+/// Publish what `queue` dropped to its dead-letter exchange, and ask for the fsync so the
+/// dead letters become visible.
+pub fn route_dead_letters(shared: &AmqpShared, queue: &Queue) {
+    let letters = queue.take_dead_letters();
+    if letters.is_empty() {
+        return;
+    }
+    for (log, offset) in shared.broker.vhost().dead_letter(queue, letters) {
+        tokio::spawn(async move {
+            let _ = log.wait_until_durable_async(offset).await;
+        });
+    }
 }
