@@ -1151,3 +1151,125 @@ fn ttl_dead_lettering_and_single_active_consumer() {
         assert_eq!(d.data, b"to-second");
     });
 }
+
+#[test]
+fn length_limits_drop_head_or_reject_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_declare(
+            s("overflow"),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        declare_queue(&ch, "dropped").await;
+        ch.queue_bind(
+            s("dropped"),
+            s("overflow"),
+            s(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            s("last-two"),
+            QueueDeclareOptions::default(),
+            args(&[
+                ("x-max-length", AMQPValue::LongInt(2)),
+                ("x-dead-letter-exchange", text("overflow")),
+            ]),
+        )
+        .await
+        .unwrap();
+        for i in 0..4 {
+            publish(
+                &ch,
+                "",
+                "last-two",
+                format!("n{i}").as_bytes(),
+                persistent(),
+            )
+            .await;
+        }
+        assert_eq!(drain(&ch, "last-two").await, ["n2", "n3"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut dropped = Vec::new();
+        while let Some(m) = ch
+            .basic_get(s("dropped"), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            dropped.push((
+                String::from_utf8(m.delivery.data.clone()).unwrap(),
+                deaths(&m.delivery.properties)[0].0.clone(),
+            ));
+        }
+        assert_eq!(
+            dropped,
+            [
+                ("n0".to_string(), "maxlen".to_string()),
+                ("n1".to_string(), "maxlen".to_string())
+            ]
+        );
+
+        // Bytes: a 10-byte limit keeps only the newest 6-byte body.
+        ch.queue_declare(
+            s("bytes"),
+            QueueDeclareOptions::default(),
+            args(&[("x-max-length-bytes", AMQPValue::LongInt(10))]),
+        )
+        .await
+        .unwrap();
+        for body in ["aaaaaa", "bbbbbb", "cccccc"] {
+            publish(&ch, "", "bytes", body.as_bytes(), persistent()).await;
+        }
+        assert_eq!(drain(&ch, "bytes").await, ["cccccc"]);
+
+        // reject-publish: the publish that does not fit is nacked and not stored.
+        ch.queue_declare(
+            s("one"),
+            QueueDeclareOptions::default(),
+            args(&[
+                ("x-max-length", AMQPValue::LongInt(1)),
+                ("x-overflow", text("reject-publish")),
+            ]),
+        )
+        .await
+        .unwrap();
+        let first = ch
+            .basic_publish(
+                s(""),
+                s("one"),
+                BasicPublishOptions::default(),
+                b"fits",
+                persistent(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let second = ch
+            .basic_publish(
+                s(""),
+                s("one"),
+                BasicPublishOptions::default(),
+                b"refused",
+                persistent(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(first.is_ack());
+        assert!(second.is_nack());
+        assert_eq!(drain(&ch, "one").await, ["fits"]);
+    });
+}

@@ -905,7 +905,8 @@ impl VirtualHost {
             };
             for queue in queues {
                 match queue.publish(&message) {
-                    Ok(offset) => waits.push((queue.log().clone(), offset)),
+                    Ok(Some(offset)) => waits.push((queue.log().clone(), offset)),
+                    Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(queue = %queue.name, error = %e, "dead-lettering failed")
                     }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 
-use super::args::QueueArgs;
+use super::args::{Overflow, QueueArgs};
 use super::message::Message;
 use super::ranges::RangeSet;
 use crate::broker::journal::Journal;
@@ -124,8 +124,11 @@ struct QueueState {
     next_ready: u64,
     /// Offsets handed back, to go out again first.
     requeued: BTreeSet<u64>,
-    /// Delivered and not yet acknowledged: offset → consumer id (0 for `basic.get`).
-    unacked: HashMap<u64, u64>,
+    /// Delivered and not yet acknowledged: offset → (consumer id (0 for `basic.get`), body
+    /// bytes).
+    unacked: HashMap<u64, (u64, u64)>,
+    /// Body bytes of the ready messages (for `x-max-length-bytes`).
+    ready_bytes: u64,
     /// Acknowledged offsets at or above `ack_floor`.
     acked: RangeSet,
     /// Every offset below this is acknowledged (or gone).
@@ -228,6 +231,7 @@ impl Queue {
         ack_floor = ack_floor.max(log.start_offset());
         acked.remove_below(ack_floor);
         // Transient messages do not survive a restart: count them as acknowledged.
+        let mut ready_bytes = 0;
         let mut offset = ack_floor;
         let end = log.visible_next_offset();
         while offset < end {
@@ -238,6 +242,8 @@ impl Queue {
             for record in read.records() {
                 if !Message::record_is_persistent(&record) {
                     acked.insert(record.offset);
+                } else if !acked.contains(record.offset) {
+                    ready_bytes += record.body.len() as u64;
                 }
             }
             offset = next;
@@ -264,6 +270,7 @@ impl Queue {
                 next_consumer: 0,
                 had_consumer: false,
                 dead_letters: Vec::new(),
+                ready_bytes,
             }),
             dispatch_wanted: Arc::new(Notify::new()),
             dispatcher_running: AtomicBool::new(false),
@@ -289,13 +296,80 @@ impl Queue {
         &self.log
     }
 
-    /// Append a message without waiting for durability; returns the offset to wait for.
-    pub fn publish(&self, message: &Message) -> storage::Result<u64> {
+    /// Append a message without waiting for durability; returns the offset to wait for, or
+    /// `None` if a full queue with `x-overflow` `reject-publish` refused it. A full queue with
+    /// `drop-head` (the default) drops its oldest ready messages to make room (dead-lettered
+    /// if configured).
+    pub fn publish(&self, message: &Message) -> storage::Result<Option<u64>> {
+        if self.args.max_length.is_none() && self.args.max_length_bytes.is_none() {
+            return self.append(message).map(Some);
+        }
+        let mut state = self.lock();
+        let size = message.body.len() as u64;
+        loop {
+            let count = self.backlog_count(&state);
+            let full = self.args.max_length.is_some_and(|max| count + 1 > max)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|max| state.ready_bytes + size > max);
+            if !full {
+                break;
+            }
+            match self.args.overflow {
+                Overflow::DropHead => {
+                    if !self.drop_head(&mut state)? {
+                        break;
+                    }
+                }
+                Overflow::RejectPublish => return Ok(None),
+                Overflow::RejectPublishDlx => {
+                    self.dead_letter(&mut state, message.clone(), DeadReason::Maxlen);
+                    return Ok(None);
+                }
+            }
+        }
+        let offset = self.append(message)?;
+        state.ready_bytes += size;
+        Ok(Some(offset))
+    }
+
+    fn append(&self, message: &Message) -> storage::Result<u64> {
         let record = message.to_record();
         Ok(self
             .log
             .append_without_waiting(std::slice::from_ref(&record))?
             .next_offset)
+    }
+
+    /// Ready messages counting those appended but not yet durable (for length limits).
+    fn backlog_count(&self, state: &QueueState) -> u64 {
+        let end = self.log.next_offset();
+        let tail = end.saturating_sub(state.next_ready);
+        tail - state.acked.count_in(state.next_ready, end) + state.requeued.len() as u64
+    }
+
+    /// Drop the oldest ready message (dead-lettered as `maxlen` if configured). Its content
+    /// is needed only for dead-lettering or byte accounting; if it is not durable yet, this
+    /// waits for the fsync that makes it readable. Returns false if nothing is ready.
+    fn drop_head(&self, state: &mut QueueState) -> storage::Result<bool> {
+        let next = state.requeued.first().copied().or_else(|| {
+            skip_acked(state);
+            (state.next_ready < self.log.next_offset()).then_some(state.next_ready)
+        });
+        let Some(offset) = next else {
+            return Ok(false);
+        };
+        if offset >= self.log.visible_next_offset() {
+            self.log.wait_until_durable(offset + 1)?;
+        }
+        let Some((taken, _, message)) = self.take_next(state)? else {
+            return Ok(false);
+        };
+        debug_assert_eq!(taken, offset);
+        self.acknowledge(state, taken);
+        self.dead_letter(state, message, DeadReason::Maxlen);
+        Ok(true)
     }
 
     /// Messages ready for delivery (not counting unacknowledged ones).
@@ -367,6 +441,7 @@ impl Queue {
             let Some((offset, redelivered, message)) = self.take_ready(&mut state)? else {
                 return Ok(());
             };
+            let size = message.body.len() as u64;
             let consumer = &mut state.consumers[pick];
             let no_ack = consumer.spec.no_ack;
             let delivery = Delivery {
@@ -403,7 +478,7 @@ impl Queue {
             if no_ack {
                 self.acknowledge(&mut state, offset);
             } else {
-                state.unacked.insert(offset, id);
+                state.unacked.insert(offset, (id, size));
             }
         }
     }
@@ -478,6 +553,7 @@ impl Queue {
                 continue;
             }
             // Not expired: put it back where it was.
+            state.ready_bytes += message.body.len() as u64;
             if redelivered {
                 state.requeued.insert(offset);
             } else {
@@ -495,11 +571,22 @@ impl Queue {
     }
 
     fn take_next(&self, state: &mut QueueState) -> storage::Result<Option<(u64, bool, Message)>> {
+        let taken = self.take_next_unaccounted(state)?;
+        if let Some((_, _, message)) = &taken {
+            state.ready_bytes = state.ready_bytes.saturating_sub(message.body.len() as u64);
+        }
+        Ok(taken)
+    }
+
+    fn take_next_unaccounted(
+        &self,
+        state: &mut QueueState,
+    ) -> storage::Result<Option<(u64, bool, Message)>> {
         if let Some(offset) = state.requeued.pop_first() {
             match self.read_one(offset)? {
                 Some(message) => return Ok(Some((offset, true, message))),
                 // Gone (a purge raced it): nothing to deliver there.
-                None => return self.take_next(state),
+                None => return self.take_next_unaccounted(state),
             }
         }
         if state.ahead.is_empty() {
@@ -557,7 +644,7 @@ impl Queue {
         if no_ack {
             self.acknowledge(&mut state, offset);
         } else {
-            state.unacked.insert(offset, 0);
+            state.unacked.insert(offset, (0, message.body.len() as u64));
         }
         let remaining = self.ready_count(&state);
         Ok(Some((offset, redelivered, message, remaining)))
@@ -566,7 +653,7 @@ impl Queue {
     /// Acknowledge a delivered message.
     pub fn ack(&self, offset: u64) {
         let mut state = self.lock();
-        if let Some(consumer_id) = state.unacked.remove(&offset) {
+        if let Some((consumer_id, _)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
             self.acknowledge(&mut state, offset);
         }
@@ -578,7 +665,7 @@ impl Queue {
     /// queue has a dead-letter exchange (see [`Queue::take_dead_letters`]).
     pub fn reject(&self, offset: u64) -> storage::Result<()> {
         let mut state = self.lock();
-        if let Some(consumer_id) = state.unacked.remove(&offset) {
+        if let Some((consumer_id, _)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
             self.acknowledge(&mut state, offset);
             if self.args.dead_letter_exchange.is_some() {
@@ -595,9 +682,10 @@ impl Queue {
     /// Put a delivered message back where it was; it goes out again marked redelivered.
     pub fn requeue(&self, offset: u64) {
         let mut state = self.lock();
-        if let Some(consumer_id) = state.unacked.remove(&offset) {
+        if let Some((consumer_id, size)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
             state.requeued.insert(offset);
+            state.ready_bytes += size;
         }
         drop(state);
         self.wake_dispatcher();
@@ -619,6 +707,7 @@ impl Queue {
         }
         state.ahead.clear();
         state.next_ready = end;
+        state.ready_bytes = 0;
         self.advance_floor(&mut state);
         count
     }
@@ -818,7 +907,7 @@ mod tests {
     }
 
     fn publish_durably(queue: &Queue, message: &Message) {
-        let offset = queue.publish(message).unwrap();
+        let offset = queue.publish(message).unwrap().unwrap();
         queue.log().wait_until_durable(offset).unwrap();
     }
 

@@ -66,8 +66,14 @@ struct ConsumerEntry {
 
 /// Work for the channel's waiter task, processed in order.
 pub enum WaitItem {
-    /// Ack publishes up to `seq` once `waits` are durable.
-    Confirm { seq: u64, waits: Vec<(Log, u64)> },
+    /// Confirm publishes `first..=seq` once `waits` are durable: nack those in `nacked`
+    /// (refused by a full queue), ack the rest.
+    Confirm {
+        first: u64,
+        seq: u64,
+        nacked: Vec<u64>,
+        waits: Vec<(Log, u64)>,
+    },
     /// Answer `tx.commit-ok` once `waits` are durable.
     Commit { waits: Vec<(Log, u64)> },
 }
@@ -75,8 +81,17 @@ pub enum WaitItem {
 /// What a waiter task reports back to the connection.
 #[derive(Debug)]
 pub enum WaitDone {
-    Confirmed { channel: u16, seq: u64, ok: bool },
-    Committed { channel: u16, ok: bool },
+    Confirmed {
+        channel: u16,
+        first: u64,
+        seq: u64,
+        ok: bool,
+        nacked: Vec<u64>,
+    },
+    Committed {
+        channel: u16,
+        ok: bool,
+    },
 }
 
 #[derive(Default)]
@@ -116,8 +131,10 @@ pub struct Channel {
     tx: Option<Transaction>,
     /// Logs written this round, with the offset to wait for.
     round_waits: Vec<(Log, u64)>,
-    /// Highest confirm sequence number published this round.
+    /// Confirm sequence numbers published this round: first, last, and those to nack.
+    round_first_seq: Option<u64>,
     round_seq: Option<u64>,
+    round_nacked: Vec<u64>,
     waiter: Option<mpsc::UnboundedSender<WaitItem>>,
 }
 
@@ -161,7 +178,9 @@ impl Channel {
             next_publish_seq: 1,
             tx: None,
             round_waits: Vec::new(),
+            round_first_seq: None,
             round_seq: None,
+            round_nacked: Vec::new(),
             waiter: None,
         }
     }
@@ -808,7 +827,9 @@ impl Channel {
                         let offset = queue
                             .publish(&message)
                             .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
-                        note_wait(&mut waits, queue.log(), offset);
+                        if let Some(offset) = offset {
+                            note_wait(&mut waits, queue.log(), offset);
+                        }
                     }
                 }
                 for s in tx.settlements {
@@ -852,7 +873,15 @@ impl Channel {
                     }
                 }
                 let report = match item {
-                    WaitItem::Confirm { seq, .. } => WaitDone::Confirmed { channel, seq, ok },
+                    WaitItem::Confirm {
+                        first, seq, nacked, ..
+                    } => WaitDone::Confirmed {
+                        channel,
+                        first,
+                        seq,
+                        ok,
+                        nacked,
+                    },
                     WaitItem::Commit { .. } => WaitDone::Committed { channel, ok },
                 };
                 if done.send(report).is_err() {
@@ -970,15 +999,26 @@ impl Channel {
             tx.publishes.push((queues, message));
             return Ok(());
         }
+        let mut refused = false;
         for queue in &queues {
             let offset = queue
                 .publish(&message)
                 .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
-            note_wait(&mut self.round_waits, queue.log(), offset);
+            match offset {
+                Some(offset) => note_wait(&mut self.round_waits, queue.log(), offset),
+                // A full queue with reject-publish: the publisher gets a nack.
+                None => refused = true,
+            }
+            route_dead_letters(ctx.shared, queue);
         }
         if self.confirm {
-            self.round_seq = Some(self.next_publish_seq);
+            let seq = self.next_publish_seq;
             self.next_publish_seq += 1;
+            self.round_first_seq.get_or_insert(seq);
+            self.round_seq = Some(seq);
+            if refused {
+                self.round_nacked.push(seq);
+            }
         }
         Ok(())
     }
@@ -988,8 +1028,15 @@ impl Channel {
     pub fn end_round(&mut self) {
         let waits = std::mem::take(&mut self.round_waits);
         if let Some(seq) = self.round_seq.take() {
+            let first = self.round_first_seq.take().unwrap_or(seq);
+            let nacked = std::mem::take(&mut self.round_nacked);
             if let Some(waiter) = &self.waiter {
-                let _ = waiter.send(WaitItem::Confirm { seq, waits });
+                let _ = waiter.send(WaitItem::Confirm {
+                    first,
+                    seq,
+                    nacked,
+                    waits,
+                });
             }
             return;
         }

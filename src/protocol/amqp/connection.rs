@@ -649,23 +649,44 @@ impl Connection {
     fn handle_done(&mut self, done: WaitDone) {
         use amq_protocol::protocol::{basic, tx};
         match done {
-            WaitDone::Confirmed { channel, seq, ok } => {
+            WaitDone::Confirmed {
+                channel,
+                first,
+                seq,
+                ok,
+                nacked,
+            } => {
                 if self.channels.get(&channel).is_none_or(|c| c.closing) {
                     return;
                 }
-                let method = if ok {
-                    basic::AMQPMethod::Ack(basic::Ack {
+                if ok && nacked.is_empty() {
+                    let ack = basic::Ack {
                         delivery_tag: seq,
                         multiple: true,
-                    })
-                } else {
-                    basic::AMQPMethod::Nack(basic::Nack {
-                        delivery_tag: seq,
-                        multiple: true,
-                        requeue: false,
-                    })
-                };
-                put_method(&mut self.out, channel, AMQPClass::Basic(method));
+                    };
+                    put_method(
+                        &mut self.out,
+                        channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Ack(ack)),
+                    );
+                    return;
+                }
+                // Some refused (or the writes failed): answer each publish on its own.
+                for tag in first..=seq {
+                    let method = if ok && !nacked.contains(&tag) {
+                        basic::AMQPMethod::Ack(basic::Ack {
+                            delivery_tag: tag,
+                            multiple: false,
+                        })
+                    } else {
+                        basic::AMQPMethod::Nack(basic::Nack {
+                            delivery_tag: tag,
+                            multiple: false,
+                            requeue: false,
+                        })
+                    };
+                    put_method(&mut self.out, channel, AMQPClass::Basic(method));
+                }
             }
             WaitDone::Committed { channel, ok } => {
                 if self.channels.get(&channel).is_none_or(|c| c.closing) {
