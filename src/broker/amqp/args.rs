@@ -25,6 +25,27 @@ pub struct QueueArgs {
     pub dead_letter_exchange: Option<String>,
     pub dead_letter_routing_key: Option<String>,
     pub single_active_consumer: bool,
+    /// `x-queue-type` = `stream`: an append-only log read from any offset.
+    pub stream: bool,
+    /// Stream retention: `x-max-age` (`7D`, `12h`, `30m`, `10s`, `1Y`, `2M`).
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// A RabbitMQ interval: a number and a unit (`Y` years, `M` months, `D` days, `h` hours,
+/// `m` minutes, `s` seconds).
+pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
+    let unit = text.chars().last()?;
+    let number: u64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let seconds = match unit {
+        'Y' => 365 * 24 * 3600,
+        'M' => 30 * 24 * 3600,
+        'D' => 24 * 3600,
+        'h' => 3600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(number.checked_mul(seconds)?))
 }
 
 fn integer(value: &AMQPValue) -> Option<i64> {
@@ -117,6 +138,32 @@ impl QueueArgs {
                     format!("{{unacceptable_type,{}}}", type_of(v)),
                 )
             })?);
+        }
+        if let Some(v) = get("x-queue-type") {
+            match text(v).as_deref() {
+                Some("classic") => {}
+                Some("stream") => args.stream = true,
+                Some(other) => {
+                    return Err(invalid(
+                        "x-queue-type",
+                        format!("{other} queues are not supported"),
+                    ))
+                }
+                None => {
+                    return Err(invalid(
+                        "x-queue-type",
+                        format!("{{unacceptable_type,{}}}", type_of(v)),
+                    ))
+                }
+            }
+        }
+        if let Some(v) = get("x-max-age") {
+            args.max_age = Some(
+                text(v)
+                    .as_deref()
+                    .and_then(parse_interval)
+                    .ok_or_else(|| invalid("x-max-age", "invalid_max_age".into()))?,
+            );
         }
         if let Some(v) = get("x-single-active-consumer") {
             args.single_active_consumer = match v {

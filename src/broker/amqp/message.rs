@@ -150,6 +150,26 @@ fn rebuilt(properties: &AMQPProperties, headers: FieldTable) -> AMQPProperties {
 }
 
 impl Message {
+    /// The message as a stream delivers it: with an `x-stream-offset` header.
+    pub fn with_stream_offset(&self, offset: u64) -> Message {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
+        );
+        let mut properties = rebuilt(&self.properties, headers);
+        if let Some(expiration) = self.properties.expiration() {
+            properties = properties.with_expiration(expiration.clone());
+        }
+        let raw =
+            cookie_factory::gen_simple(gen_properties(&properties), Vec::new()).unwrap_or_default();
+        Message {
+            raw_properties: Bytes::from(raw),
+            properties,
+            ..self.clone()
+        }
+    }
+
     /// The message as dead-lettered from `queue` for `reason`, to be published to
     /// `exchange` with `routing_key`: RabbitMQ's `x-death` history (one entry per queue and
     /// reason, newest first, with a count), the `x-first-death-*` headers, and the

@@ -316,7 +316,9 @@ impl VirtualHost {
                 arguments: def.arguments.clone(),
             };
             let queue_dir = dir.join("queues").join(def.id.to_string());
-            let queue = Queue::open(Arc::clone(&vfs), &queue_dir, queue_log.clone(), options)
+            let parsed = args::QueueArgs::parse(&def.name, &def.arguments).unwrap_or_default();
+            let log = queue_log_config(&queue_log, true, &parsed);
+            let queue = Queue::open(Arc::clone(&vfs), &queue_dir, log, options)
                 .map_err(std::io::Error::other)?;
             kept.insert(def.id.to_string());
             queues.insert(def.name.clone(), Arc::new(queue));
@@ -657,27 +659,29 @@ impl VirtualHost {
                 format!("queue name '{name}' contains reserved prefix 'amq.*'"),
             ));
         }
-        args::QueueArgs::parse(&name, &d.arguments)
+        let parsed = args::QueueArgs::parse(&name, &d.arguments)
             .map_err(|why| AmqpError::new(code::PRECONDITION_FAILED, why))?;
-        if let Some(kind) = d.arguments.inner().get("x-queue-type") {
-            let kind = value_text(kind);
-            if kind != "classic" {
-                return Err(AmqpError::new(
+        if parsed.stream {
+            // RabbitMQ's restrictions on streams.
+            let invalid = |property: &str| {
+                AmqpError::new(
                     code::PRECONDITION_FAILED,
-                    format!("invalid arg 'x-queue-type' for queue '{name}' in vhost '/': {kind} queues are not supported yet"),
-                ));
+                    format!("invalid property '{property}' for queue '{name}' in vhost '/'"),
+                )
+            };
+            if !d.durable {
+                return Err(invalid("non-durable"));
+            }
+            if d.exclusive {
+                return Err(invalid("exclusive-owner"));
+            }
+            if d.auto_delete {
+                return Err(invalid("auto-delete"));
             }
         }
         let id = state.next_queue_id;
         state.next_queue_id += 1;
-        let log = LogConfig {
-            durability: if d.durable {
-                self.queue_log.durability
-            } else {
-                Durability::Never
-            },
-            ..self.queue_log.clone()
-        };
+        let log = queue_log_config(&self.queue_log, d.durable, &parsed);
         let options = queue::QueueOptions {
             name: name.clone(),
             id,
@@ -927,6 +931,32 @@ impl VirtualHost {
             queue.close();
         }
     }
+}
+
+/// A queue's log: the server's durability for durable queues, none for the others; a
+/// stream's retention from `x-max-age` and `x-max-length-bytes`.
+fn queue_log_config(template: &LogConfig, durable: bool, args: &args::QueueArgs) -> LogConfig {
+    let mut config = LogConfig {
+        durability: if durable {
+            template.durability
+        } else {
+            Durability::Never
+        },
+        ..template.clone()
+    };
+    if args.stream {
+        config.retention = crate::storage::Retention {
+            bytes_max: args.max_length_bytes,
+            age_max: args.max_age,
+            records_max: None,
+        };
+        if args.max_age.is_some() || args.max_length_bytes.is_some() {
+            // Retention drops whole segments: keep them small enough to follow the limits.
+            config.segment_bytes_max = config.segment_bytes_max.min(16 * 1024 * 1024);
+            config.segment_age_max = args.max_age.map(|a| a / 4);
+        }
+    }
+    config
 }
 
 /// `amq.gen-` and 22 URL-safe base64 characters, as RabbitMQ names server-named queues.

@@ -89,11 +89,16 @@ pub struct ConsumerSpec {
     /// Deliveries queued for the connection and not yet written.
     pub backlog: Arc<AtomicUsize>,
     pub sink: UnboundedSender<QueueEvent>,
+    /// Stream queues: the offset this consumer reads from (see
+    /// [`Queue::resolve_stream_offset`]).
+    pub stream_offset: u64,
 }
 
 struct Consumer {
     spec: ConsumerSpec,
     unacked: usize,
+    /// Stream queues: the next offset to deliver to this consumer.
+    cursor: u64,
 }
 
 impl Consumer {
@@ -217,9 +222,11 @@ impl Queue {
         options: QueueOptions,
     ) -> storage::Result<Queue> {
         let log = Log::open_with(Arc::clone(&vfs), dir.join("messages"), log_config)?;
+        let args = QueueArgs::parse(&options.name, &options.arguments).unwrap_or_default();
         let mut acked = RangeSet::default();
         let mut ack_floor = 0;
-        let journal = if options.durable {
+        // A stream's messages are never removed by acknowledgements: no journal.
+        let journal = if options.durable && !args.stream {
             let (journal, ops) = Journal::open(vfs, &dir.join("acks"))?;
             for op in ops {
                 apply_op(&op, &mut acked, &mut ack_floor);
@@ -233,7 +240,11 @@ impl Queue {
         // Transient messages do not survive a restart: count them as acknowledged.
         let mut ready_bytes = 0;
         let mut offset = ack_floor;
-        let end = log.visible_next_offset();
+        let end = if args.stream {
+            offset
+        } else {
+            log.visible_next_offset()
+        };
         while offset < end {
             let read = log.read(offset, READ_AHEAD_BYTES)?;
             let Some(next) = read.next_offset() else {
@@ -248,7 +259,6 @@ impl Queue {
             }
             offset = next;
         }
-        let args = QueueArgs::parse(&options.name, &options.arguments).unwrap_or_default();
         let queue = Queue {
             name: options.name,
             id: options.id,
@@ -301,7 +311,9 @@ impl Queue {
     /// `drop-head` (the default) drops its oldest ready messages to make room (dead-lettered
     /// if configured).
     pub fn publish(&self, message: &Message) -> storage::Result<Option<u64>> {
-        if self.args.max_length.is_none() && self.args.max_length_bytes.is_none() {
+        let limited = self.args.max_length.is_some() || self.args.max_length_bytes.is_some();
+        if self.args.stream || !limited {
+            // (A stream's x-max-length-bytes is retention, applied by the log.)
             return self.append(message).map(Some);
         }
         let mut state = self.lock();
@@ -380,6 +392,9 @@ impl Queue {
 
     fn ready_count(&self, state: &QueueState) -> u64 {
         let end = self.log.visible_next_offset();
+        if self.args.stream {
+            return end - self.log.start_offset().min(end);
+        }
         let tail = end.saturating_sub(state.next_ready);
         tail - state.acked.count_in(state.next_ready, end) + state.requeued.len() as u64
     }
@@ -410,7 +425,12 @@ impl Queue {
         {
             return Err(QueueError::ExclusiveConsumer);
         }
-        state.consumers.push(Consumer { spec, unacked: 0 });
+        let cursor = spec.stream_offset;
+        state.consumers.push(Consumer {
+            spec,
+            unacked: 0,
+            cursor,
+        });
         state.had_consumer = true;
         drop(state);
         self.wake_dispatcher();
@@ -430,6 +450,9 @@ impl Queue {
         let mut state = self.lock();
         if self.is_deleted() {
             return Ok(());
+        }
+        if self.args.stream {
+            return self.dispatch_stream(&mut state);
         }
         loop {
             if state.consumers.is_empty() {
@@ -481,6 +504,122 @@ impl Queue {
                 state.unacked.insert(offset, (id, size));
             }
         }
+    }
+
+    /// Streams: every consumer reads on from its own cursor while its prefetch allows.
+    fn dispatch_stream(self: &Arc<Self>, state: &mut QueueState) -> storage::Result<()> {
+        let end = self.log.visible_next_offset();
+        let start = self.log.start_offset();
+        for consumer in state.consumers.iter_mut() {
+            // Retention may have removed what a slow consumer had not read yet.
+            consumer.cursor = consumer.cursor.max(start);
+            while consumer.has_room() && consumer.cursor < end {
+                let read = self.log.read(consumer.cursor, READ_AHEAD_BYTES)?;
+                let Some(next) = read.next_offset() else {
+                    break;
+                };
+                for record in read.records() {
+                    if record.offset < consumer.cursor || !consumer.has_room() {
+                        continue;
+                    }
+                    let Some(message) = Message::from_record(&record) else {
+                        consumer.cursor = record.offset + 1;
+                        continue;
+                    };
+                    let delivery = Delivery {
+                        queue: Arc::clone(self),
+                        consumer_tag: consumer.spec.tag.clone(),
+                        consumer_id: consumer.spec.id,
+                        offset: record.offset,
+                        redelivered: false,
+                        no_ack: false,
+                        message: message.with_stream_offset(record.offset),
+                    };
+                    consumer.spec.backlog.fetch_add(1, Ordering::Relaxed);
+                    consumer.unacked += 1;
+                    consumer
+                        .spec
+                        .channel_limit
+                        .unacked
+                        .fetch_add(1, Ordering::Relaxed);
+                    consumer.cursor = record.offset + 1;
+                    if consumer
+                        .spec
+                        .sink
+                        .send(QueueEvent::Deliver(delivery))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                if !consumer.has_room() {
+                    break;
+                }
+                consumer.cursor = consumer.cursor.max(next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams: a delivery was acknowledged (or nacked): only the consumer's credit changes.
+    pub fn stream_credit(&self, consumer_id: u64) {
+        release_credit(&mut self.lock(), consumer_id);
+        self.wake_dispatcher();
+    }
+
+    /// Where a stream consumer starts, from its `x-stream-offset` argument: `first`, `last`,
+    /// `next` (the default), an offset, a timestamp (seconds), or an interval back from now
+    /// (`1h`, `30m`...). `Err` explains an unusable value.
+    pub fn resolve_stream_offset(
+        &self,
+        spec: Option<&amq_protocol::types::AMQPValue>,
+    ) -> Result<u64, String> {
+        use amq_protocol::types::AMQPValue;
+        let start = self.log.start_offset();
+        let end = self.log.visible_next_offset();
+        let at_time = |ms: i64| -> Result<u64, String> {
+            Ok(self
+                .log
+                .offset_for_timestamp(ms)
+                .map_err(|e| e.to_string())?
+                .unwrap_or(end))
+        };
+        let text = |s: &str| -> Result<u64, String> {
+            match s {
+                "first" => Ok(start),
+                "last" => Ok(end.saturating_sub(1).max(start)),
+                "next" => Ok(end),
+                other => {
+                    let interval = super::args::parse_interval(other)
+                        .ok_or_else(|| format!("invalid x-stream-offset '{other}'"))?;
+                    let now = crate::storage::recovery::now_ms();
+                    at_time(now - i64::try_from(interval.as_millis()).unwrap_or(i64::MAX))
+                }
+            }
+        };
+        let number = |n: i64| u64::try_from(n).unwrap_or(0).clamp(start, end);
+        match spec {
+            None => Ok(end),
+            Some(AMQPValue::LongString(s)) => text(&String::from_utf8_lossy(s.as_bytes())),
+            Some(AMQPValue::ShortString(s)) => text(s.as_str()),
+            Some(AMQPValue::Timestamp(secs)) => at_time(
+                i64::try_from(*secs)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000),
+            ),
+            Some(AMQPValue::LongLongInt(n)) => Ok(number(*n)),
+            Some(AMQPValue::LongInt(n)) => Ok(number((*n).into())),
+            Some(AMQPValue::ShortInt(n)) => Ok(number((*n).into())),
+            Some(AMQPValue::ShortShortInt(n)) => Ok(number((*n).into())),
+            Some(AMQPValue::LongUInt(n)) => Ok(number((*n).into())),
+            Some(AMQPValue::ShortUInt(n)) => Ok(number((*n).into())),
+            Some(AMQPValue::ShortShortUInt(n)) => Ok(number((*n).into())),
+            Some(other) => Err(format!("invalid x-stream-offset {other:?}")),
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.args.stream
     }
 
     /// The next consumer with room, round-robin.

@@ -54,6 +54,8 @@ struct PendingPublish {
 struct Unacked {
     queue: Arc<Queue>,
     offset: u64,
+    /// The consumer it went to (0 for `basic.get`): streams give credit back to it.
+    consumer_id: u64,
     /// Counts toward the channel's global prefetch.
     counted: bool,
 }
@@ -409,6 +411,9 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(&p.queue)?;
+                if vhost.queue_for(&name, ctx.connection_id)?.is_stream() {
+                    return Err(not_for_streams("queue.purge", &name));
+                }
                 let count = vhost.purge_queue(&name, ctx.connection_id)?;
                 if !p.nowait {
                     ok(
@@ -539,6 +544,26 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        let mut stream_offset = 0;
+        if queue.is_stream() {
+            let prefetch = self
+                .consumer_prefetch
+                .max(self.limit.prefetch.load(Ordering::Relaxed));
+            if prefetch == 0 {
+                return Err(precondition(format!(
+                    "consumer prefetch count is not set for 'queue '{name}' in vhost '/''"
+                )));
+            }
+            if c.no_ack {
+                return Err(AmqpError::new(
+                    code::NOT_IMPLEMENTED,
+                    format!("automatic acknowledgement not supported by stream queues queue '{name}' in vhost '/'"),
+                ));
+            }
+            stream_offset = queue
+                .resolve_stream_offset(c.arguments.inner().get("x-stream-offset"))
+                .map_err(precondition)?;
+        }
         let consumer_id = ctx.shared.next_consumer_id.fetch_add(1, Ordering::Relaxed);
         let backlog = Arc::new(AtomicUsize::new(0));
         // The reply goes out before any delivery: deliveries reach the connection as events,
@@ -562,6 +587,7 @@ impl Channel {
                 channel_limit: Arc::clone(&self.limit),
                 backlog: Arc::clone(&backlog),
                 sink: ctx.events.clone(),
+                stream_offset,
             })
             .map_err(|_| {
                 AmqpError::new(
@@ -599,6 +625,9 @@ impl Channel {
             .broker
             .vhost()
             .queue_for(&name, ctx.connection_id)?;
+        if queue.is_stream() {
+            return Err(not_for_streams("basic.get", &name));
+        }
         let got = queue
             .get(g.no_ack)
             .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
@@ -619,6 +648,7 @@ impl Channel {
                 Unacked {
                     queue: Arc::clone(&queue),
                     offset,
+                    consumer_id: 0,
                     counted: false,
                 },
             );
@@ -661,7 +691,11 @@ impl Channel {
             // Cancelled meanwhile: the message goes back (unless it was already acked).
             if !delivery.no_ack {
                 self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
-                delivery.queue.requeue(delivery.offset);
+                if delivery.queue.is_stream() {
+                    delivery.queue.stream_credit(delivery.consumer_id);
+                } else {
+                    delivery.queue.requeue(delivery.offset);
+                }
             }
             return;
         }
@@ -696,6 +730,7 @@ impl Channel {
                 Unacked {
                     queue: Arc::clone(&delivery.queue),
                     offset: delivery.offset,
+                    consumer_id: delivery.consumer_id,
                     counted: true,
                 },
             );
@@ -769,6 +804,11 @@ impl Channel {
             if u.counted {
                 self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
             }
+            if u.queue.is_stream() {
+                // Stream acknowledgements are credit; nothing is removed or requeued.
+                u.queue.stream_credit(u.consumer_id);
+                continue;
+            }
             match action {
                 Some(true) => u.queue.requeue(u.offset),
                 Some(false) => {
@@ -796,7 +836,11 @@ impl Channel {
             if u.counted {
                 self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            u.queue.requeue(u.offset);
+            if u.queue.is_stream() {
+                u.queue.stream_credit(u.consumer_id);
+            } else {
+                u.queue.requeue(u.offset);
+            }
         }
     }
 
@@ -1059,6 +1103,14 @@ impl Channel {
         self.requeue_all();
         self.waiter = None;
     }
+}
+
+/// RabbitMQ's answer to a method streams do not support.
+fn not_for_streams(method: &str, queue: &str) -> AmqpError {
+    AmqpError::new(
+        code::NOT_IMPLEMENTED,
+        format!("{method} not supported by stream queues queue '{queue}' in vhost '/'"),
+    )
 }
 
 /// A method only a server may send.

@@ -626,7 +626,7 @@ impl Connection {
                 match channel.and_then(|c| channels.get_mut(&c)) {
                     Some(ch) => ch.deliver(delivery, &mut ctx),
                     None => {
-                        if !delivery.no_ack {
+                        if !delivery.no_ack && !queue.is_stream() {
                             queue.requeue(delivery.offset);
                         }
                     }
