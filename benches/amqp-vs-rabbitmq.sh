@@ -45,9 +45,9 @@ start_rabbit() {
 }
 stop_rabbit() { rabbitmqctl -n potokbench@localhost stop >/dev/null 2>&1 || true; sleep 2; }
 
-load() { # port size
+load() { # port size [--stream]
   ./target/release/examples/amqp_load "127.0.0.1:$1" --seconds "$seconds" --size "$2" \
-    --producers 4 --consumers 4
+    --producers 4 --consumers 4 "${@:3}"
 }
 
 echo "4 producers + 4 consumers, persistent messages with confirms, durable queue, ${seconds}s per run"
@@ -56,4 +56,6 @@ for round in $(seq "$rounds"); do
     start_potok; echo "round $round Potok:    $(load 7672 "$size")"; stop_potok
     start_rabbit; echo "round $round RabbitMQ: $(load 7673 "$size")"; stop_rabbit
   done
+  start_potok; echo "round $round Potok stream:    $(load 7672 100 --stream)"; stop_potok
+  start_rabbit; echo "round $round RabbitMQ stream: $(load 7673 100 --stream)"; stop_rabbit
 done

@@ -9,7 +9,10 @@
 //! consumers acknowledge with `multiple` every half prefetch.
 //!
 //! Usage: `amqp_load HOST:PORT [--producers N] [--consumers N] [--size BYTES] [--seconds S]
-//!         [--window N] [--prefetch N] [--queue NAME]`
+//!         [--window N] [--prefetch N] [--queue NAME] [--stream]`
+//!
+//! `--stream` declares a stream queue (`x-queue-type=stream`) and consumers read it from
+//! `x-stream-offset=first`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +38,7 @@ struct Options {
     window: usize,
     prefetch: u16,
     queue: String,
+    stream: bool,
 }
 
 fn parse() -> Options {
@@ -48,6 +52,7 @@ fn parse() -> Options {
         window: 256,
         prefetch: 500,
         queue: "load".into(),
+        stream: false,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().expect("flag needs a value");
@@ -59,6 +64,7 @@ fn parse() -> Options {
             "--window" => o.window = value().parse().unwrap(),
             "--prefetch" => o.prefetch = value().parse().unwrap(),
             "--queue" => o.queue = value(),
+            "--stream" => o.stream = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -148,6 +154,18 @@ impl Client {
             other => panic!("expected {what}, got {other:?}"),
         }
     }
+}
+
+/// `{key: value}` when running against a stream queue, else no arguments.
+fn stream_argument(o: &Options, key: &str, value: &str) -> FieldTable {
+    let mut table = FieldTable::default();
+    if o.stream {
+        table.insert(
+            key.into(),
+            amq_protocol::types::AMQPValue::LongString(LongString::from(value.as_bytes())),
+        );
+    }
+    table
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -244,7 +262,7 @@ async fn consumer(o: Arc<Options>, index: usize, stop: Arc<AtomicBool>, consumed
             no_ack: false,
             exclusive: false,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments: stream_argument(&o, "x-stream-offset", "first"),
         })),
     );
     client.flush().await;
@@ -306,7 +324,7 @@ async fn main() {
                 exclusive: false,
                 auto_delete: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments: stream_argument(&o, "x-queue-type", "stream"),
             })),
         );
         setup.flush().await;
@@ -345,7 +363,13 @@ async fn main() {
     let publish_elapsed = start.elapsed().as_secs_f64();
     let total = confirmed.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while consumed.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+    // On a stream every consumer reads every message.
+    let expected = if o.stream {
+        total * o.consumers as u64
+    } else {
+        total
+    };
+    while consumed.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let consume_elapsed = start.elapsed().as_secs_f64();

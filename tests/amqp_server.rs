@@ -1407,3 +1407,164 @@ fn stream_queues_replay_from_any_offset_and_survive_restart() {
         assert_eq!(all[6], ("e6".to_string(), 6));
     });
 }
+
+#[test]
+fn idle_queues_expire_and_consumer_priorities_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (connection, ch) = connect(&server).await;
+        ch.queue_declare(
+            s("ephemeral"),
+            QueueDeclareOptions::default(),
+            args(&[("x-expires", AMQPValue::LongInt(300))]),
+        )
+        .await
+        .unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        // A declaration (passive too) renews the lease, so look only once, after it ran out.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let probe = connection.create_channel().await.unwrap();
+        let err = probe
+            .queue_declare(s("ephemeral"), passive, FieldTable::default())
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 404, "an unused queue with x-expires is deleted");
+        let err = ch
+            .queue_declare(
+                s("bad-expires"),
+                QueueDeclareOptions::default(),
+                args(&[("x-expires", AMQPValue::LongInt(0))]),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 406);
+
+        // The higher-priority consumer gets every message while it has room.
+        let ch = connection.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        declare_queue(&ch, "prio-consumers").await;
+        let low = connection.create_channel().await.unwrap();
+        let high = connection.create_channel().await.unwrap();
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let mut low_consumer = low
+            .basic_consume(
+                s("prio-consumers"),
+                s("low"),
+                no_ack,
+                args(&[("x-priority", AMQPValue::LongInt(1))]),
+            )
+            .await
+            .unwrap();
+        let mut high_consumer = high
+            .basic_consume(
+                s("prio-consumers"),
+                s("high"),
+                no_ack,
+                args(&[("x-priority", AMQPValue::LongInt(10))]),
+            )
+            .await
+            .unwrap();
+        for i in 0..5 {
+            publish(
+                &ch,
+                "",
+                "prio-consumers",
+                format!("p{i}").as_bytes(),
+                persistent(),
+            )
+            .await;
+        }
+        for _ in 0..5 {
+            tokio::time::timeout(Duration::from_secs(5), high_consumer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), low_consumer.next())
+                .await
+                .is_err()
+        );
+    });
+}
+
+#[test]
+fn priority_queues_deliver_highest_priority_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.queue_declare(
+            s("prio"),
+            QueueDeclareOptions::default(),
+            args(&[("x-max-priority", AMQPValue::ShortShortUInt(10))]),
+        )
+        .await
+        .unwrap();
+        for (body, priority) in [
+            ("p1", Some(1)),
+            ("p5", Some(5)),
+            ("p3a", Some(3)),
+            ("none", None),
+            ("p9", Some(9)),
+            ("p3b", Some(3)),
+            ("p200", Some(200)),
+        ] {
+            let props = match priority {
+                Some(p) => persistent().with_priority(p),
+                None => persistent(),
+            };
+            publish(&ch, "", "prio", body.as_bytes(), props).await;
+        }
+        // 200 counts as the maximum (10); equal priorities keep publish order.
+        let first = ch
+            .basic_get(s("prio"), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.delivery.data, b"p200");
+        first
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+        let again = ch
+            .basic_get(s("prio"), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (again.delivery.data.as_slice(), again.delivery.redelivered),
+            (&b"p200"[..], true)
+        );
+        assert_eq!(
+            drain(&ch, "prio").await,
+            ["p9", "p5", "p3a", "p3b", "p1", "none"]
+        );
+        let err = ch
+            .queue_declare(
+                s("bad-prio"),
+                QueueDeclareOptions::default(),
+                args(&[("x-max-priority", AMQPValue::LongInt(-1))]),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 406);
+    });
+}

@@ -27,6 +27,11 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-queue-type` = `stream`: an append-only log read from any offset.
     pub stream: bool,
+    /// `x-max-priority`: deliver higher `priority` messages first (priorities above it count
+    /// as it).
+    pub max_priority: Option<u8>,
+    /// `x-expires`: delete the queue after this long unused.
+    pub expires_ms: Option<u64>,
     /// Stream retention: `x-max-age` (`7D`, `12h`, `30m`, `10s`, `1Y`, `2M`).
     pub max_age: Option<std::time::Duration>,
 }
@@ -91,6 +96,38 @@ impl QueueArgs {
         let get = |key: &str| arguments.inner().get(key);
         if let Some(v) = get("x-message-ttl") {
             args.message_ttl_ms = Some(non_negative("x-message-ttl", v)?);
+        }
+        if let Some(v) = get("x-max-priority") {
+            match integer(v) {
+                Some(n) if (0..=255).contains(&n) => args.max_priority = Some(n as u8),
+                Some(n) if n < 0 => {
+                    return Err(invalid("x-max-priority", format!("{{value_negative,{n}}}")))
+                }
+                Some(n) => {
+                    return Err(invalid(
+                        "x-max-priority",
+                        format!("{{value_too_large,{n},255}}"),
+                    ))
+                }
+                None => {
+                    return Err(invalid(
+                        "x-max-priority",
+                        format!("{{unacceptable_type,{}}}", type_of(v)),
+                    ))
+                }
+            }
+        }
+        if let Some(v) = get("x-expires") {
+            match integer(v) {
+                Some(n) if n > 0 => args.expires_ms = Some(n as u64),
+                Some(n) => return Err(invalid("x-expires", format!("{{value_zero_or_less,{n}}}"))),
+                None => {
+                    return Err(invalid(
+                        "x-expires",
+                        format!("{{unacceptable_type,{}}}", type_of(v)),
+                    ))
+                }
+            }
         }
         if let Some(v) = get("x-max-length") {
             args.max_length = Some(non_negative("x-max-length", v)?);

@@ -615,6 +615,7 @@ impl VirtualHost {
             d.name.clone()
         };
         if let Some(queue) = state.queues.get(&name) {
+            queue.touch();
             if queue.locked_for(connection) {
                 return Err(AmqpError::locked(&name));
             }
@@ -918,6 +919,23 @@ impl VirtualHost {
             }
         }
         waits
+    }
+
+    /// Delete queues whose `x-expires` has passed unused.
+    pub fn expire_idle_queues(&self) {
+        let now = crate::storage::recovery::now_ms();
+        let mut state = self.lock();
+        let idle: Vec<Arc<Queue>> = state
+            .queues
+            .values()
+            .filter(|q| q.idle_expired(now))
+            .cloned()
+            .collect();
+        for queue in idle {
+            if let Err(e) = self.remove_queue(&mut state, &queue) {
+                tracing::warn!(queue = %queue.name, error = %e.text, "expiring an idle queue failed");
+            }
+        }
     }
 
     /// Every queue (for periodic work such as expiring messages).

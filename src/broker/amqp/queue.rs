@@ -92,6 +92,8 @@ pub struct ConsumerSpec {
     /// Stream queues: the offset this consumer reads from (see
     /// [`Queue::resolve_stream_offset`]).
     pub stream_offset: u64,
+    /// `x-priority`: consumers with a higher priority get messages while they have room.
+    pub priority: i64,
 }
 
 struct Consumer {
@@ -140,6 +142,9 @@ struct QueueState {
     ack_floor: u64,
     /// Messages read ahead from `next_ready` on.
     ahead: VecDeque<(u64, Message)>,
+    /// Priority queues (`x-max-priority`): every ready message read from the log so far (and
+    /// every requeued one), highest priority first, then oldest; with its redelivered flag.
+    by_priority: std::collections::BTreeMap<(std::cmp::Reverse<u8>, u64), (Message, bool)>,
     consumers: Vec<Consumer>,
     /// Round-robin position in `consumers`.
     next_consumer: usize,
@@ -192,6 +197,9 @@ pub struct Queue {
     /// A dispatcher task is running for this queue.
     pub dispatcher_running: AtomicBool,
     deleted: AtomicBool,
+    /// When the queue was last used (declared, consumed from, read with basic.get), for
+    /// `x-expires`.
+    last_used_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Queue {
@@ -276,6 +284,7 @@ impl Queue {
                 acked,
                 ack_floor,
                 ahead: VecDeque::new(),
+                by_priority: std::collections::BTreeMap::new(),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 had_consumer: false,
@@ -285,6 +294,7 @@ impl Queue {
             dispatch_wanted: Arc::new(Notify::new()),
             dispatcher_running: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
+            last_used_ms: std::sync::atomic::AtomicI64::new(crate::storage::recovery::now_ms()),
         };
         {
             let mut state = queue.lock();
@@ -358,7 +368,9 @@ impl Queue {
     fn backlog_count(&self, state: &QueueState) -> u64 {
         let end = self.log.next_offset();
         let tail = end.saturating_sub(state.next_ready);
-        tail - state.acked.count_in(state.next_ready, end) + state.requeued.len() as u64
+        tail - state.acked.count_in(state.next_ready, end)
+            + state.requeued.len() as u64
+            + state.by_priority.len() as u64
     }
 
     /// Drop the oldest ready message (dead-lettered as `maxlen` if configured). Its content
@@ -396,7 +408,9 @@ impl Queue {
             return end - self.log.start_offset().min(end);
         }
         let tail = end.saturating_sub(state.next_ready);
-        tail - state.acked.count_in(state.next_ready, end) + state.requeued.len() as u64
+        tail - state.acked.count_in(state.next_ready, end)
+            + state.requeued.len() as u64
+            + state.by_priority.len() as u64
     }
 
     pub fn consumer_count(&self) -> usize {
@@ -419,6 +433,7 @@ impl Queue {
     /// Attach a consumer. An exclusive consumer needs an unconsumed queue; nobody joins a
     /// queue with an exclusive consumer.
     pub fn add_consumer(&self, spec: ConsumerSpec) -> Result<(), QueueError> {
+        self.touch();
         let mut state = self.lock();
         if state.consumers.iter().any(|c| c.spec.exclusive)
             || (spec.exclusive && !state.consumers.is_empty())
@@ -440,6 +455,7 @@ impl Queue {
     /// Detach a consumer; its unacknowledged deliveries stay with its channel. Returns whether
     /// the queue should now be auto-deleted.
     pub fn remove_consumer(&self, consumer_id: u64) -> bool {
+        self.touch();
         let mut state = self.lock();
         state.consumers.retain(|c| c.spec.id != consumer_id);
         self.auto_delete && state.had_consumer && state.consumers.is_empty()
@@ -618,6 +634,21 @@ impl Queue {
         }
     }
 
+    /// Note a use (declaration, consumer, basic.get) for `x-expires`.
+    pub fn touch(&self) {
+        self.last_used_ms
+            .store(crate::storage::recovery::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether `x-expires` has passed with no consumer and no use.
+    pub fn idle_expired(&self, now_ms: i64) -> bool {
+        let Some(expires) = self.args.expires_ms else {
+            return false;
+        };
+        let idle = now_ms - self.last_used_ms.load(Ordering::Relaxed);
+        self.consumer_count() == 0 && idle >= i64::try_from(expires).unwrap_or(i64::MAX)
+    }
+
     pub fn is_stream(&self) -> bool {
         self.args.stream
     }
@@ -628,10 +659,18 @@ impl Queue {
             // Only the longest-standing consumer receives; the next takes over when it goes.
             return state.consumers.first().filter(|c| c.has_room()).map(|_| 0);
         }
+        // Round-robin among the highest-priority consumers that have room.
+        let top = state
+            .consumers
+            .iter()
+            .filter(|c| c.has_room())
+            .map(|c| c.spec.priority)
+            .max()?;
         let n = state.consumers.len();
         for i in 0..n {
             let index = (state.next_consumer + i) % n;
-            if state.consumers[index].has_room() {
+            let c = &state.consumers[index];
+            if c.spec.priority == top && c.has_room() {
                 state.next_consumer = (index + 1) % n;
                 return Some(index);
             }
@@ -692,13 +731,7 @@ impl Queue {
                 continue;
             }
             // Not expired: put it back where it was.
-            state.ready_bytes += message.body.len() as u64;
-            if redelivered {
-                state.requeued.insert(offset);
-            } else {
-                state.next_ready = offset;
-                state.ahead.push_front((offset, message));
-            }
+            self.put_back(&mut state, offset, message, redelivered);
             break;
         }
         Ok(())
@@ -721,6 +754,13 @@ impl Queue {
         &self,
         state: &mut QueueState,
     ) -> storage::Result<Option<(u64, bool, Message)>> {
+        if self.args.max_priority.is_some() {
+            self.index_priorities(state)?;
+            return Ok(state
+                .by_priority
+                .pop_first()
+                .map(|((_, offset), (message, redelivered))| (offset, redelivered, message)));
+        }
         if let Some(offset) = state.requeued.pop_first() {
             match self.read_one(offset)? {
                 Some(message) => return Ok(Some((offset, true, message))),
@@ -736,6 +776,47 @@ impl Queue {
             skip_acked(state);
             (offset, false, message)
         }))
+    }
+
+    /// The priority a message is served with.
+    fn priority_of(&self, message: &Message) -> u8 {
+        let max = self.args.max_priority.unwrap_or(0);
+        message.properties.priority().unwrap_or(0).min(max)
+    }
+
+    /// Priority queues: read every visible message past `next_ready` into `by_priority`.
+    fn index_priorities(&self, state: &mut QueueState) -> storage::Result<()> {
+        let end = self.log.visible_next_offset();
+        while state.next_ready < end {
+            let read = self.log.read(state.next_ready, READ_AHEAD_BYTES)?;
+            let Some(next) = read.next_offset() else {
+                break;
+            };
+            for record in read.records() {
+                if record.offset >= state.next_ready && !state.acked.contains(record.offset) {
+                    if let Some(message) = Message::from_record(&record) {
+                        let key = (std::cmp::Reverse(self.priority_of(&message)), record.offset);
+                        state.by_priority.insert(key, (message, false));
+                    }
+                }
+            }
+            state.next_ready = next.max(state.next_ready + 1).min(end);
+        }
+        Ok(())
+    }
+
+    /// Put a message back among the ready ones (requeue, or an unexpired head put back).
+    fn put_back(&self, state: &mut QueueState, offset: u64, message: Message, redelivered: bool) {
+        state.ready_bytes += message.body.len() as u64;
+        if self.args.max_priority.is_some() {
+            let key = (std::cmp::Reverse(self.priority_of(&message)), offset);
+            state.by_priority.insert(key, (message, redelivered));
+        } else if redelivered {
+            state.requeued.insert(offset);
+        } else {
+            state.next_ready = offset;
+            state.ahead.push_front((offset, message));
+        }
     }
 
     fn read_ahead(&self, state: &mut QueueState) -> storage::Result<()> {
@@ -776,6 +857,7 @@ impl Queue {
         self: &Arc<Self>,
         no_ack: bool,
     ) -> storage::Result<Option<(u64, bool, Message, u64)>> {
+        self.touch();
         let mut state = self.lock();
         let Some((offset, redelivered, message)) = self.take_ready(&mut state)? else {
             return Ok(None);
@@ -823,8 +905,18 @@ impl Queue {
         let mut state = self.lock();
         if let Some((consumer_id, size)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
-            state.requeued.insert(offset);
-            state.ready_bytes += size;
+            if self.args.max_priority.is_some() {
+                // It competes by priority again, so its priority must be read back.
+                match self.read_one(offset) {
+                    Ok(Some(message)) => self.put_back(&mut state, offset, message, true),
+                    _ => {
+                        state.requeued.insert(offset);
+                    }
+                }
+            } else {
+                state.requeued.insert(offset);
+                state.ready_bytes += size;
+            }
         }
         drop(state);
         self.wake_dispatcher();
@@ -837,6 +929,13 @@ impl Queue {
         let end = self.log.visible_next_offset();
         let requeued: Vec<u64> = std::mem::take(&mut state.requeued).into_iter().collect();
         for offset in requeued {
+            self.acknowledge(&mut state, offset);
+        }
+        let prioritized: Vec<u64> = std::mem::take(&mut state.by_priority)
+            .into_keys()
+            .map(|(_, offset)| offset)
+            .collect();
+        for offset in prioritized {
             self.acknowledge(&mut state, offset);
         }
         let start = state.next_ready;

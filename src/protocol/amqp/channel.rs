@@ -588,6 +588,7 @@ impl Channel {
                 backlog: Arc::clone(&backlog),
                 sink: ctx.events.clone(),
                 stream_offset,
+                priority: consumer_priority(&c.arguments),
             })
             .map_err(|_| {
                 AmqpError::new(
@@ -1102,6 +1103,21 @@ impl Channel {
         }
         self.requeue_all();
         self.waiter = None;
+    }
+}
+
+/// A consumer's `x-priority` argument (0 when absent).
+fn consumer_priority(arguments: &amq_protocol::types::FieldTable) -> i64 {
+    use amq_protocol::types::AMQPValue;
+    match arguments.inner().get("x-priority") {
+        Some(AMQPValue::ShortShortInt(v)) => (*v).into(),
+        Some(AMQPValue::ShortInt(v)) => (*v).into(),
+        Some(AMQPValue::LongInt(v)) => (*v).into(),
+        Some(AMQPValue::LongLongInt(v)) => *v,
+        Some(AMQPValue::ShortShortUInt(v)) => (*v).into(),
+        Some(AMQPValue::ShortUInt(v)) => (*v).into(),
+        Some(AMQPValue::LongUInt(v)) => (*v).into(),
+        _ => 0,
     }
 }
 

@@ -32,6 +32,7 @@ pub fn spawn_expiry_sweeper(shared: Arc<AmqpShared>) {
         let mut ticker = tokio::time::interval(EXPIRY_SWEEP);
         loop {
             ticker.tick().await;
+            shared.broker.vhost().expire_idle_queues();
             for queue in shared.broker.vhost().queues() {
                 if let Err(e) = queue.expire_head() {
                     tracing::warn!(queue = %queue.name, error = %e, "expiring messages failed");
