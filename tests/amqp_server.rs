@@ -1568,3 +1568,223 @@ fn priority_queues_deliver_highest_priority_first() {
         assert_eq!(code(err), 406);
     });
 }
+
+#[test]
+fn alternate_exchanges_server_named_and_auto_delete_queues_cancel_notify_and_global_qos() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        // Unroutable messages on "main" go to its alternate exchange.
+        ch.exchange_declare(
+            s("alt"),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.exchange_declare(
+            s("main"),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            args(&[("alternate-exchange", text("alt"))]),
+        )
+        .await
+        .unwrap();
+        // A server-named queue: amq.gen-..., exclusive to this connection.
+        let named = ch
+            .queue_declare(
+                s(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let name = named.name().to_string();
+        assert!(name.starts_with("amq.gen-") && name.len() == 30, "{name}");
+        ch.queue_bind(
+            s(&name),
+            s("alt"),
+            s(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        publish(&ch, "main", "nobody-binds-this", b"caught", persistent()).await;
+        assert_eq!(get_body(&ch, &name).await.as_deref(), Some(&b"caught"[..]));
+
+        // Deleting a queue cancels its consumers, telling the client (basic.cancel).
+        declare_queue(&ch, "doomed").await;
+        let consumer_channel = connection.create_channel().await.unwrap();
+        let mut consumer = consumer_channel
+            .basic_consume(
+                s("doomed"),
+                s("watcher"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        ch.queue_delete(s("doomed"), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("cancel arrives");
+        assert!(
+            end.is_none(),
+            "the consumer stream ends on basic.cancel: {end:?}"
+        );
+
+        // An auto-delete queue goes when its last consumer cancels.
+        ch.queue_declare(
+            s("auto"),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let c = connection.create_channel().await.unwrap();
+        c.basic_consume(
+            s("auto"),
+            s("only"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        c.basic_cancel(s("only"), BasicCancelOptions::default())
+            .await
+            .unwrap();
+        let probe = connection.create_channel().await.unwrap();
+        let err = probe
+            .queue_declare(
+                s("auto"),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), 404);
+
+        // Global prefetch is shared by every consumer on the channel.
+        declare_queue(&ch, "g1").await;
+        declare_queue(&ch, "g2").await;
+        for q in ["g1", "g2"] {
+            for i in 0..3 {
+                publish(&ch, "", q, format!("{q}-{i}").as_bytes(), persistent()).await;
+            }
+        }
+        let shared = connection.create_channel().await.unwrap();
+        shared
+            .basic_qos(2, BasicQosOptions { global: true })
+            .await
+            .unwrap();
+        let mut a = shared
+            .basic_consume(
+                s("g1"),
+                s("a"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut b = shared
+            .basic_consume(
+                s("g2"),
+                s("b"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut received = 0;
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(300), async {
+                futures_lite::future::or(async { a.next().await }, async { b.next().await }).await
+            })
+            .await;
+            match next {
+                Ok(Some(Ok(_))) => received += 1,
+                _ => break,
+            }
+        }
+        assert_eq!(
+            received, 2,
+            "two unacknowledged deliveries across both consumers"
+        );
+    });
+}
+
+/// A raw connection that asks for 1-second heartbeats gets heartbeat frames while idle, and
+/// is closed when it sends nothing for two intervals.
+#[test]
+fn heartbeats_flow_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut socket = TcpStream::connect(&server.amqp).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let frame = |class: u16, method: u16, args: &[u8]| {
+        let mut payload = class.to_be_bytes().to_vec();
+        payload.extend_from_slice(&method.to_be_bytes());
+        payload.extend_from_slice(args);
+        let mut f = vec![1, 0, 0];
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(&payload);
+        f.push(0xCE);
+        f
+    };
+    let read_frame = |socket: &mut TcpStream| -> Option<u8> {
+        let mut header = [0u8; 7];
+        socket.read_exact(&mut header).ok()?;
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        let mut rest = vec![0u8; size + 1];
+        socket.read_exact(&mut rest).ok()?;
+        Some(header[0])
+    };
+    read_frame(&mut socket); // start
+    let mut start_ok = vec![0, 0, 0, 0, 5];
+    start_ok.extend_from_slice(b"PLAIN");
+    start_ok.extend_from_slice(&12u32.to_be_bytes());
+    start_ok.extend_from_slice(b"\0guest\0guest");
+    start_ok.extend_from_slice(&[5]);
+    start_ok.extend_from_slice(b"en_US");
+    socket.write_all(&frame(10, 11, &start_ok)).unwrap();
+    read_frame(&mut socket); // tune
+    let mut tune_ok = 0u16.to_be_bytes().to_vec();
+    tune_ok.extend_from_slice(&131072u32.to_be_bytes());
+    tune_ok.extend_from_slice(&1u16.to_be_bytes()); // heartbeat: 1 s
+    socket.write_all(&frame(10, 31, &tune_ok)).unwrap();
+    socket.write_all(&frame(10, 40, &[1, b'/', 0, 0])).unwrap();
+    assert_eq!(read_frame(&mut socket), Some(1)); // open-ok
+                                                  // Idle: the server sends heartbeats (type 8).
+    let started = std::time::Instant::now();
+    assert_eq!(read_frame(&mut socket), Some(8));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Silent client: the server gives up after two missed intervals and closes the socket.
+    let mut closed = false;
+    for _ in 0..10 {
+        if read_frame(&mut socket).is_none() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a silent client is disconnected");
+}
