@@ -5,6 +5,9 @@
 # acknowledge them. Prints confirmed publishes/s, deliveries/s and confirm latency.
 #
 # Usage: benches/amqp-vs-rabbitmq.sh [SECONDS] [ROUNDS]
+# A stream queue runs too (every consumer reads every message), and then Potok's stream again
+# with producers capped at 3x the rate RabbitMQ confirmed in that round, to see whether its
+# consumers keep up there.
 # Needs: apt-get install rabbitmq-server. Each round starts both servers afresh on empty
 # directories, one after the other; the machine is shared and noisy, so compare within a round.
 set -euo pipefail
@@ -57,5 +60,11 @@ for round in $(seq "$rounds"); do
     start_rabbit; echo "round $round RabbitMQ: $(load 7673 "$size")"; stop_rabbit
   done
   start_potok; echo "round $round Potok stream:    $(load 7672 100 --stream)"; stop_potok
-  start_rabbit; echo "round $round RabbitMQ stream: $(load 7673 100 --stream)"; stop_rabbit
+  start_rabbit; rabbit="$(load 7673 100 --stream)"; stop_rabbit
+  echo "round $round RabbitMQ stream: $rabbit"
+  # Do stream consumers keep up when Potok takes 3x RabbitMQ's confirmed rate?
+  rate="$(echo "$rabbit" | sed -E 's/.*confirmed ([0-9]+) msg.*/\1/')"
+  start_potok
+  echo "round $round Potok stream at 3x RabbitMQ's rate ($((rate * 3))/s): $(load 7672 100 --stream --rate $((rate * 3)))"
+  stop_potok
 done

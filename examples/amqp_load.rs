@@ -11,6 +11,7 @@
 //! Usage: `amqp_load HOST:PORT [--producers N] [--consumers N] [--size BYTES] [--seconds S]
 //!         [--window N] [--prefetch N] [--queue NAME] [--stream]`
 //!
+//! `--rate N` caps the total publish rate at N messages/s (0 = as fast as confirms allow).
 //! `--stream` declares a stream queue (`x-queue-type=stream`) and consumers read it from
 //! `x-stream-offset=first`.
 
@@ -39,6 +40,7 @@ struct Options {
     prefetch: u16,
     queue: String,
     stream: bool,
+    rate: u64,
 }
 
 fn parse() -> Options {
@@ -53,6 +55,7 @@ fn parse() -> Options {
         prefetch: 500,
         queue: "load".into(),
         stream: false,
+        rate: 0,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().expect("flag needs a value");
@@ -65,6 +68,7 @@ fn parse() -> Options {
             "--prefetch" => o.prefetch = value().parse().unwrap(),
             "--queue" => o.queue = value(),
             "--stream" => o.stream = true,
+            "--rate" => o.rate = value().parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -195,10 +199,22 @@ async fn producer(o: Arc<Options>, stop: Arc<AtomicBool>, confirmed: Arc<AtomicU
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut next_seq = 1u64;
     let mut latencies = Vec::new();
+    let started = Instant::now();
+    let per_producer = o.rate as f64 / o.producers as f64;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if !stopping {
-            while in_flight.len() < o.window {
+            // With --rate, publish only what the schedule allows so far.
+            let allowed = if o.rate == 0 {
+                u64::MAX
+            } else {
+                (started.elapsed().as_secs_f64() * per_producer) as u64 + 1
+            };
+            if next_seq > allowed && in_flight.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            while in_flight.len() < o.window && next_seq <= allowed {
                 client.send(
                     1,
                     AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {

@@ -85,6 +85,22 @@ impl Message {
         })
     }
 
+    /// A stream delivery of the record at `offset`: its raw properties with an
+    /// `x-stream-offset` header spliced in, without decoding them (`properties` stays empty:
+    /// nothing on the stream delivery path reads it). `None` if it is not a message record.
+    pub fn stream_delivery(record: &RecordView<'_>) -> Option<Message> {
+        let header = |name: &[u8]| record.headers().find(|(k, _)| *k == name).map(|(_, v)| v);
+        let raw = with_offset_header(header(HEADER_PROPERTIES)?, record.offset)?;
+        Some(Message {
+            exchange: Bytes::copy_from_slice(header(HEADER_EXCHANGE)?),
+            routing_key: Bytes::copy_from_slice(record.key.unwrap_or_default()),
+            raw_properties: Bytes::from(raw),
+            properties: AMQPProperties::default(),
+            body: Bytes::copy_from_slice(record.body),
+            enqueued_ms: record.timestamp_ms,
+        })
+    }
+
     /// Whether the record was published persistent (read without decoding properties).
     pub fn record_is_persistent(record: &RecordView<'_>) -> bool {
         record
@@ -150,26 +166,6 @@ fn rebuilt(properties: &AMQPProperties, headers: FieldTable) -> AMQPProperties {
 }
 
 impl Message {
-    /// The message as a stream delivers it: with an `x-stream-offset` header.
-    pub fn with_stream_offset(&self, offset: u64) -> Message {
-        let mut headers = self.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
-        );
-        let mut properties = rebuilt(&self.properties, headers);
-        if let Some(expiration) = self.properties.expiration() {
-            properties = properties.with_expiration(expiration.clone());
-        }
-        let raw =
-            cookie_factory::gen_simple(gen_properties(&properties), Vec::new()).unwrap_or_default();
-        Message {
-            raw_properties: Bytes::from(raw),
-            properties,
-            ..self.clone()
-        }
-    }
-
     /// The message as dead-lettered from `queue` for `reason`, to be published to
     /// `exchange` with `routing_key`: RabbitMQ's `x-death` history (one entry per queue and
     /// reason, newest first, with a count), the `x-first-death-*` headers, and the
@@ -255,5 +251,96 @@ impl Message {
             body: self.body.clone(),
             enqueued_ms: now_ms,
         }
+    }
+}
+
+/// Splice `x-stream-offset: long(offset)` into raw basic properties (flags, then the property
+/// list in flag order: content-type and content-encoding as short strings, then the headers
+/// table). Adds a headers table if there is none. `None` if the bytes are malformed.
+fn with_offset_header(raw: &[u8], offset: u64) -> Option<Vec<u8>> {
+    const CONTENT_TYPE: u16 = 1 << 15;
+    const CONTENT_ENCODING: u16 = 1 << 14;
+    const HEADERS: u16 = 1 << 13;
+    let mut entry = Vec::with_capacity(25);
+    entry.push(15);
+    entry.extend_from_slice(b"x-stream-offset");
+    entry.push(b'l');
+    entry.extend_from_slice(&i64::try_from(offset).unwrap_or(i64::MAX).to_be_bytes());
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    let mut pos = 2;
+    for bit in [CONTENT_TYPE, CONTENT_ENCODING] {
+        if flags & bit != 0 {
+            pos += 1 + usize::from(*raw.get(pos)?);
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len() + 29);
+    if flags & HEADERS != 0 {
+        let len_bytes = raw.get(pos..pos + 4)?;
+        let len = u32::from_be_bytes(len_bytes.try_into().ok()?) as usize;
+        let table_end = pos.checked_add(4)?.checked_add(len)?;
+        if table_end > raw.len() {
+            return None;
+        }
+        out.extend_from_slice(&raw[..pos]);
+        out.extend_from_slice(&((len + entry.len()) as u32).to_be_bytes());
+        out.extend_from_slice(&raw[pos + 4..table_end]);
+        out.extend_from_slice(&entry);
+        out.extend_from_slice(&raw[table_end..]);
+    } else {
+        if pos > raw.len() {
+            return None;
+        }
+        out.extend_from_slice(&(flags | HEADERS).to_be_bytes());
+        out.extend_from_slice(&raw[2..pos]);
+        out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        out.extend_from_slice(&entry);
+        out.extend_from_slice(&raw[pos..]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(p: &AMQPProperties) -> Vec<u8> {
+        cookie_factory::gen_simple(gen_properties(p), Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn the_stream_offset_header_is_spliced_into_any_properties() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "a".into(),
+            AMQPValue::LongString(LongString::from(&b"b"[..])),
+        );
+        let cases = [
+            AMQPProperties::default(),
+            AMQPProperties::default()
+                .with_delivery_mode(2)
+                .with_priority(4),
+            AMQPProperties::default()
+                .with_content_type("text/plain".into())
+                .with_content_encoding("gzip".into())
+                .with_headers(headers.clone())
+                .with_correlation_id("c".into()),
+            AMQPProperties::default()
+                .with_headers(headers)
+                .with_app_id("x".into()),
+        ];
+        for original in cases {
+            let raw = with_offset_header(&encode(&original), 42).unwrap();
+            let (rest, parsed) = parse_properties(&raw[..]).unwrap();
+            assert!(rest.is_empty());
+            let mut expected_headers = original.headers().clone().unwrap_or_default();
+            expected_headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
+            assert_eq!(parsed.headers().as_ref(), Some(&expected_headers));
+            assert_eq!(parsed.delivery_mode(), original.delivery_mode());
+            assert_eq!(parsed.content_type(), original.content_type());
+            assert_eq!(parsed.correlation_id(), original.correlation_id());
+            assert_eq!(parsed.app_id(), original.app_id());
+        }
+        assert_eq!(with_offset_header(&[0x20], 1), None);
+        assert_eq!(with_offset_header(&[0x20, 0, 0, 0, 0, 9], 1), None);
     }
 }

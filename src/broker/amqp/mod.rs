@@ -528,36 +528,48 @@ impl VirtualHost {
         routing_key: &str,
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
-        let mut state = self.lock();
-        if source.is_empty() {
-            return Err(AmqpError::new(
-                code::ACCESS_REFUSED,
-                "operation not permitted on the default exchange",
-            ));
-        }
-        self.check_destination(&state, &destination)?;
-        let exchange = state
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| AmqpError::no_exchange(source))?;
-        let binding = Binding {
+        self.change_binding(
+            source,
             destination,
-            routing_key: routing_key.to_string(),
+            routing_key,
             arguments,
-        };
-        if exchange.bindings.contains(&binding) {
-            return Ok(());
-        }
-        exchange.bindings.push(binding);
-        self.save(&state)
+            |exchange, binding| {
+                if !exchange.bindings.contains(&binding) {
+                    exchange.bindings.push(binding);
+                }
+            },
+        )
     }
 
+    /// Remove a binding (queue.unbind and exchange.unbind); an auto-delete exchange whose last
+    /// binding goes is deleted.
     pub fn unbind(
         &self,
         source: &str,
         destination: Destination,
         routing_key: &str,
         arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.change_binding(
+            source,
+            destination,
+            routing_key,
+            arguments,
+            |exchange, binding| {
+                exchange.bindings.retain(|b| *b != binding);
+            },
+        )
+    }
+
+    /// Check the source and destination, apply `change` to the source exchange, drop it if it
+    /// is auto-delete and lost its last binding, save.
+    fn change_binding(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        change: impl FnOnce(&mut Exchange, Binding),
     ) -> Result<(), AmqpError> {
         let mut state = self.lock();
         if source.is_empty() {
@@ -571,15 +583,14 @@ impl VirtualHost {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| AmqpError::no_exchange(source))?;
+        let before = exchange.bindings.len();
         let binding = Binding {
             destination,
             routing_key: routing_key.to_string(),
             arguments,
         };
-        let before = exchange.bindings.len();
-        exchange.bindings.retain(|b| *b != binding);
-        let auto_delete = exchange.auto_delete && exchange.bindings.is_empty() && before > 0;
-        if auto_delete {
+        change(exchange, binding);
+        if exchange.auto_delete && before > 0 && exchange.bindings.is_empty() {
             state.exchanges.remove(source);
         }
         self.save(&state)
@@ -610,7 +621,7 @@ impl VirtualHost {
             if d.passive {
                 return Err(AmqpError::no_queue(""));
             }
-            generated_queue_name()
+            generated_name("amq.gen-")
         } else {
             d.name.clone()
         };
@@ -977,11 +988,12 @@ fn queue_log_config(template: &LogConfig, durable: bool, args: &args::QueueArgs)
     config
 }
 
-/// `amq.gen-` and 22 URL-safe base64 characters, as RabbitMQ names server-named queues.
-fn generated_queue_name() -> String {
+/// `prefix` and 22 URL-safe base64 characters, as RabbitMQ makes server-chosen names
+/// (`amq.gen-` queues, `amq.ctag-` consumer tags).
+pub fn generated_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let suffix: String = (0..22)
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
         .collect();
-    format!("amq.gen-{suffix}")
+    format!("{prefix}{suffix}")
 }

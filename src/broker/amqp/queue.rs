@@ -538,7 +538,7 @@ impl Queue {
                     if record.offset < consumer.cursor || !consumer.has_room() {
                         continue;
                     }
-                    let Some(message) = Message::from_record(&record) else {
+                    let Some(message) = Message::stream_delivery(&record) else {
                         consumer.cursor = record.offset + 1;
                         continue;
                     };
@@ -549,7 +549,7 @@ impl Queue {
                         offset: record.offset,
                         redelivered: false,
                         no_ack: false,
-                        message: message.with_stream_offset(record.offset),
+                        message,
                     };
                     consumer.spec.backlog.fetch_add(1, Ordering::Relaxed);
                     consumer.unacked += 1;

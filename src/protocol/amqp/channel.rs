@@ -155,15 +155,6 @@ fn note_wait(waits: &mut Vec<(Log, u64)>, log: &Log, offset: u64) {
     }
 }
 
-/// RabbitMQ's generated consumer tags: `amq.ctag-` and 22 URL-safe base64 characters.
-fn generated_tag() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let suffix: String = (0..22)
-        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
-        .collect();
-    format!("amq.ctag-{suffix}")
-}
-
 impl Channel {
     pub fn new(id: u16) -> Channel {
         Channel {
@@ -534,7 +525,7 @@ impl Channel {
             .vhost()
             .queue_for(&name, ctx.connection_id)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
-            generated_tag()
+            crate::broker::amqp::generated_name("amq.ctag-")
         } else {
             c.consumer_tag.to_string()
         };
