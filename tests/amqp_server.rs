@@ -579,22 +579,6 @@ fn errors_carry_rabbitmq_codes_and_close_only_the_channel() {
             .await
             .unwrap_err();
         assert_eq!(code(err), 403);
-        // 406: unknown delivery tag.
-        let ch = connection.create_channel().await.unwrap();
-        ch.basic_ack(99, BasicAckOptions::default()).await.unwrap();
-        let err = ch
-            .queue_declare(
-                s("q"),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(
-            code(err),
-            406,
-            "the ack of an unknown tag closed the channel"
-        );
         // 405: another connection's exclusive queue.
         let ch = connection.create_channel().await.unwrap();
         ch.queue_declare(
@@ -798,6 +782,29 @@ fn read_connection_close(socket: &mut TcpStream) -> Option<u16> {
     }
 }
 
+/// Read frames until a channel.close arrives; returns its channel and reply code.
+fn read_channel_close(socket: &mut TcpStream) -> Option<(u16, u16)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 7 {
+            let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+            if buf.len() < 8 + size {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..8 + size).collect();
+            if frame[0] == 1 && frame[7..11] == [0, 20, 0, 40] {
+                let channel = u16::from_be_bytes([frame[1], frame[2]]);
+                return Some((channel, u16::from_be_bytes([frame[11], frame[12]])));
+            }
+        }
+        match socket.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Perform the handshake by hand (PLAIN guest/guest), leaving the socket after open-ok.
 fn raw_handshake(addr: &str) -> TcpStream {
     let mut socket = TcpStream::connect(addr).unwrap();
@@ -860,6 +867,16 @@ fn malformed_input_gets_the_right_close_and_others_are_unaffected() {
     let mut socket = raw_handshake(&server.amqp);
     socket.write_all(&[3, 0, 1, 0, 0x10, 0, 0]).unwrap();
     assert_eq!(read_connection_close(&mut socket), Some(501));
+    // An ack of an unknown delivery tag closes the channel with 406 (not the connection).
+    let mut socket = raw_handshake(&server.amqp);
+    socket
+        .write_all(&[1, 0, 1, 0, 0, 0, 5, 0, 20, 0, 10, 0, 0xCE])
+        .unwrap(); // channel.open
+    let mut ack = vec![1, 0, 1, 0, 0, 0, 13, 0, 60, 0, 80];
+    ack.extend_from_slice(&99u64.to_be_bytes());
+    ack.extend_from_slice(&[0, 0xCE]);
+    socket.write_all(&ack).unwrap();
+    assert_eq!(read_channel_close(&mut socket), Some((1, 406)));
     // A method on a channel that was never opened: 504.
     let mut socket = raw_handshake(&server.amqp);
     socket
