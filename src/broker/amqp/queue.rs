@@ -196,6 +196,8 @@ pub struct Queue {
     dispatch_wanted: Arc<Notify>,
     /// A dispatcher task is running for this queue.
     pub dispatcher_running: AtomicBool,
+    /// A background fsync of the acknowledgement journal is scheduled.
+    pub ack_sync_scheduled: AtomicBool,
     deleted: AtomicBool,
     /// When the queue was last used (declared, consumed from, read with basic.get), for
     /// `x-expires`.
@@ -293,6 +295,7 @@ impl Queue {
             }),
             dispatch_wanted: Arc::new(Notify::new()),
             dispatcher_running: AtomicBool::new(false),
+            ack_sync_scheduled: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             last_used_ms: std::sync::atomic::AtomicI64::new(crate::storage::recovery::now_ms()),
         };
@@ -978,6 +981,15 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// The acknowledgement journal's log and the offset that makes every acknowledgement so
+    /// far durable, if some are not yet: callers ask for that fsync in the background, so
+    /// acknowledgements reach disk soon without anyone waiting for them.
+    pub fn ack_sync_target(&self) -> Option<(Log, u64)> {
+        let log = self.journal.as_ref()?.log();
+        let next = log.next_offset();
+        (next > log.visible_next_offset()).then(|| (log.clone(), next))
     }
 
     fn journal_op(&self, op: Vec<u8>) {

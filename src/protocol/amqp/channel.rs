@@ -133,6 +133,8 @@ pub struct Channel {
     tx: Option<Transaction>,
     /// Logs written this round, with the offset to wait for.
     round_waits: Vec<(Log, u64)>,
+    /// Queues whose acknowledgements changed this round (their journals get synced).
+    round_acked: Vec<Arc<Queue>>,
     /// Confirm sequence numbers published this round: first, last, and those to nack.
     round_first_seq: Option<u64>,
     round_seq: Option<u64>,
@@ -171,6 +173,7 @@ impl Channel {
             next_publish_seq: 1,
             tx: None,
             round_waits: Vec::new(),
+            round_acked: Vec::new(),
             round_first_seq: None,
             round_seq: None,
             round_nacked: Vec::new(),
@@ -624,6 +627,7 @@ impl Channel {
             .get(g.no_ack)
             .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
         route_dead_letters(ctx.shared, &queue);
+        sync_acks_soon(&queue);
         let Some((offset, redelivered, message, remaining)) = got else {
             ok(
                 ctx.out,
@@ -800,6 +804,9 @@ impl Channel {
                 // Stream acknowledgements are credit; nothing is removed or requeued.
                 u.queue.stream_credit(u.consumer_id);
                 continue;
+            }
+            if !self.round_acked.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
+                self.round_acked.push(Arc::clone(&u.queue));
             }
             match action {
                 Some(true) => u.queue.requeue(u.offset),
@@ -1062,6 +1069,9 @@ impl Channel {
     /// End of a round of input: hand this round's confirms to the waiter task, or (without
     /// confirms) just ask for the fsync so the messages become visible.
     pub fn end_round(&mut self) {
+        for queue in std::mem::take(&mut self.round_acked) {
+            sync_acks_soon(&queue);
+        }
         let waits = std::mem::take(&mut self.round_waits);
         if let Some(seq) = self.round_seq.take() {
             let first = self.round_first_seq.take().unwrap_or(seq);
@@ -1148,7 +1158,29 @@ fn spawn_dispatcher(queue: &Arc<Queue>, shared: &Arc<AmqpShared>) {
                 tracing::error!(queue = %queue.name, error = %e, "dispatch failed");
             }
             route_dead_letters(&shared, &queue);
+            // No-ack consumers acknowledge at dispatch.
+            sync_acks_soon(&queue);
             queue.dispatch_wanted().await;
+        }
+    });
+}
+
+/// How long acknowledgements gather before their journal is synced: one fsync per queue per
+/// interval at most, instead of one per round of every consumer.
+const ACK_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Ask for the fsync of `queue`'s acknowledgement journal soon, in the background (nobody
+/// waits: an acknowledgement lost in a crash only means a redelivery).
+fn sync_acks_soon(queue: &Arc<Queue>) {
+    if queue.ack_sync_target().is_none() || queue.ack_sync_scheduled.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let queue = Arc::clone(queue);
+    tokio::spawn(async move {
+        tokio::time::sleep(ACK_SYNC_DELAY).await;
+        queue.ack_sync_scheduled.store(false, Ordering::Release);
+        if let Some((log, offset)) = queue.ack_sync_target() {
+            let _ = log.wait_until_durable_async(offset).await;
         }
     });
 }
