@@ -6,13 +6,15 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+mod common;
 
 struct Server {
     child: Child,
@@ -21,40 +23,11 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_potok"))
-            .args([
-                "serve",
-                "--resp-addr",
-                "127.0.0.1:0",
-                "--amqp-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start potok");
-        let mut stdout = child.stdout.take().unwrap();
-        let mut seen = String::new();
-        let mut byte = [0u8; 1];
-        let amqp = loop {
-            if stdout.read(&mut byte).unwrap_or(0) == 0 {
-                panic!("server exited before listening: {seen}");
-            }
-            seen.push(byte[0] as char);
-            if let Some(line) = seen
-                .lines()
-                .find(|l| l.starts_with("potok: AMQP listening on "))
-            {
-                if seen.ends_with('\n') {
-                    break line
-                        .trim_start_matches("potok: AMQP listening on ")
-                        .to_string();
-                }
-            }
-        };
-        Server { child, amqp }
+        let spawned = common::server::spawn_server(data_dir, &[]).expect("server starts");
+        Server {
+            child: spawned.child,
+            amqp: spawned.amqp,
+        }
     }
 
     fn uri(&self) -> String {

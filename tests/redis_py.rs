@@ -2,8 +2,9 @@
 //! redis-py and sets POTOK_REQUIRE_REDIS_PY=1, so there a missing redis-py is a failure; on a
 //! machine without it the test says so and passes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod common;
 
 fn redis_py_available() -> bool {
     Command::new("python3")
@@ -23,25 +24,9 @@ fn redis_py_works_unmodified_over_resp2_and_resp3() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_potok"))
-        .args([
-            "serve",
-            "--resp-addr",
-            "127.0.0.1:0",
-            "--amqp-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let spawned = common::server::spawn_server(dir.path(), &[]).expect("server starts");
+    let mut server = spawned.child;
+    let port = spawned.resp.rsplit(':').next().unwrap().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/redis_py_smoke.py");
     let output = Command::new("python3")
         .arg(script)

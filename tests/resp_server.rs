@@ -1,13 +1,15 @@
 //! The real server over TCP, driven by the `redis` crate (RESP2 and RESP3) and by raw bytes:
 //! streams, keyspace, pipelining, bad input, restart, and kill -9.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use redis::{Connection, RedisResult};
+
+mod common;
 
 /// A `potok serve` child process on a free port.
 struct Server {
@@ -21,38 +23,12 @@ impl Server {
     }
 
     fn start_with(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_potok"))
-            .args([
-                "serve",
-                "--resp-addr",
-                "127.0.0.1:0",
-                "--amqp-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(addr) = line.trim().strip_prefix("potok: RESP listening on ") else {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            let _ = child.wait();
-            return Err(stderr);
-        };
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        Ok(Server { child, port })
+        let spawned = common::server::spawn_server(data_dir, extra)?;
+        let port = spawned.resp.rsplit(':').next().unwrap().parse().unwrap();
+        Ok(Server {
+            child: spawned.child,
+            port,
+        })
     }
 
     fn connect(&self) -> Connection {

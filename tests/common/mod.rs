@@ -1,5 +1,8 @@
-//! Helpers shared by the storage integration tests.
+//! Helpers shared by the integration tests: storage fixtures here, server processes in
+//! `server`.
 #![allow(dead_code)]
+
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
