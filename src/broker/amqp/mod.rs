@@ -962,6 +962,9 @@ impl VirtualHost {
     }
 }
 
+/// Segment size of a classic queue's log.
+const QUEUE_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
 /// A queue's log: the server's durability for durable queues, none for the others; a
 /// stream's retention from `x-max-age` and `x-max-length-bytes`.
 fn queue_log_config(template: &LogConfig, durable: bool, args: &args::QueueArgs) -> LogConfig {
@@ -973,6 +976,11 @@ fn queue_log_config(template: &LogConfig, durable: bool, args: &args::QueueArgs)
         },
         ..template.clone()
     };
+    if !args.stream {
+        // Acknowledged segments are dropped whole; smaller ones make disk use follow the
+        // backlog more closely.
+        config.segment_bytes_max = config.segment_bytes_max.min(QUEUE_SEGMENT_BYTES);
+    }
     if args.stream {
         config.retention = crate::storage::Retention {
             bytes_max: args.max_length_bytes,
