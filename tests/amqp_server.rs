@@ -1776,3 +1776,63 @@ fn heartbeats_flow_both_ways() {
     }
     assert!(closed, "a silent client is disconnected");
 }
+
+#[test]
+fn messages_delivered_before_a_crash_come_back_marked_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.queue_declare(
+            s("handed-out"),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        for body in ["a", "b", "c"] {
+            publish(&ch, "", "handed-out", body.as_bytes(), persistent()).await;
+        }
+        for expected in ["a", "b"] {
+            let got = ch
+                .basic_get(s("handed-out"), BasicGetOptions::default())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.delivery.data, expected.as_bytes());
+            assert!(!got.delivery.redelivered);
+        }
+        // Not acknowledged; the delivery mark reaches disk in the background.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    server.kill_9();
+    let server = Server::start(dir.path());
+    runtime().block_on(async {
+        let (_connection, ch) = connect(&server).await;
+        let mut got = Vec::new();
+        while let Some(m) = ch
+            .basic_get(s("handed-out"), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            got.push((
+                String::from_utf8(m.delivery.data.clone()).unwrap(),
+                m.delivery.redelivered,
+            ));
+        }
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), true),
+                ("b".to_string(), true),
+                ("c".to_string(), false)
+            ]
+        );
+    });
+}

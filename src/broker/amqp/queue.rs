@@ -136,6 +136,9 @@ struct QueueState {
     unacked: HashMap<u64, (u64, u64)>,
     /// Body bytes of the ready messages (for `x-max-length-bytes`).
     ready_bytes: u64,
+    /// One past the highest offset handed out, and how far the journal has recorded that.
+    delivered_high: u64,
+    delivered_journaled: u64,
     /// Acknowledged offsets at or above `ack_floor`.
     acked: RangeSet,
     /// Every offset below this is acknowledged (or gone).
@@ -222,6 +225,17 @@ pub struct QueueOptions {
 
 const OP_ACKED: u8 = 1;
 const OP_SNAPSHOT: u8 = 2;
+const OP_DELIVERED: u8 = 3;
+
+/// What the acknowledgement journal records.
+#[derive(Default)]
+struct AckRecord {
+    acked: RangeSet,
+    floor: u64,
+    /// Every offset below this may have been delivered (for the redelivered flag after a
+    /// restart).
+    delivered_high: u64,
+}
 
 impl Queue {
     /// Open (or create) the queue's log in `dir` and recover its acknowledgement state.
@@ -233,18 +247,22 @@ impl Queue {
     ) -> storage::Result<Queue> {
         let log = Log::open_with(Arc::clone(&vfs), dir.join("messages"), log_config)?;
         let args = QueueArgs::parse(&options.name, &options.arguments).unwrap_or_default();
-        let mut acked = RangeSet::default();
-        let mut ack_floor = 0;
+        let mut record = AckRecord::default();
         // A stream's messages are never removed by acknowledgements: no journal.
         let journal = if options.durable && !args.stream {
             let (journal, ops) = Journal::open(vfs, &dir.join("acks"))?;
             for op in ops {
-                apply_op(&op, &mut acked, &mut ack_floor);
+                apply_op(&op, &mut record);
             }
             Some(journal)
         } else {
             None
         };
+        let AckRecord {
+            mut acked,
+            floor: mut ack_floor,
+            delivered_high,
+        } = record;
         ack_floor = ack_floor.max(log.start_offset());
         acked.remove_below(ack_floor);
         // Transient messages do not survive a restart: count them as acknowledged.
@@ -292,6 +310,8 @@ impl Queue {
                 had_consumer: false,
                 dead_letters: Vec::new(),
                 ready_bytes,
+                delivered_high: 0,
+                delivered_journaled: 0,
             }),
             dispatch_wanted: Arc::new(Notify::new()),
             dispatcher_running: AtomicBool::new(false),
@@ -303,6 +323,17 @@ impl Queue {
             let mut state = queue.lock();
             queue.advance_floor(&mut state);
             skip_acked(&mut state);
+            // Messages that may have been delivered before the restart go out first, marked
+            // redelivered, as RabbitMQ does.
+            let delivered = delivered_high.min(queue.log.visible_next_offset());
+            for offset in state.next_ready..delivered {
+                if !state.acked.contains(offset) {
+                    state.requeued.insert(offset);
+                }
+            }
+            state.next_ready = state.next_ready.max(delivered);
+            state.delivered_high = delivered_high;
+            state.delivered_journaled = delivered_high;
         }
         let wake = Arc::clone(&queue.dispatch_wanted);
         queue
@@ -473,14 +504,30 @@ impl Queue {
         if self.args.stream {
             return self.dispatch_stream(&mut state);
         }
+        let dispatched = self.dispatch_classic(&mut state);
+        self.journal_delivered(&mut state);
+        dispatched
+    }
+
+    /// Record (lazily, like acknowledgements) how far messages have been handed out.
+    fn journal_delivered(&self, state: &mut QueueState) {
+        if state.delivered_high > state.delivered_journaled {
+            state.delivered_journaled = state.delivered_high;
+            let mut op = vec![OP_DELIVERED];
+            op.extend_from_slice(&state.delivered_high.to_le_bytes());
+            self.journal_op(op);
+        }
+    }
+
+    fn dispatch_classic(self: &Arc<Self>, state: &mut QueueState) -> storage::Result<()> {
         loop {
             if state.consumers.is_empty() {
                 return Ok(());
             }
-            let Some(pick) = self.pick_consumer(&mut state) else {
+            let Some(pick) = self.pick_consumer(state) else {
                 return Ok(());
             };
-            let Some((offset, redelivered, message)) = self.take_ready(&mut state)? else {
+            let Some((offset, redelivered, message)) = self.take_ready(state)? else {
                 return Ok(());
             };
             let size = message.body.len() as u64;
@@ -518,9 +565,10 @@ impl Queue {
                 continue;
             }
             if no_ack {
-                self.acknowledge(&mut state, offset);
+                self.acknowledge(state, offset);
             } else {
                 state.unacked.insert(offset, (id, size));
+                state.delivered_high = state.delivered_high.max(offset + 1);
             }
         }
     }
@@ -869,6 +917,8 @@ impl Queue {
             self.acknowledge(&mut state, offset);
         } else {
             state.unacked.insert(offset, (0, message.body.len() as u64));
+            state.delivered_high = state.delivered_high.max(offset + 1);
+            self.journal_delivered(&mut state);
         }
         let remaining = self.ready_count(&state);
         Ok(Some((offset, redelivered, message, remaining)))
@@ -975,7 +1025,7 @@ impl Queue {
         }
         if let Some(journal) = &self.journal {
             if journal.wants_snapshot() {
-                let snapshot = encode_snapshot(state.ack_floor, &state.acked);
+                let snapshot = encode_snapshot(state.ack_floor, &state.acked, state.delivered_high);
                 if let Err(e) = journal.snapshot(snapshot) {
                     tracing::warn!(queue = %self.name, error = %e, "ack journal snapshot failed");
                 }
@@ -1081,7 +1131,7 @@ fn encode_acked(start: u64, end: u64) -> Vec<u8> {
     op
 }
 
-fn encode_snapshot(floor: u64, acked: &RangeSet) -> Vec<u8> {
+fn encode_snapshot(floor: u64, acked: &RangeSet, delivered_high: u64) -> Vec<u8> {
     let mut op = vec![OP_SNAPSHOT];
     op.extend_from_slice(&floor.to_le_bytes());
     let ranges: Vec<(u64, u64)> = acked.iter().collect();
@@ -1090,26 +1140,40 @@ fn encode_snapshot(floor: u64, acked: &RangeSet) -> Vec<u8> {
         op.extend_from_slice(&s.to_le_bytes());
         op.extend_from_slice(&e.to_le_bytes());
     }
+    op.extend_from_slice(&delivered_high.to_le_bytes());
     op
 }
 
 /// Apply one journal operation; anything malformed is ignored (it can only make a message be
 /// delivered again).
-fn apply_op(op: &Bytes, acked: &mut RangeSet, floor: &mut u64) {
+fn apply_op(op: &Bytes, record: &mut AckRecord) {
     match op.first() {
         Some(&OP_ACKED) if op.len() == 17 => {
-            acked.insert_range(LE::read_u64(&op[1..9]), LE::read_u64(&op[9..17]));
+            record
+                .acked
+                .insert_range(LE::read_u64(&op[1..9]), LE::read_u64(&op[9..17]));
+        }
+        Some(&OP_DELIVERED) if op.len() == 9 => {
+            record.delivered_high = record.delivered_high.max(LE::read_u64(&op[1..9]));
         }
         Some(&OP_SNAPSHOT) if op.len() >= 13 => {
             let count = LE::read_u32(&op[9..13]) as usize;
-            if op.len() != 13 + count * 16 {
+            let ranges_end = 13 + count * 16;
+            // Snapshots may end with the delivered mark (8 bytes).
+            if op.len() != ranges_end && op.len() != ranges_end + 8 {
                 return;
             }
-            *floor = LE::read_u64(&op[1..9]);
-            *acked = RangeSet::default();
+            record.floor = LE::read_u64(&op[1..9]);
+            record.acked = RangeSet::default();
             for i in 0..count {
                 let at = 13 + i * 16;
-                acked.insert_range(LE::read_u64(&op[at..]), LE::read_u64(&op[at + 8..]));
+                record
+                    .acked
+                    .insert_range(LE::read_u64(&op[at..]), LE::read_u64(&op[at + 8..]));
+            }
+            if op.len() == ranges_end + 8 {
+                let high = LE::read_u64(&op[ranges_end..]);
+                record.delivered_high = record.delivered_high.max(high);
             }
         }
         _ => {}
