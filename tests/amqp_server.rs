@@ -117,14 +117,56 @@ async fn get_body(channel: &Channel, queue: &str) -> Option<Vec<u8>> {
 }
 
 async fn declare_queue(channel: &Channel, name: &str) {
+    declare_queue_with(
+        channel,
+        name,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    arguments: FieldTable,
+) {
     channel
-        .queue_declare(
-            s(name),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
+        .exchange_declare(s(name), kind, ExchangeDeclareOptions::default(), arguments)
+        .await
+        .expect("exchange.declare");
+}
+
+async fn bind_queue(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+    arguments: FieldTable,
+) {
+    channel
+        .queue_bind(
+            s(queue),
+            s(exchange),
+            s(key),
+            QueueBindOptions::default(),
+            arguments,
         )
         .await
-        .expect("queue.declare");
+        .expect("queue.bind");
+}
+
+async fn declare_queue_with(
+    channel: &Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) -> lapin::Queue {
+    channel
+        .queue_declare(s(name), options, arguments)
+        .await
+        .expect("queue.declare")
 }
 
 /// Drain a queue with basic.get, returning bodies as strings.
@@ -148,38 +190,17 @@ fn every_exchange_type_routes_like_rabbitmq() {
         for q in ["d1", "d2", "f1", "f2", "t1", "t2", "h_all", "h_any", "e2e"] {
             declare_queue(&ch, q).await;
         }
-        let declare = |name: &'static str, kind: ExchangeKind| {
-            let ch = ch.clone();
-            async move {
-                ch.exchange_declare(
-                    s(name),
-                    kind,
-                    ExchangeDeclareOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap()
-            }
-        };
-        declare("xd", ExchangeKind::Direct).await;
-        declare("xf", ExchangeKind::Fanout).await;
-        declare("xt", ExchangeKind::Topic).await;
-        declare("xh", ExchangeKind::Headers).await;
-        declare("xsrc", ExchangeKind::Fanout).await;
-        let bind = |q: &'static str, x: &'static str, key: &'static str, args: FieldTable| {
-            let ch = ch.clone();
-            async move {
-                ch.queue_bind(s(q), s(x), s(key), QueueBindOptions::default(), args)
-                    .await
-                    .unwrap()
-            }
-        };
-        bind("d1", "xd", "red", FieldTable::default()).await;
-        bind("d2", "xd", "blue", FieldTable::default()).await;
-        bind("f1", "xf", "", FieldTable::default()).await;
-        bind("f2", "xf", "ignored", FieldTable::default()).await;
-        bind("t1", "xt", "*.orange.*", FieldTable::default()).await;
-        bind("t2", "xt", "lazy.#", FieldTable::default()).await;
+        declare_exchange(&ch, "xd", ExchangeKind::Direct, FieldTable::default()).await;
+        declare_exchange(&ch, "xf", ExchangeKind::Fanout, FieldTable::default()).await;
+        declare_exchange(&ch, "xt", ExchangeKind::Topic, FieldTable::default()).await;
+        declare_exchange(&ch, "xh", ExchangeKind::Headers, FieldTable::default()).await;
+        declare_exchange(&ch, "xsrc", ExchangeKind::Fanout, FieldTable::default()).await;
+        bind_queue(&ch, "d1", "xd", "red", FieldTable::default()).await;
+        bind_queue(&ch, "d2", "xd", "blue", FieldTable::default()).await;
+        bind_queue(&ch, "f1", "xf", "", FieldTable::default()).await;
+        bind_queue(&ch, "f2", "xf", "ignored", FieldTable::default()).await;
+        bind_queue(&ch, "t1", "xt", "*.orange.*", FieldTable::default()).await;
+        bind_queue(&ch, "t2", "xt", "lazy.#", FieldTable::default()).await;
         let mut all = FieldTable::default();
         all.insert(
             s("x-match"),
@@ -193,7 +214,7 @@ fn every_exchange_type_routes_like_rabbitmq() {
             s("type"),
             AMQPValue::LongString(LongString::from(&b"report"[..])),
         );
-        bind("h_all", "xh", "", all).await;
+        bind_queue(&ch, "h_all", "xh", "", all).await;
         let mut any = FieldTable::default();
         any.insert(
             s("x-match"),
@@ -207,7 +228,7 @@ fn every_exchange_type_routes_like_rabbitmq() {
             s("type"),
             AMQPValue::LongString(LongString::from(&b"report"[..])),
         );
-        bind("h_any", "xh", "", any).await;
+        bind_queue(&ch, "h_any", "xh", "", any).await;
         // Exchange-to-exchange: xsrc fans out into xd, which routes "red" to d1.
         ch.exchange_bind(
             s("xd"),
@@ -554,16 +575,16 @@ fn errors_carry_rabbitmq_codes_and_close_only_the_channel() {
         assert_eq!(code(err), 403);
         // 405: another connection's exclusive queue.
         let ch = connection.create_channel().await.unwrap();
-        ch.queue_declare(
-            s("mine"),
+        declare_queue_with(
+            &ch,
+            "mine",
             QueueDeclareOptions {
                 exclusive: true,
                 ..Default::default()
             },
             FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await;
         let (other, other_ch) = connect(&server).await;
         let err = other_ch
             .queue_declare(
@@ -625,32 +646,24 @@ fn confirmed_persistent_messages_survive_kill_9_and_definitions_survive_restart(
         )
         .await
         .unwrap();
-        ch.queue_declare(
-            s("eu"),
+        declare_queue_with(
+            &ch,
+            "eu",
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
             FieldTable::default(),
         )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            s("eu"),
-            s("orders"),
-            s("eu.#"),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_declare(
-            s("temp"),
+        .await;
+        bind_queue(&ch, "eu", "orders", "eu.#", FieldTable::default()).await;
+        declare_queue_with(
+            &ch,
+            "temp",
             QueueDeclareOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await;
         let mut confirms = Vec::new();
         for i in 0..500 {
             confirms.push(
@@ -934,35 +947,20 @@ fn ttl_dead_lettering_and_single_active_consumer() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        ch.exchange_declare(
-            s("dlx"),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_exchange(&ch, "dlx", ExchangeKind::Fanout, FieldTable::default()).await;
         declare_queue(&ch, "dead").await;
-        ch.queue_bind(
-            s("dead"),
-            s("dlx"),
-            s(""),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        bind_queue(&ch, "dead", "dlx", "", FieldTable::default()).await;
         // A TTL queue with no consumer feeds the dead-letter exchange (delayed retry).
-        ch.queue_declare(
-            s("delay"),
+        declare_queue_with(
+            &ch,
+            "delay",
             QueueDeclareOptions::default(),
             args(&[
                 ("x-message-ttl", AMQPValue::LongInt(150)),
                 ("x-dead-letter-exchange", text("dlx")),
             ]),
         )
-        .await
-        .unwrap();
+        .await;
         publish(&ch, "", "delay", b"later", persistent()).await;
         assert_eq!(get_body(&ch, "dead").await, None, "not before the TTL");
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -980,34 +978,19 @@ fn ttl_dead_lettering_and_single_active_consumer() {
         assert!(get_body(&ch, "delay").await.is_none());
 
         // Per-message expiration, and rejection, with a dead-letter routing key.
-        ch.exchange_declare(
-            s("dlx2"),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_exchange(&ch, "dlx2", ExchangeKind::Direct, FieldTable::default()).await;
         declare_queue(&ch, "parking").await;
-        ch.queue_bind(
-            s("parking"),
-            s("dlx2"),
-            s("park"),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_declare(
-            s("jobs"),
+        bind_queue(&ch, "parking", "dlx2", "park", FieldTable::default()).await;
+        declare_queue_with(
+            &ch,
+            "jobs",
             QueueDeclareOptions::default(),
             args(&[
                 ("x-dead-letter-exchange", text("dlx2")),
                 ("x-dead-letter-routing-key", text("park")),
             ]),
         )
-        .await
-        .unwrap();
+        .await;
         publish(
             &ch,
             "",
@@ -1078,13 +1061,13 @@ fn ttl_dead_lettering_and_single_active_consumer() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        ch.queue_declare(
-            s("sac"),
+        declare_queue_with(
+            &ch,
+            "sac",
             QueueDeclareOptions::default(),
             args(&[("x-single-active-consumer", AMQPValue::Boolean(true))]),
         )
-        .await
-        .unwrap();
+        .await;
         let c1 = connection.create_channel().await.unwrap();
         let c2 = connection.create_channel().await.unwrap();
         let mut first = c1
@@ -1149,34 +1132,19 @@ fn length_limits_drop_head_or_reject_publish() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        ch.exchange_declare(
-            s("overflow"),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_exchange(&ch, "overflow", ExchangeKind::Fanout, FieldTable::default()).await;
         declare_queue(&ch, "dropped").await;
-        ch.queue_bind(
-            s("dropped"),
-            s("overflow"),
-            s(""),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_declare(
-            s("last-two"),
+        bind_queue(&ch, "dropped", "overflow", "", FieldTable::default()).await;
+        declare_queue_with(
+            &ch,
+            "last-two",
             QueueDeclareOptions::default(),
             args(&[
                 ("x-max-length", AMQPValue::LongInt(2)),
                 ("x-dead-letter-exchange", text("overflow")),
             ]),
         )
-        .await
-        .unwrap();
+        .await;
         for i in 0..4 {
             publish(
                 &ch,
@@ -1209,29 +1177,29 @@ fn length_limits_drop_head_or_reject_publish() {
         );
 
         // Bytes: a 10-byte limit keeps only the newest 6-byte body.
-        ch.queue_declare(
-            s("bytes"),
+        declare_queue_with(
+            &ch,
+            "bytes",
             QueueDeclareOptions::default(),
             args(&[("x-max-length-bytes", AMQPValue::LongInt(10))]),
         )
-        .await
-        .unwrap();
+        .await;
         for body in ["aaaaaa", "bbbbbb", "cccccc"] {
             publish(&ch, "", "bytes", body.as_bytes(), persistent()).await;
         }
         assert_eq!(drain(&ch, "bytes").await, ["cccccc"]);
 
         // reject-publish: the publish that does not fit is nacked and not stored.
-        ch.queue_declare(
-            s("one"),
+        declare_queue_with(
+            &ch,
+            "one",
             QueueDeclareOptions::default(),
             args(&[
                 ("x-max-length", AMQPValue::LongInt(1)),
                 ("x-overflow", text("reject-publish")),
             ]),
         )
-        .await
-        .unwrap();
+        .await;
         let first = ch
             .basic_publish(
                 s(""),
@@ -1312,16 +1280,16 @@ fn stream_queues_replay_from_any_offset_and_survive_restart() {
             .unwrap_err();
         assert_eq!(code(err), 406, "streams must be durable");
         let ch = connection.create_channel().await.unwrap();
-        ch.queue_declare(
-            s("events"),
+        declare_queue_with(
+            &ch,
+            "events",
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
             stream.clone(),
         )
-        .await
-        .unwrap();
+        .await;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
@@ -1402,13 +1370,13 @@ fn idle_queues_expire_and_consumer_priorities_are_honoured() {
     let server = Server::start(dir.path());
     runtime().block_on(async {
         let (connection, ch) = connect(&server).await;
-        ch.queue_declare(
-            s("ephemeral"),
+        declare_queue_with(
+            &ch,
+            "ephemeral",
             QueueDeclareOptions::default(),
             args(&[("x-expires", AMQPValue::LongInt(300))]),
         )
-        .await
-        .unwrap();
+        .await;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
@@ -1495,13 +1463,13 @@ fn priority_queues_deliver_highest_priority_first() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        ch.queue_declare(
-            s("prio"),
+        declare_queue_with(
+            &ch,
+            "prio",
             QueueDeclareOptions::default(),
             args(&[("x-max-priority", AMQPValue::ShortShortUInt(10))]),
         )
-        .await
-        .unwrap();
+        .await;
         for (body, priority) in [
             ("p1", Some(1)),
             ("p5", Some(5)),
@@ -1567,45 +1535,28 @@ fn alternate_exchanges_server_named_and_auto_delete_queues_cancel_notify_and_glo
             .await
             .unwrap();
         // Unroutable messages on "main" go to its alternate exchange.
-        ch.exchange_declare(
-            s("alt"),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.exchange_declare(
-            s("main"),
+        declare_exchange(&ch, "alt", ExchangeKind::Fanout, FieldTable::default()).await;
+        declare_exchange(
+            &ch,
+            "main",
             ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
             args(&[("alternate-exchange", text("alt"))]),
         )
-        .await
-        .unwrap();
+        .await;
         // A server-named queue: amq.gen-..., exclusive to this connection.
-        let named = ch
-            .queue_declare(
-                s(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let name = named.name().to_string();
-        assert!(name.starts_with("amq.gen-") && name.len() == 30, "{name}");
-        ch.queue_bind(
-            s(&name),
-            s("alt"),
-            s(""),
-            QueueBindOptions::default(),
+        let named = declare_queue_with(
+            &ch,
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await;
+        let name = named.name().to_string();
+        assert!(name.starts_with("amq.gen-") && name.len() == 30, "{name}");
+        bind_queue(&ch, &name, "alt", "", FieldTable::default()).await;
         publish(&ch, "main", "nobody-binds-this", b"caught", persistent()).await;
         assert_eq!(get_body(&ch, &name).await.as_deref(), Some(&b"caught"[..]));
 
@@ -1633,16 +1584,16 @@ fn alternate_exchanges_server_named_and_auto_delete_queues_cancel_notify_and_glo
         );
 
         // An auto-delete queue goes when its last consumer cancels.
-        ch.queue_declare(
-            s("auto"),
+        declare_queue_with(
+            &ch,
+            "auto",
             QueueDeclareOptions {
                 auto_delete: true,
                 ..Default::default()
             },
             FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await;
         let c = connection.create_channel().await.unwrap();
         c.basic_consume(
             s("auto"),
@@ -1786,16 +1737,16 @@ fn messages_delivered_before_a_crash_come_back_marked_redelivered() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        ch.queue_declare(
-            s("handed-out"),
+        declare_queue_with(
+            &ch,
+            "handed-out",
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
             FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await;
         for body in ["a", "b", "c"] {
             publish(&ch, "", "handed-out", body.as_bytes(), persistent()).await;
         }
