@@ -53,7 +53,8 @@ pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_secs(number.checked_mul(seconds)?))
 }
 
-fn integer(value: &AMQPValue) -> Option<i64> {
+/// An AMQP field value as an integer, whichever integer type carried it.
+pub fn integer(value: &AMQPValue) -> Option<i64> {
     Some(match value {
         AMQPValue::ShortShortInt(v) => (*v).into(),
         AMQPValue::ShortInt(v) => (*v).into(),
@@ -67,7 +68,8 @@ fn integer(value: &AMQPValue) -> Option<i64> {
     })
 }
 
-fn text(value: &AMQPValue) -> Option<String> {
+/// An AMQP field value as text, whether sent as a long or a short string.
+pub fn text(value: &AMQPValue) -> Option<String> {
     match value {
         AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
         AMQPValue::ShortString(s) => Some(s.to_string()),

@@ -80,12 +80,11 @@ impl Exchange {
     }
 
     /// The `alternate-exchange` argument, if set.
-    pub fn alternate_exchange(&self) -> Option<&str> {
-        match self.arguments.inner().get("alternate-exchange") {
-            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
-            Some(AMQPValue::ShortString(s)) => Some(s.as_str()),
-            _ => None,
-        }
+    pub fn alternate_exchange(&self) -> Option<String> {
+        self.arguments
+            .inner()
+            .get("alternate-exchange")
+            .and_then(super::args::text)
     }
 
     /// The destinations of the bindings a message with this key and these headers matches.
@@ -136,11 +135,11 @@ fn matches_from(pattern: &[&str], key: &[&str]) -> bool {
 /// `all-with-x` or `any-with-x`; binding arguments starting with `x-` are ignored unless a
 /// `-with-x` mode is used. A binding argument of type void matches on presence alone.
 pub fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
-    let mode = match binding.inner().get("x-match") {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.as_str().to_string(),
-        _ => "all".to_string(),
-    };
+    let mode = binding
+        .inner()
+        .get("x-match")
+        .and_then(super::args::text)
+        .unwrap_or_else(|| "all".to_string());
     let (any, with_x) = match mode.as_str() {
         "any" => (true, false),
         "all-with-x" => (false, true),

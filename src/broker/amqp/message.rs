@@ -114,14 +114,6 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes()))
 }
 
-fn text_of(value: Option<&AMQPValue>) -> Option<String> {
-    match value? {
-        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
 /// `properties` with `headers` replaced and `expiration` removed (the setters cannot unset).
 fn rebuilt(properties: &AMQPProperties, headers: FieldTable) -> AMQPProperties {
     let mut p = AMQPProperties::default().with_headers(headers);
@@ -185,8 +177,16 @@ impl Message {
         };
         let same = deaths.iter().position(|d| match d {
             AMQPValue::FieldTable(t) => {
-                text_of(t.inner().get("queue")).as_deref() == Some(queue)
-                    && text_of(t.inner().get("reason")).as_deref() == Some(reason)
+                t.inner()
+                    .get("queue")
+                    .and_then(super::args::text)
+                    .as_deref()
+                    == Some(queue)
+                    && t.inner()
+                        .get("reason")
+                        .and_then(super::args::text)
+                        .as_deref()
+                        == Some(reason)
             }
             _ => false,
         });

@@ -114,13 +114,22 @@ impl AmqpError {
     }
 }
 
-fn inequivalent(arg: &str, what: &str, name: &str, received: String, current: String) -> AmqpError {
-    AmqpError::new(
-        code::PRECONDITION_FAILED,
-        format!(
-            "inequivalent arg '{arg}' for {what} '{name}' in vhost '/': received '{received}' but current is '{current}'"
-        ),
-    )
+/// RabbitMQ's equivalence check on redeclaration: the first property whose requested value
+/// (`received`) differs from the existing one (`current`) is the error.
+fn check_equivalent(
+    what: &str,
+    name: &str,
+    properties: &[(&str, String, String)],
+) -> Result<(), AmqpError> {
+    match properties.iter().find(|(_, received, current)| received != current) {
+        None => Ok(()),
+        Some((arg, received, current)) => Err(AmqpError::new(
+            code::PRECONDITION_FAILED,
+            format!(
+                "inequivalent arg '{arg}' for {what} '{name}' in vhost '/': received '{received}' but current is '{current}'"
+            ),
+        )),
+    }
 }
 
 /// RabbitMQ's name for a field value's type in equivalence errors.
@@ -177,20 +186,7 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
 
 /// Numeric argument values compare by value whatever integer type carried them.
 fn same_value(a: &AMQPValue, b: &AMQPValue) -> bool {
-    let int = |v: &AMQPValue| -> Option<i128> {
-        Some(match v {
-            AMQPValue::ShortShortInt(v) => (*v).into(),
-            AMQPValue::ShortInt(v) => (*v).into(),
-            AMQPValue::LongInt(v) => (*v).into(),
-            AMQPValue::LongLongInt(v) => (*v).into(),
-            AMQPValue::ShortShortUInt(v) => (*v).into(),
-            AMQPValue::ShortUInt(v) => (*v).into(),
-            AMQPValue::LongUInt(v) => (*v).into(),
-            AMQPValue::Timestamp(v) => (*v).into(),
-            _ => return None,
-        })
-    };
-    match (int(a), int(b)) {
+    match (args::integer(a), args::integer(b)) {
         (Some(x), Some(y)) => x == y,
         _ => value_text(a) == value_text(b) && type_name(a) == type_name(b),
     }
@@ -403,43 +399,28 @@ impl VirtualHost {
                 return Ok(());
             }
             // Predeclared exchanges too: an equivalent redeclaration is fine.
-            let what = "exchange";
-            if existing.kind.name() != d.kind {
-                return Err(inequivalent(
-                    "type",
-                    what,
-                    &d.name,
-                    d.kind,
-                    existing.kind.name().into(),
-                ));
-            }
-            if existing.durable != d.durable {
-                return Err(inequivalent(
-                    "durable",
-                    what,
-                    &d.name,
-                    d.durable.to_string(),
-                    existing.durable.to_string(),
-                ));
-            }
-            if existing.auto_delete != d.auto_delete {
-                return Err(inequivalent(
-                    "auto_delete",
-                    what,
-                    &d.name,
-                    d.auto_delete.to_string(),
-                    existing.auto_delete.to_string(),
-                ));
-            }
-            if existing.internal != d.internal {
-                return Err(inequivalent(
-                    "internal",
-                    what,
-                    &d.name,
-                    d.internal.to_string(),
-                    existing.internal.to_string(),
-                ));
-            }
+            check_equivalent(
+                "exchange",
+                &d.name,
+                &[
+                    ("type", d.kind.clone(), existing.kind.name().to_string()),
+                    (
+                        "durable",
+                        d.durable.to_string(),
+                        existing.durable.to_string(),
+                    ),
+                    (
+                        "auto_delete",
+                        d.auto_delete.to_string(),
+                        existing.auto_delete.to_string(),
+                    ),
+                    (
+                        "internal",
+                        d.internal.to_string(),
+                        existing.internal.to_string(),
+                    ),
+                ],
+            )?;
             return Ok(());
         }
         if d.passive {
@@ -505,18 +486,7 @@ impl VirtualHost {
             ));
         }
         state.exchanges.remove(name);
-        let gone = Destination::Exchange(name.to_string());
-        let mut emptied = Vec::new();
-        for e in state.exchanges.values_mut() {
-            let before = e.bindings.len();
-            e.bindings.retain(|b| b.destination != gone);
-            if e.auto_delete && before > 0 && e.bindings.is_empty() {
-                emptied.push(e.name.clone());
-            }
-        }
-        for name in emptied {
-            state.exchanges.remove(&name);
-        }
+        unbind_everywhere(&mut state, &Destination::Exchange(name.to_string()));
         self.save(&state)
     }
 
@@ -631,29 +601,18 @@ impl VirtualHost {
                 return Err(AmqpError::locked(&name));
             }
             if !d.passive {
-                let what = "queue";
-                if queue.durable != d.durable {
-                    return Err(inequivalent(
-                        "durable",
-                        what,
-                        &name,
-                        d.durable.to_string(),
-                        queue.durable.to_string(),
-                    ));
-                }
-                let exclusive = queue.exclusive_owner.is_some();
-                if exclusive != d.exclusive {
+                // Exclusivity is checked between the two, in RabbitMQ's order.
+                let durable = [("durable", d.durable.to_string(), queue.durable.to_string())];
+                check_equivalent("queue", &name, &durable)?;
+                if queue.exclusive_owner.is_some() != d.exclusive {
                     return Err(AmqpError::locked(&name));
                 }
-                if queue.auto_delete != d.auto_delete {
-                    return Err(inequivalent(
-                        "auto_delete",
-                        what,
-                        &name,
-                        d.auto_delete.to_string(),
-                        queue.auto_delete.to_string(),
-                    ));
-                }
+                let auto_delete = [(
+                    "auto_delete",
+                    d.auto_delete.to_string(),
+                    queue.auto_delete.to_string(),
+                )];
+                check_equivalent("queue", &name, &auto_delete)?;
                 check_queue_args(&name, &queue.arguments, &d.arguments)?;
             }
             return Ok(QueueDeclared {
@@ -766,18 +725,7 @@ impl VirtualHost {
 
     fn remove_queue(&self, state: &mut VhostState, queue: &Arc<Queue>) -> Result<(), AmqpError> {
         state.queues.remove(&queue.name);
-        let gone = Destination::Queue(queue.name.clone());
-        let mut emptied = Vec::new();
-        for e in state.exchanges.values_mut() {
-            let before = e.bindings.len();
-            e.bindings.retain(|b| b.destination != gone);
-            if e.auto_delete && before > 0 && e.bindings.is_empty() {
-                emptied.push(e.name.clone());
-            }
-        }
-        for name in emptied {
-            state.exchanges.remove(&name);
-        }
+        unbind_everywhere(state, &Destination::Queue(queue.name.clone()));
         let saved = self.save(state);
         queue.delete();
         let dir = self.dir.join("queues").join(queue.id.to_string());
@@ -880,7 +828,7 @@ impl VirtualHost {
             }
             if queues.len() == before && !routed_to_exchange {
                 if let Some(alternate) = x.alternate_exchange() {
-                    pending.push(alternate.to_string());
+                    pending.push(alternate);
                 }
             }
         }
@@ -964,6 +912,22 @@ impl VirtualHost {
 
 /// Segment size of a classic queue's log.
 const QUEUE_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Remove every binding to `gone` (a deleted queue or exchange); auto-delete exchanges left
+/// without bindings go too.
+fn unbind_everywhere(state: &mut VhostState, gone: &Destination) {
+    let mut emptied = Vec::new();
+    for e in state.exchanges.values_mut() {
+        let before = e.bindings.len();
+        e.bindings.retain(|b| b.destination != *gone);
+        if e.auto_delete && before > 0 && e.bindings.is_empty() {
+            emptied.push(e.name.clone());
+        }
+    }
+    for name in emptied {
+        state.exchanges.remove(&name);
+    }
+}
 
 /// A queue's log: the server's durability for durable queues, none for the others; a
 /// stream's retention from `x-max-age` and `x-max-length-bytes`.

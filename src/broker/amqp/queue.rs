@@ -674,14 +674,10 @@ impl Queue {
                     .unwrap_or(i64::MAX)
                     .saturating_mul(1000),
             ),
-            Some(AMQPValue::LongLongInt(n)) => Ok(number(*n)),
-            Some(AMQPValue::LongInt(n)) => Ok(number((*n).into())),
-            Some(AMQPValue::ShortInt(n)) => Ok(number((*n).into())),
-            Some(AMQPValue::ShortShortInt(n)) => Ok(number((*n).into())),
-            Some(AMQPValue::LongUInt(n)) => Ok(number((*n).into())),
-            Some(AMQPValue::ShortUInt(n)) => Ok(number((*n).into())),
-            Some(AMQPValue::ShortShortUInt(n)) => Ok(number((*n).into())),
-            Some(other) => Err(format!("invalid x-stream-offset {other:?}")),
+            Some(other) => match super::args::integer(other) {
+                Some(n) => Ok(number(n)),
+                None => Err(format!("invalid x-stream-offset {other:?}")),
+            },
         }
     }
 

@@ -146,6 +146,13 @@ fn ok(out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
     put_method(out, channel, method);
 }
 
+/// Reply with `method` unless the request asked for no reply (`nowait`).
+fn reply_unless(nowait: bool, out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
+    if !nowait {
+        put_method(out, channel, method);
+    }
+}
+
 fn precondition(text: String) -> AmqpError {
     AmqpError::new(code::PRECONDITION_FAILED, text)
 }
@@ -231,13 +238,12 @@ impl Channel {
                 }
                 self.confirm = true;
                 self.ensure_waiter(ctx);
-                if !select.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                    );
-                }
+                reply_unless(
+                    select.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                );
             }
             AMQPClass::Tx(m) => self.tx_method(m, ctx)?,
             other => {
@@ -272,25 +278,21 @@ impl Channel {
                     internal: d.internal,
                     arguments: d.arguments,
                 })?;
-                if !d.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                            exchange::DeclareOk {},
-                        )),
-                    );
-                }
+                reply_unless(
+                    d.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                );
             }
             exchange::AMQPMethod::Delete(d) => {
                 vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
-                if !d.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
-                    );
-                }
+                reply_unless(
+                    d.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                );
             }
             exchange::AMQPMethod::Bind(b) => {
                 vhost.bind(
@@ -299,13 +301,12 @@ impl Channel {
                     b.routing_key.as_str(),
                     b.arguments,
                 )?;
-                if !b.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                    );
-                }
+                reply_unless(
+                    b.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                );
             }
             exchange::AMQPMethod::Unbind(b) => {
                 vhost.unbind(
@@ -314,13 +315,12 @@ impl Channel {
                     b.routing_key.as_str(),
                     b.arguments,
                 )?;
-                if !b.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                    );
-                }
+                reply_unless(
+                    b.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                );
             }
             other => return Err(server_method(AMQPClass::Exchange(other))),
         }
@@ -354,17 +354,16 @@ impl Channel {
                     ctx.connection_id,
                 )?;
                 self.last_queue = Some(declared.name.clone());
-                if !d.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: declared.name.into(),
-                            message_count: declared.message_count,
-                            consumer_count: declared.consumer_count,
-                        })),
-                    );
-                }
+                reply_unless(
+                    d.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: declared.name.into(),
+                        message_count: declared.message_count,
+                        consumer_count: declared.consumer_count,
+                    })),
+                );
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(&b.queue)?;
@@ -380,13 +379,12 @@ impl Channel {
                     &key,
                     b.arguments,
                 )?;
-                if !b.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                    );
-                }
+                reply_unless(
+                    b.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                );
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(&b.queue)?;
@@ -409,29 +407,27 @@ impl Channel {
                     return Err(not_for_streams("queue.purge", &name));
                 }
                 let count = vhost.purge_queue(&name, ctx.connection_id)?;
-                if !p.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                            message_count: count,
-                        })),
-                    );
-                }
+                reply_unless(
+                    p.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: count,
+                    })),
+                );
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(&d.queue)?;
                 let count =
                     vhost.delete_queue(&name, ctx.connection_id, d.if_unused, d.if_empty)?;
-                if !d.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                            message_count: count,
-                        })),
-                    );
-                }
+                reply_unless(
+                    d.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count: count,
+                    })),
+                );
             }
             other => return Err(server_method(AMQPClass::Queue(other))),
         }
@@ -463,15 +459,14 @@ impl Channel {
             basic::AMQPMethod::Cancel(c) => {
                 let tag = c.consumer_tag.to_string();
                 self.cancel_consumer(&tag, ctx);
-                if !c.nowait {
-                    ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
-                            consumer_tag: tag.into(),
-                        })),
-                    );
-                }
+                reply_unless(
+                    c.nowait,
+                    ctx.out,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: tag.into(),
+                    })),
+                );
             }
             basic::AMQPMethod::Publish(p) => {
                 self.pending = Some(PendingPublish {
@@ -562,15 +557,14 @@ impl Channel {
         let backlog = Arc::new(AtomicUsize::new(0));
         // The reply goes out before any delivery: deliveries reach the connection as events,
         // handled after this method's output is queued.
-        if !c.nowait {
-            ok(
-                ctx.out,
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: tag.clone().into(),
-                })),
-            );
-        }
+        reply_unless(
+            c.nowait,
+            ctx.out,
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.clone().into(),
+            })),
+        );
         queue
             .add_consumer(ConsumerSpec {
                 id: consumer_id,
@@ -1109,17 +1103,11 @@ impl Channel {
 
 /// A consumer's `x-priority` argument (0 when absent).
 fn consumer_priority(arguments: &amq_protocol::types::FieldTable) -> i64 {
-    use amq_protocol::types::AMQPValue;
-    match arguments.inner().get("x-priority") {
-        Some(AMQPValue::ShortShortInt(v)) => (*v).into(),
-        Some(AMQPValue::ShortInt(v)) => (*v).into(),
-        Some(AMQPValue::LongInt(v)) => (*v).into(),
-        Some(AMQPValue::LongLongInt(v)) => *v,
-        Some(AMQPValue::ShortShortUInt(v)) => (*v).into(),
-        Some(AMQPValue::ShortUInt(v)) => (*v).into(),
-        Some(AMQPValue::LongUInt(v)) => (*v).into(),
-        _ => 0,
-    }
+    arguments
+        .inner()
+        .get("x-priority")
+        .and_then(crate::broker::amqp::args::integer)
+        .unwrap_or(0)
 }
 
 /// RabbitMQ's answer to a method streams do not support.
