@@ -628,8 +628,9 @@ impl Queue {
         Ok(())
     }
 
-    /// Streams: a delivery was acknowledged (or nacked): only the consumer's credit changes.
-    pub fn stream_credit(&self, consumer_id: u64) {
+    /// Streams: a delivery was settled (acked, nacked, rejected, returned): only the consumer's
+    /// credit changes; nothing is removed or requeued.
+    fn stream_credit(&self, consumer_id: u64) {
         release_credit(&mut self.lock(), consumer_id);
         self.wake_dispatcher();
     }
@@ -921,7 +922,11 @@ impl Queue {
     }
 
     /// Acknowledge a delivered message.
-    pub fn ack(&self, offset: u64) {
+    /// `consumer_id` is the consumer it went to (0 for `basic.get`); only streams need it.
+    pub fn ack(&self, offset: u64, consumer_id: u64) {
+        if self.args.stream {
+            return self.stream_credit(consumer_id);
+        }
         let mut state = self.lock();
         if let Some((consumer_id, _)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
@@ -933,7 +938,11 @@ impl Queue {
 
     /// Drop a delivered message without requeueing it (reject or nack): dead-lettered if the
     /// queue has a dead-letter exchange (see [`Queue::take_dead_letters`]).
-    pub fn reject(&self, offset: u64) -> storage::Result<()> {
+    pub fn reject(&self, offset: u64, consumer_id: u64) -> storage::Result<()> {
+        if self.args.stream {
+            self.stream_credit(consumer_id);
+            return Ok(());
+        }
         let mut state = self.lock();
         if let Some((consumer_id, _)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
@@ -950,7 +959,10 @@ impl Queue {
     }
 
     /// Put a delivered message back where it was; it goes out again marked redelivered.
-    pub fn requeue(&self, offset: u64) {
+    pub fn requeue(&self, offset: u64, consumer_id: u64) {
+        if self.args.stream {
+            return self.stream_credit(consumer_id);
+        }
         let mut state = self.lock();
         if let Some((consumer_id, size)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
@@ -1232,7 +1244,7 @@ mod tests {
         let (first, _, m, remaining) = queue.get(false).unwrap().unwrap();
         assert_eq!((&m.body[..], remaining), (&b"m0"[..], 4));
         let (second, ..) = queue.get(true).unwrap().unwrap();
-        queue.ack(first);
+        queue.ack(first, 0);
         assert_eq!(second, 1);
         queue.close();
         drop(queue);
@@ -1263,14 +1275,14 @@ mod tests {
         }
         // Requeue one in the middle: nothing at or after it can be dropped yet.
         for &offset in &offsets[..90] {
-            queue.ack(offset);
+            queue.ack(offset, 0);
         }
         assert!(
             queue.log_bytes() < full / 5,
             "{} of {full}",
             queue.log_bytes()
         );
-        queue.requeue(offsets[95]);
+        queue.requeue(offsets[95], 0);
         let (again, redelivered, ..) = queue.get(false).unwrap().unwrap();
         assert_eq!((again, redelivered), (offsets[95], true));
     }

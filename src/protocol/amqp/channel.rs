@@ -681,11 +681,9 @@ impl Channel {
             // Cancelled meanwhile: the message goes back (unless it was already acked).
             if !delivery.no_ack {
                 self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
-                if delivery.queue.is_stream() {
-                    delivery.queue.stream_credit(delivery.consumer_id);
-                } else {
-                    delivery.queue.requeue(delivery.offset);
-                }
+                delivery
+                    .queue
+                    .requeue(delivery.offset, delivery.consumer_id);
             }
             return;
         }
@@ -794,23 +792,18 @@ impl Channel {
             if u.counted {
                 self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            if u.queue.is_stream() {
-                // Stream acknowledgements are credit; nothing is removed or requeued.
-                u.queue.stream_credit(u.consumer_id);
-                continue;
-            }
             if !self.round_acked.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
                 self.round_acked.push(Arc::clone(&u.queue));
             }
             match action {
-                Some(true) => u.queue.requeue(u.offset),
+                Some(true) => u.queue.requeue(u.offset, u.consumer_id),
                 Some(false) => {
                     u.queue
-                        .reject(u.offset)
+                        .reject(u.offset, u.consumer_id)
                         .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
                     route_dead_letters(shared, &u.queue);
                 }
-                None => u.queue.ack(u.offset),
+                None => u.queue.ack(u.offset, u.consumer_id),
             }
         }
         Ok(())
@@ -829,11 +822,7 @@ impl Channel {
             if u.counted {
                 self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            if u.queue.is_stream() {
-                u.queue.stream_credit(u.consumer_id);
-            } else {
-                u.queue.requeue(u.offset);
-            }
+            u.queue.requeue(u.offset, u.consumer_id);
         }
     }
 

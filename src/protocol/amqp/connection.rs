@@ -626,8 +626,8 @@ impl Connection {
                 match channel.and_then(|c| channels.get_mut(&c)) {
                     Some(ch) => ch.deliver(delivery, &mut ctx),
                     None => {
-                        if !delivery.no_ack && !queue.is_stream() {
-                            queue.requeue(delivery.offset);
+                        if !delivery.no_ack {
+                            queue.requeue(delivery.offset, delivery.consumer_id);
                         }
                     }
                 }
