@@ -744,8 +744,9 @@ fn confirmed_persistent_messages_survive_kill_9_and_definitions_survive_restart(
     });
 }
 
-/// Read frames until a connection.close arrives; returns its reply code.
-fn read_connection_close(socket: &mut TcpStream) -> Option<u16> {
+/// Read frames until the method `class`.`method` arrives (a close: 10.50 connection.close,
+/// 20.40 channel.close); returns its channel and reply code.
+fn read_close(socket: &mut TcpStream, class: u8, method: u8) -> Option<(u16, u16)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -755,29 +756,7 @@ fn read_connection_close(socket: &mut TcpStream) -> Option<u16> {
                 break;
             }
             let frame: Vec<u8> = buf.drain(..8 + size).collect();
-            if frame[0] == 1 && frame[7..11] == [0, 10, 0, 50] {
-                return Some(u16::from_be_bytes([frame[11], frame[12]]));
-            }
-        }
-        match socket.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Read frames until a channel.close arrives; returns its channel and reply code.
-fn read_channel_close(socket: &mut TcpStream) -> Option<(u16, u16)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while buf.len() >= 7 {
-            let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-            if buf.len() < 8 + size {
-                break;
-            }
-            let frame: Vec<u8> = buf.drain(..8 + size).collect();
-            if frame[0] == 1 && frame[7..11] == [0, 20, 0, 40] {
+            if frame[0] == 1 && frame[7..11] == [0, class, 0, method] {
                 let channel = u16::from_be_bytes([frame[1], frame[2]]);
                 return Some((channel, u16::from_be_bytes([frame[11], frame[12]])));
             }
@@ -787,6 +766,11 @@ fn read_channel_close(socket: &mut TcpStream) -> Option<(u16, u16)> {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// The reply code of the connection.close that ends a raw connection.
+fn read_connection_close(socket: &mut TcpStream) -> Option<u16> {
+    read_close(socket, 10, 50).map(|(_, code)| code)
 }
 
 /// Perform the handshake by hand (PLAIN guest/guest), leaving the socket after open-ok.
@@ -860,7 +844,7 @@ fn malformed_input_gets_the_right_close_and_others_are_unaffected() {
     ack.extend_from_slice(&99u64.to_be_bytes());
     ack.extend_from_slice(&[0, 0xCE]);
     socket.write_all(&ack).unwrap();
-    assert_eq!(read_channel_close(&mut socket), Some((1, 406)));
+    assert_eq!(read_close(&mut socket, 20, 40), Some((1, 406)));
     // A method on a channel that was never opened: 504.
     let mut socket = raw_handshake(&server.amqp);
     socket
