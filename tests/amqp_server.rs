@@ -773,11 +773,26 @@ fn read_connection_close(socket: &mut TcpStream) -> Option<u16> {
     read_close(socket, 10, 50).map(|(_, code)| code)
 }
 
+/// Read one frame; its type (1 method, 8 heartbeat...), or `None` once the socket closes.
+fn read_frame_type(socket: &mut TcpStream) -> Option<u8> {
+    let mut header = [0u8; 7];
+    socket.read_exact(&mut header).ok()?;
+    let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+    let mut rest = vec![0u8; size + 1];
+    socket.read_exact(&mut rest).ok()?;
+    Some(header[0])
+}
+
 /// Perform the handshake by hand (PLAIN guest/guest), leaving the socket after open-ok.
 fn raw_handshake(addr: &str) -> TcpStream {
+    raw_handshake_with(addr, 4096, 0)
+}
+
+/// The handshake with the given tune-ok `frame_max` and `heartbeat` (seconds).
+fn raw_handshake_with(addr: &str, frame_max: u32, heartbeat: u16) -> TcpStream {
     let mut socket = TcpStream::connect(addr).unwrap();
     socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     socket.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
     let method = |class: u16, method: u16, args: &[u8]| {
@@ -790,15 +805,7 @@ fn raw_handshake(addr: &str) -> TcpStream {
         frame.push(0xCE);
         frame
     };
-    let read_frame = |socket: &mut TcpStream| {
-        let mut header = [0u8; 7];
-        socket.read_exact(&mut header).unwrap();
-        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
-        let mut rest = vec![0u8; size + 1];
-        socket.read_exact(&mut rest).unwrap();
-        rest
-    };
-    read_frame(&mut socket); // start
+    assert_eq!(read_frame_type(&mut socket), Some(1)); // start
     let mut start_ok = vec![0, 0, 0, 0]; // empty client properties
     start_ok.extend_from_slice(&[5]);
     start_ok.extend_from_slice(b"PLAIN");
@@ -808,13 +815,13 @@ fn raw_handshake(addr: &str) -> TcpStream {
     start_ok.extend_from_slice(&[5]);
     start_ok.extend_from_slice(b"en_US");
     socket.write_all(&method(10, 11, &start_ok)).unwrap();
-    read_frame(&mut socket); // tune
+    assert_eq!(read_frame_type(&mut socket), Some(1)); // tune
     let mut tune_ok = 0u16.to_be_bytes().to_vec();
-    tune_ok.extend_from_slice(&4096u32.to_be_bytes());
-    tune_ok.extend_from_slice(&0u16.to_be_bytes());
+    tune_ok.extend_from_slice(&frame_max.to_be_bytes());
+    tune_ok.extend_from_slice(&heartbeat.to_be_bytes());
     socket.write_all(&method(10, 31, &tune_ok)).unwrap();
     socket.write_all(&method(10, 40, &[1, b'/', 0, 0])).unwrap();
-    read_frame(&mut socket); // open-ok
+    assert_eq!(read_frame_type(&mut socket), Some(1)); // open-ok
     socket
 }
 
@@ -1659,52 +1666,15 @@ fn alternate_exchanges_server_named_and_auto_delete_queues_cancel_notify_and_glo
 fn heartbeats_flow_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let mut socket = TcpStream::connect(&server.amqp).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    socket.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
-    let frame = |class: u16, method: u16, args: &[u8]| {
-        let mut payload = class.to_be_bytes().to_vec();
-        payload.extend_from_slice(&method.to_be_bytes());
-        payload.extend_from_slice(args);
-        let mut f = vec![1, 0, 0];
-        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        f.extend_from_slice(&payload);
-        f.push(0xCE);
-        f
-    };
-    let read_frame = |socket: &mut TcpStream| -> Option<u8> {
-        let mut header = [0u8; 7];
-        socket.read_exact(&mut header).ok()?;
-        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
-        let mut rest = vec![0u8; size + 1];
-        socket.read_exact(&mut rest).ok()?;
-        Some(header[0])
-    };
-    read_frame(&mut socket); // start
-    let mut start_ok = vec![0, 0, 0, 0, 5];
-    start_ok.extend_from_slice(b"PLAIN");
-    start_ok.extend_from_slice(&12u32.to_be_bytes());
-    start_ok.extend_from_slice(b"\0guest\0guest");
-    start_ok.extend_from_slice(&[5]);
-    start_ok.extend_from_slice(b"en_US");
-    socket.write_all(&frame(10, 11, &start_ok)).unwrap();
-    read_frame(&mut socket); // tune
-    let mut tune_ok = 0u16.to_be_bytes().to_vec();
-    tune_ok.extend_from_slice(&131072u32.to_be_bytes());
-    tune_ok.extend_from_slice(&1u16.to_be_bytes()); // heartbeat: 1 s
-    socket.write_all(&frame(10, 31, &tune_ok)).unwrap();
-    socket.write_all(&frame(10, 40, &[1, b'/', 0, 0])).unwrap();
-    assert_eq!(read_frame(&mut socket), Some(1)); // open-ok
-                                                  // Idle: the server sends heartbeats (type 8).
+    let mut socket = raw_handshake_with(&server.amqp, 131_072, 1); // heartbeat: 1 s
+                                                                   // Idle: the server sends heartbeats (type 8).
     let started = std::time::Instant::now();
-    assert_eq!(read_frame(&mut socket), Some(8));
+    assert_eq!(read_frame_type(&mut socket), Some(8));
     assert!(started.elapsed() < Duration::from_secs(2));
     // Silent client: the server gives up after two missed intervals and closes the socket.
     let mut closed = false;
     for _ in 0..10 {
-        if read_frame(&mut socket).is_none() {
+        if read_frame_type(&mut socket).is_none() {
             closed = true;
             break;
         }
