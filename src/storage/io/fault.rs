@@ -282,6 +282,10 @@ impl FaultVfs {
 }
 
 impl Vfs for FaultVfs {
+    fn background_io(&self) -> bool {
+        false
+    }
+
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn VFile>> {
         let mut state = self.lock();
         let existing = state.live.get(path).copied();

@@ -55,6 +55,11 @@ pub trait Vfs: Send + Sync + 'static {
     /// Make the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Whether logs may do optional I/O on a background thread (zero-filling ahead of the
+    /// writes). [`FaultVfs`] says no, so that a seeded run does its operations in one order.
+    fn background_io(&self) -> bool {
+        true
+    }
 }
 
 /// An open file: the byte-level half of the seam. All positions are absolute (`pread`/`pwrite`),
@@ -69,6 +74,11 @@ pub trait VFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// `fdatasync`: make the file's contents durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// Write back the given range now and wait for it (`sync_file_range`), so that a later
+    /// `sync_data` finds it clean. Not a durability promise: metadata may still be unsynced.
+    fn write_back(&self, _pos: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// A read-only view of the whole file. Only used on files that no longer change (sealed
     /// segments); the OS implementation memory-maps them.
     fn map(&self) -> io::Result<Bytes>;

@@ -109,6 +109,22 @@ impl VFile for OsFile {
         self.file.sync_data()
     }
 
+    #[cfg(target_os = "linux")]
+    fn write_back(&self, pos: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let (pos, len) = (pos as libc::off64_t, len as libc::off64_t);
+        // SAFETY: a plain system call on a descriptor this struct owns; no memory is passed.
+        let result = unsafe { libc::sync_file_range(self.file.as_raw_fd(), pos, len, flags) };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     fn map(&self) -> io::Result<Bytes> {
         if self.len()? == 0 {
             // mmap of an empty file fails on Linux; an empty view is the honest answer.

@@ -6,7 +6,7 @@
 //! offset instead of parking a thread; the leader then runs on the blocking pool.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use super::*;
@@ -38,6 +38,36 @@ struct TakenWrite {
     zero_fill: u64,
 }
 
+/// The background zero-fill writes back this much at a time.
+const ZERO_FILL_STRETCH_BYTES: u64 = 256 * 1024;
+
+type BackgroundJob = Box<dyn FnOnce() + Send>;
+
+/// Run `job` on the process's one background I/O thread (started on first use), or right here
+/// if that thread cannot be started.
+fn run_in_background(job: BackgroundJob) {
+    static QUEUE: OnceLock<Option<Mutex<mpsc::Sender<BackgroundJob>>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<BackgroundJob>();
+        std::thread::Builder::new()
+            .name("potok-zero-fill".into())
+            .spawn(move || receiver.into_iter().for_each(|job| job()))
+            .map_err(
+                |e| tracing::warn!(error = %e, "no background I/O thread; zero-filling inline"),
+            )
+            .ok()
+            .map(|_| Mutex::new(sender))
+    });
+    match queue {
+        Some(sender) => {
+            if let Err(mpsc::SendError(job)) = lock(sender).send(job) {
+                job();
+            }
+        }
+        None => job(),
+    }
+}
+
 /// Write `len` zero bytes at `pos`, from one small static buffer.
 fn write_zeros(file: &dyn VFile, mut pos: u64, len: u64) -> std::io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -48,6 +78,32 @@ fn write_zeros(file: &dyn VFile, mut pos: u64, len: u64) -> std::io::Result<()> 
         pos += n;
     }
     Ok(())
+}
+
+impl Flight {
+    /// The background zero-fill of `from..to` in the active segment: zeros written back in
+    /// stretches (so an fsync of the data meanwhile waits for at most one stretch), then synced
+    /// with the allocation and file size they imply. A failure only means the writes catch up
+    /// and zero-fill for themselves; what it left is zeros, which recovery reads as the end.
+    fn zero_fill_in_background(&self, dir: &Path, file: &dyn VFile, from: u64, to: u64) {
+        let mut pos = from;
+        let mut outcome = Ok(());
+        while pos < to && outcome.is_ok() {
+            let len = (to - pos).min(ZERO_FILL_STRETCH_BYTES);
+            outcome = write_zeros(file, pos, len).and_then(|()| file.write_back(pos, len));
+            pos += len;
+        }
+        let outcome = outcome.and_then(|()| file.sync_data());
+        if let Err(e) = &outcome {
+            tracing::warn!(dir = %dir.display(), error = %e, "background zero-fill failed");
+        }
+        let mut flight = lock(&self.state);
+        flight.zero_fill_to = None;
+        if outcome.is_ok() {
+            flight.file_bytes = flight.file_bytes.max(to);
+        }
+        self.done.notify_all();
+    }
 }
 
 impl LogInner {
@@ -142,35 +198,69 @@ impl LogInner {
     /// Move the buffered batches (and any zero-filling due) out of the writer, so they can be
     /// written without the writer lock; the caller holds it. Until [`Self::write_taken`]
     /// finishes, roll and close wait in [`Self::await_write_in_flight`].
+    ///
+    /// Zero-filling: the first write into a segment zero-fills ahead of itself; from then on,
+    /// once half the zeros ahead are used up, the next stretch is zero-filled (and synced) in
+    /// the background, off the path of the appends waiting for this sync. The data never goes
+    /// where a background zero-fill is still writing: this waits for it first.
     fn take_pending(&self, writer: &mut Writer) -> Option<TakenWrite> {
         if writer.pending.is_empty() {
             return None;
         }
-        let mut flight = lock(&self.write_in_flight);
+        let mut flight = lock(&self.flight.state);
         debug_assert!(!flight.active, "one write of buffered batches at a time");
+        let from = writer.pending_from;
+        let end = from + writer.pending.len() as u64;
+        while flight.zero_fill_to.is_some() && end > flight.file_bytes {
+            flight = self
+                .flight
+                .done
+                .wait(flight)
+                .unwrap_or_else(|e| e.into_inner());
+        }
         let mut data = std::mem::take(&mut flight.spare);
         data.clear();
         std::mem::swap(&mut data, &mut writer.pending);
         flight.active = true;
-        let from = writer.pending_from;
-        let end = from + data.len() as u64;
         writer.pending_from = end;
         let ahead_max = self.config.preallocate_bytes_max;
-        let zero_fill = if ahead_max > 0 && end > writer.file_bytes {
-            // As much as is written (so a small log wastes little), within the limits.
-            let ahead = end.max(PREALLOCATE_BYTES_MIN).min(ahead_max);
-            writer.file_bytes = end + ahead;
+        // As much as is written (so a small log wastes little), within the limits.
+        let ahead = end.max(PREALLOCATE_BYTES_MIN).min(ahead_max);
+        let zero_fill = if ahead_max > 0 && end > flight.file_bytes {
+            flight.file_bytes = end + ahead;
             ahead
         } else {
-            writer.file_bytes = writer.file_bytes.max(end);
+            flight.file_bytes = flight.file_bytes.max(end);
             0
         };
+        let file = Arc::clone(&self.read_shared().active.file);
+        let background = ahead_max > 0
+            && flight.zero_fill_to.is_none()
+            && flight.file_bytes - end < ahead / 2
+            && self.vfs.background_io();
+        if background {
+            let (from, to) = (flight.file_bytes, flight.file_bytes + ahead);
+            flight.zero_fill_to = Some(to);
+            // Unlocked first: the job may run right here, and it takes the lock.
+            drop(flight);
+            let (flight, file) = (Arc::clone(&self.flight), Arc::clone(&file));
+            let dir = self.dir.clone();
+            run_in_background(Box::new(move || {
+                flight.zero_fill_in_background(&dir, &*file, from, to)
+            }));
+        }
         Some(TakenWrite {
-            file: Arc::clone(&self.read_shared().active.file),
+            file,
             data,
             from,
             zero_fill,
         })
+    }
+
+    /// Length of the active segment file, once no write or zero-fill is in flight (the writer
+    /// lock, held by the caller, keeps new ones from starting).
+    pub(super) fn file_bytes(&self) -> u64 {
+        lock(&self.flight.state).file_bytes
     }
 
     /// Write what [`Self::take_pending`] took, then let roll and close go on.
@@ -186,24 +276,25 @@ impl LogInner {
             .write_at(&data, from)
             .and_then(|()| write_zeros(&*file, end, zero_fill));
         {
-            let mut flight = lock(&self.write_in_flight);
+            let mut flight = lock(&self.flight.state);
             flight.active = false;
             // Keep a big buffer from pinning memory after a burst.
             if data.capacity() <= PENDING_BYTES_MAX {
                 flight.spare = data;
             }
-            self.write_done.notify_all();
+            self.flight.done.notify_all();
         }
         result.map_err(|e| self.fail(e))
     }
 
-    /// Wait until no write of buffered batches is in flight. Called with the writer lock held,
-    /// which stops a new one from starting.
+    /// Wait until no write of buffered batches and no zero-fill is in flight. Called with the
+    /// writer lock held, which stops new ones from starting.
     pub(super) fn await_write_in_flight(&self) -> Result<()> {
-        let mut flight = lock(&self.write_in_flight);
-        while flight.active {
+        let mut flight = lock(&self.flight.state);
+        while flight.active || flight.zero_fill_to.is_some() {
             flight = self
-                .write_done
+                .flight
+                .done
                 .wait(flight)
                 .unwrap_or_else(|e| e.into_inner());
         }

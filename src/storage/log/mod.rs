@@ -120,9 +120,6 @@ struct Writer {
     pending: Vec<u8>,
     /// File position of `pending[0]`.
     pending_from: u64,
-    /// Length of the active segment file: written bytes plus any zero-filled preallocated
-    /// space after them.
-    file_bytes: u64,
 }
 
 /// Bytes buffered under `always` before they are written even without a sync.
@@ -131,12 +128,26 @@ const PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// The least zero-filled space added ahead of the writes at a time.
 const PREALLOCATE_BYTES_MIN: u64 = 16 * 1024;
 
-/// Whether the sync leader is writing buffered batches outside the writer lock.
+/// Writes to the active segment that run outside the writer lock: the sync leader's write of
+/// buffered batches, and the background zero-fill ahead of the writes.
 #[derive(Default)]
 struct WriteInFlight {
+    /// The sync leader is writing buffered batches.
     active: bool,
     /// The buffer the last write used, kept for the next swap.
     spare: Vec<u8>,
+    /// Length of the active segment file: written bytes plus any zero-filled preallocated
+    /// space after them (durably allocated when the background zero-fill put it there).
+    file_bytes: u64,
+    /// A background zero-fill is extending `file_bytes` to this.
+    zero_fill_to: Option<u64>,
+}
+
+/// [`WriteInFlight`] and its condition variable, shared with the background zero-fill.
+struct Flight {
+    state: Mutex<WriteInFlight>,
+    /// Signalled whenever a write or zero-fill in flight finishes.
+    done: Condvar,
 }
 
 struct SyncState {
@@ -152,8 +163,7 @@ struct LogInner {
     shared: RwLock<Shared>,
     sync: Mutex<SyncState>,
     synced: Condvar,
-    write_in_flight: Mutex<WriteInFlight>,
-    write_done: Condvar,
+    flight: Arc<Flight>,
     failed: AtomicBool,
     closed: AtomicBool,
     recovery: RecoveryReport,
@@ -235,8 +245,6 @@ impl Log {
                 encode_buf: Vec::new(),
                 pending: Vec::new(),
                 pending_from: end.bytes,
-                // Recovery cut any preallocated space, and a clean close never leaves any.
-                file_bytes: end.bytes,
             }),
             durable_watch: tokio::sync::watch::Sender::new(end.next_offset),
             shared: RwLock::new(shared),
@@ -245,8 +253,14 @@ impl Log {
                 leader_active: false,
             }),
             synced: Condvar::new(),
-            write_in_flight: Mutex::default(),
-            write_done: Condvar::new(),
+            flight: Arc::new(Flight {
+                state: Mutex::new(WriteInFlight {
+                    // Recovery cut any preallocated space, and a clean close never leaves any.
+                    file_bytes: end.bytes,
+                    ..WriteInFlight::default()
+                }),
+                done: Condvar::new(),
+            }),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             recovery: recovered.report,
@@ -552,7 +566,7 @@ impl LogInner {
         if written.bytes == 0 {
             return Ok(());
         }
-        let file_bytes = writer.file_bytes;
+        let file_bytes = self.file_bytes();
         let step = || -> std::io::Result<(Arc<SealedSegment>, ActiveState)> {
             cut_preallocated(&*file, file_bytes, written.bytes)?;
             file.sync_data()?;
@@ -591,7 +605,7 @@ impl LogInner {
         }
         self.notify_visible();
         writer.started_ms = active.started_ms;
-        writer.file_bytes = 0;
+        lock(&self.flight.state).file_bytes = 0;
         if self.config.retention != Default::default() {
             if let Err(e) = self.enforce_retention(now_ms()) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "retention after roll failed");
@@ -675,7 +689,7 @@ impl LogInner {
                 a.index.clone(),
             )
         };
-        let file_bytes = writer.file_bytes;
+        let file_bytes = self.file_bytes();
         let mut step = || -> std::io::Result<()> {
             cut_preallocated(&*file, file_bytes, written.bytes)?;
             file.sync_data()?;
