@@ -182,6 +182,13 @@ impl LogInner {
                 self.durable_watch.send_modify(|_| {});
                 return;
             }
+            // Threads waiting on what this round covered go on now.
+            self.synced.notify_all();
+            drop(sync);
+            // More was appended during that fsync: let the next one gather a little more.
+            if !self.config.group_commit_delay.is_zero() {
+                std::thread::sleep(self.config.group_commit_delay);
+            }
         }
     }
 
