@@ -29,7 +29,7 @@ run_once() { # label
   local dir="$work/run" pid out
   rm -rf "$dir"; mkdir -p "$dir"
   case "$1" in
-    potok) ./target/release/potok serve --data-dir "$dir" --resp-addr 127.0.0.1:7601 --fsync always >/dev/null 2>&1 & ;;
+    potok) ./target/release/potok serve --data-dir "$dir" --resp-addr 127.0.0.1:7601 --amqp-addr 127.0.0.1:7603 --fsync always >/dev/null 2>&1 & ;;
     redis-always) redis-server --port 7601 --dir "$dir" --save "" --appendonly yes --appendfsync always >/dev/null 2>&1 & ;;
     redis-everysec) redis-server --port 7601 --dir "$dir" --save "" --appendonly yes --appendfsync everysec >/dev/null 2>&1 & ;;
   esac
@@ -62,7 +62,7 @@ done
 echo
 echo "Stream reads of a ${scan_mb} MB stream (1 KB entries), COUNT 1000 per call:"
 mkdir -p "$work/potok-scan" "$work/redis-scan"
-./target/release/potok serve --data-dir "$work/potok-scan" --resp-addr 127.0.0.1:7601 --fsync always >/dev/null 2>&1 & pids+=($!)
+./target/release/potok serve --data-dir "$work/potok-scan" --resp-addr 127.0.0.1:7601 --amqp-addr 127.0.0.1:7603 --fsync always >/dev/null 2>&1 & pids+=($!)
 wait_port 7601
 echo "-- Potok"; ./target/release/examples/stream_scan 7601 "$scan_mb" 1024
 redis-server --port 7602 --dir "$work/redis-scan" --save "" --appendonly yes --appendfsync everysec >/dev/null 2>&1 & pids+=($!)
