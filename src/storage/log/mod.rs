@@ -476,22 +476,18 @@ impl LogInner {
             });
         }
         let mut writer = self.lock_writer()?;
-        let (written, age_start) = {
-            let shared = self.read_shared();
-            (shared.active.written, writer.started_ms)
-        };
+        // One read of the shared state per append (a second only after a roll): these locks
+        // are shared with the sync leader and readers on other cores, so each costs.
+        let mut written = self.read_shared().active.written;
         let too_big = written.bytes + batch_bytes > self.config.segment_bytes_max;
         let too_old = self
             .config
             .segment_age_max
-            .is_some_and(|age| now_ms() - age_start >= age.as_millis() as i64);
+            .is_some_and(|age| now_ms() - writer.started_ms >= age.as_millis() as i64);
         if written.bytes > 0 && (too_big || too_old) {
             self.roll(&mut writer)?;
+            written = self.read_shared().active.written;
         }
-        let (file, written) = {
-            let shared = self.read_shared();
-            (Arc::clone(&shared.active.file), shared.active.written)
-        };
         let header = if self.config.durability == Durability::Always {
             if writer.pending.is_empty() {
                 writer.pending_from = written.bytes;
@@ -502,6 +498,7 @@ impl LogInner {
             }
             header
         } else {
+            let file = Arc::clone(&self.read_shared().active.file);
             let mut buf = std::mem::take(&mut writer.encode_buf);
             buf.clear();
             let header = encode_batch(written.next_offset, records, &mut buf);
