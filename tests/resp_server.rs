@@ -384,6 +384,135 @@ fn pipelined_appends_are_acknowledged_in_order() {
     assert_eq!((deleted, len), (1, 1));
 }
 
+/// Plain `XADD key * ...` requests in a pipeline are held back and appended together; anything
+/// else (another key, an explicit ID, trimming, a read, a transaction, CLIENT REPLY) must see
+/// them done first, and every reply must be the request's own.
+#[test]
+fn held_back_appends_keep_pipeline_order_and_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let _: String = redis::cmd("XADD")
+        .arg("a")
+        .arg("*")
+        .arg("n")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    let far = "99999999999999-0";
+    let mut pipe = redis::pipe();
+    for n in 1..=5 {
+        pipe.cmd("XADD").arg("a").arg("*").arg("n").arg(n);
+        pipe.cmd("XADD").arg("b").arg("*").arg("n").arg(n);
+    }
+    pipe.cmd("XADD").arg("a").arg("*").arg("n").arg(6);
+    pipe.cmd("XADD").arg("a").arg(far).arg("n").arg(7);
+    pipe.cmd("XADD").arg("a").arg("*").arg("n").arg(8);
+    pipe.cmd("XLEN").arg("a");
+    pipe.cmd("XADD").arg("a").arg("*").arg("n").arg(9);
+    pipe.cmd("XADD")
+        .arg("a")
+        .arg("MAXLEN")
+        .arg(3)
+        .arg("*")
+        .arg("n")
+        .arg(10);
+    pipe.cmd("XADD").arg("a").arg("*").arg("n").arg(11);
+    let replies: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+    let text = |v: &redis::Value| -> String { redis::from_redis_value(v.clone()).unwrap() };
+    let a_ids: Vec<String> = [0, 2, 4, 6, 8, 10, 11, 12]
+        .iter()
+        .map(|&i| text(&replies[i]))
+        .chain([14, 15, 16].iter().map(|&i| text(&replies[i])))
+        .collect();
+    assert_eq!(a_ids[6], far);
+    let parsed: Vec<(u64, u64)> = a_ids
+        .iter()
+        .map(|id| {
+            let (ms, seq) = id.split_once('-').unwrap();
+            (ms.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect();
+    assert!(
+        parsed.windows(2).all(|w| w[0] < w[1]),
+        "IDs of one stream rise in request order: {a_ids:?}"
+    );
+    let len: i64 = redis::from_redis_value(replies[13].clone()).unwrap();
+    assert_eq!(len, 9, "XLEN sees every earlier append (0 and 1..=8)");
+    let entries = xrange(&mut con, "a", "-", "+");
+    let values: Vec<&str> = entries.iter().map(|(_, f)| f[1].as_str()).collect();
+    assert_eq!(
+        values,
+        ["8", "9", "10", "11"],
+        "MAXLEN 3 kept 8, 9 and 10, and 11 came after it"
+    );
+    let b: Vec<String> = xrange(&mut con, "b", "-", "+")
+        .into_iter()
+        .map(|(_, f)| f[1].clone())
+        .collect();
+    assert_eq!(b, ["1", "2", "3", "4", "5"]);
+
+    // Held-back appends and nothing pending yet: a keyspace command right after them (which
+    // does not end the round) must still come after them.
+    let _: String = redis::cmd("XADD")
+        .arg("e")
+        .arg("*")
+        .arg("f")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    let (_, _, deleted, len): (String, String, i64, i64) = redis::pipe()
+        .cmd("XADD")
+        .arg("e")
+        .arg("*")
+        .arg("f")
+        .arg(1)
+        .cmd("XADD")
+        .arg("e")
+        .arg("*")
+        .arg("f")
+        .arg(2)
+        .cmd("DEL")
+        .arg("e")
+        .cmd("XLEN")
+        .arg("e")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((deleted, len), (1, 0));
+    let exists: i64 = redis::cmd("EXISTS").arg("e").query(&mut con).unwrap();
+    assert_eq!(
+        exists, 0,
+        "the appends were deleted with the stream, not added after"
+    );
+
+    // In a transaction the replies are final when EXEC answers.
+    let (x, y, len): (String, String, i64) = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg("t")
+        .arg("*")
+        .arg("f")
+        .arg(1)
+        .cmd("XADD")
+        .arg("t")
+        .arg("*")
+        .arg("f")
+        .arg(2)
+        .cmd("XLEN")
+        .arg("t")
+        .query(&mut con)
+        .unwrap();
+    assert!(x.contains('-') && y.contains('-') && x != y);
+    assert_eq!(len, 2);
+
+    // CLIENT REPLY SKIP silences exactly the next reply, held back or not.
+    let (reply, _) = server
+        .raw(b"CLIENT REPLY SKIP\r\nXADD r * f 1\r\nXADD r * f 2\r\nXADD r * f 3\r\nXLEN r\r\n");
+    let reply = String::from_utf8(reply).unwrap();
+    assert_eq!(reply.matches("$15\r\n").count(), 2, "{reply}");
+    assert!(reply.ends_with(":3\r\n"), "{reply}");
+}
+
 #[test]
 fn data_survives_a_clean_restart_and_the_directory_verifies() {
     let dir = tempfile::tempdir().unwrap();

@@ -262,6 +262,45 @@ impl Stream {
         })
     }
 
+    /// Add entries with generated IDs (`XADD key * ...` each) as one log append: one lock
+    /// round and one batch for a pipeline's worth of XADDs. Returns the IDs of the entries
+    /// added, in order, and the offset to wait for; entries past the last possible ID are not
+    /// added (the caller answers them with [`StreamError::IdsExhausted`]).
+    pub fn add_auto_many(
+        &self,
+        entries: Vec<Vec<(Bytes, Bytes)>>,
+    ) -> Result<(Vec<StreamId>, u64), StreamError> {
+        let mut state = self.lock();
+        let now = u64::try_from(crate::storage::recovery::now_ms()).unwrap_or(0);
+        let mut last = state.last_id;
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut records = Vec::with_capacity(entries.len());
+        for fields in entries {
+            let id = if now > last.ms {
+                StreamId::new(now, 0)
+            } else {
+                match last.successor() {
+                    Some(id) => id,
+                    None => break,
+                }
+            };
+            records.push(Record {
+                timestamp_ms: id.timestamp_ms(),
+                key: Some(Bytes::copy_from_slice(&id.to_key())),
+                headers: fields,
+                body: Bytes::new(),
+            });
+            ids.push(id);
+            last = id;
+        }
+        if records.is_empty() {
+            return Err(StreamError::IdsExhausted);
+        }
+        let info = self.log.append_without_waiting(&records)?;
+        state.last_id = last;
+        Ok((ids, info.next_offset))
+    }
+
     pub fn wait_durable(&self, next_offset: u64) -> Result<(), StreamError> {
         Ok(self.log.wait_until_durable(next_offset)?)
     }

@@ -48,6 +48,8 @@ struct Connection {
     pending: PendingAcks,
     /// The last command looked up: pipelines mostly repeat one command.
     last_command: Option<&'static cmd::CommandSpec>,
+    /// XADDs held back within the round, to be appended together.
+    deferred: cmd::DeferredAdds,
 }
 
 /// What ended a round of requests.
@@ -118,6 +120,7 @@ pub async fn serve(
         replies: Vec::new(),
         pending: PendingAcks::default(),
         last_command: None,
+        deferred: cmd::DeferredAdds::default(),
     };
     connection.run().await;
     for channel in connection.session.subscriptions.iter() {
@@ -216,6 +219,8 @@ impl Connection {
     ) -> (RoundEnd, u64) {
         let mut executed = 0;
         let end = self.run_requests(replies, pending, &mut executed);
+        self.deferred.flush(&self.shared.broker, pending);
+        self.deferred.settle_into(replies);
         (end, executed)
     }
 
@@ -245,6 +250,11 @@ impl Connection {
                 },
             };
             let spec = self.lookup(&args[0]);
+            if !self.deferred.is_empty() && spec.is_none_or(|spec| spec.name != "xadd") {
+                // Whatever comes next sees the held-back XADDs done.
+                self.deferred.flush(&self.shared.broker, pending);
+                self.deferred.settle_into(replies);
+            }
             if !pending.is_empty() && cmd::needs_settled_writes(spec) {
                 self.carried = Some(args);
                 return RoundEnd::Full;
@@ -268,6 +278,7 @@ impl Connection {
                     pending,
                     reply_index,
                     &mut blocked,
+                    Some(&mut self.deferred),
                 )
             };
             let reply = if off_worker {
@@ -279,6 +290,7 @@ impl Connection {
                 return RoundEnd::Block(blocked);
             }
             replies.push(self.filter_reply(mode_before, reply));
+            self.deferred.settle_into(replies);
             if self.session.closing {
                 return RoundEnd::Close;
             }

@@ -21,6 +21,8 @@ mod multi;
 mod pubsub;
 mod xack;
 mod xadd;
+
+pub use xadd::DeferredAdds;
 mod xclaim;
 mod xdel;
 mod xgroup;
@@ -195,6 +197,9 @@ pub struct Context<'a> {
     pub reply_index: usize,
     /// Set by a handler whose reply must wait for data; its returned reply is then ignored.
     pub blocked: &'a mut Option<Blocked>,
+    /// Where XADD may hold back its entry for one append with its neighbours; `None` where
+    /// its reply must be final when it returns (inside EXEC).
+    pub deferred: Option<&'a mut DeferredAdds>,
 }
 
 type Handler = fn(&mut Args, &mut Context<'_>) -> Result<Reply, Reply>;
@@ -383,6 +388,7 @@ fn controls_transaction(name: &str) -> bool {
 }
 
 /// Run one request. `pending`/`replies` are the connection's current round.
+#[allow(clippy::too_many_arguments)]
 pub fn execute(
     shared: &RespShared,
     session: &mut Session,
@@ -391,6 +397,7 @@ pub fn execute(
     pending: &mut PendingAcks,
     reply_index: usize,
     blocked: &mut Option<Blocked>,
+    deferred: Option<&mut DeferredAdds>,
 ) -> Reply {
     let checked = spec.ok_or_else(|| unknown_command(&args)).and_then(|spec| {
         let count = args.len() as i32;
@@ -427,10 +434,20 @@ pub fn execute(
     // EXEC takes the lock exclusively itself.
     let _shared_turn =
         (spec.name != "exec").then(|| shared.exec_lock.read().unwrap_or_else(|e| e.into_inner()));
-    dispatch(spec, shared, session, args, pending, reply_index, blocked)
+    dispatch(
+        spec,
+        shared,
+        session,
+        args,
+        pending,
+        reply_index,
+        blocked,
+        deferred,
+    )
 }
 
 /// Run a handler (arity and gates already checked).
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     spec: &CommandSpec,
     shared: &RespShared,
@@ -439,6 +456,7 @@ fn dispatch(
     pending: &mut PendingAcks,
     reply_index: usize,
     blocked: &mut Option<Blocked>,
+    deferred: Option<&mut DeferredAdds>,
 ) -> Reply {
     let mut args = Args::new(spec.name, args);
     let mut context = Context {
@@ -448,6 +466,7 @@ fn dispatch(
         pending,
         reply_index,
         blocked,
+        deferred,
     };
     match (spec.handler)(&mut args, &mut context) {
         Ok(reply) | Err(reply) => reply,

@@ -56,6 +56,7 @@ pub fn exec(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
             context.pending,
             context.reply_index,
             &mut blocked,
+            None,
         );
         replies.push(match blocked {
             Some(blocked) => blocked.timeout_reply,

@@ -1,11 +1,14 @@
 //! `XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] *|ms-*|id field value
 //! [field value ...]`
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::xtrim::TrimParser;
-use super::{Context, Reply};
-use crate::broker::{IdSpec, StreamError, StreamId};
+use super::{Context, PendingAcks, Reply};
+use crate::broker::stream::Stream;
+use crate::broker::{Broker, IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
 use crate::storage::Durability;
 
@@ -38,6 +41,125 @@ pub fn stream_error(e: StreamError) -> Reply {
     Reply::error(format!("ERR {e}"))
 }
 
+/// Plain `XADD key * field value ...` requests held back within a round, so that consecutive
+/// ones to one stream become one log append (one round of locks, one batch, one checksum)
+/// instead of one each. The connection flushes them before any other command runs and at the
+/// end of the round, so nothing can observe the difference; each held-back request's reply
+/// slot holds a placeholder until then.
+#[derive(Default)]
+pub struct DeferredAdds {
+    /// The stream, its key and the catalog generation it was looked up under.
+    target: Option<(Bytes, Arc<Stream>, u64)>,
+    entries: Vec<Vec<(Bytes, Bytes)>>,
+    reply_indices: Vec<usize>,
+    bytes: usize,
+    /// Replies a flush produced: (index in the round, reply).
+    settled: Vec<(usize, Reply)>,
+}
+
+/// A flush happens at least this often, keeping each append well inside the batch limit (an
+/// entry this large or larger is not held back at all).
+const DEFERRED_BYTES_MAX: usize = 1024 * 1024;
+const DEFERRED_ENTRIES_MAX: usize = 1024;
+
+impl DeferredAdds {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Append what is held back and settle its replies (see [`DeferredAdds::settle_into`]).
+    pub fn flush(&mut self, broker: &Broker, pending: &mut PendingAcks) {
+        let Some((key, stream, generation)) = self.target.take() else {
+            return;
+        };
+        let entries = std::mem::take(&mut self.entries);
+        self.bytes = 0;
+        // Deleted or renamed since (by another client): the appends land where the key points
+        // now, as they would have had they run then.
+        let stream = if generation == broker.generation() {
+            Ok(stream)
+        } else {
+            broker
+                .stream_or_create(&key)
+                .map_err(|e| Reply::error(format!("ERR {e}")))
+        };
+        let outcome = stream.and_then(|stream| {
+            let (ids, next_offset) = stream.add_auto_many(entries).map_err(stream_error)?;
+            if stream.log().config().durability == Durability::Always {
+                for &index in &self.reply_indices[..ids.len()] {
+                    pending.add(stream.log(), next_offset, index);
+                }
+            }
+            Ok(ids)
+        });
+        let mut indices = std::mem::take(&mut self.reply_indices).into_iter();
+        match outcome {
+            Ok(ids) => {
+                for (id, index) in ids.into_iter().zip(indices.by_ref()) {
+                    self.settled.push((index, Reply::Id(id)));
+                }
+                let exhausted = stream_error(StreamError::IdsExhausted);
+                self.settled
+                    .extend(indices.map(|index| (index, exhausted.clone())));
+            }
+            Err(reply) => self
+                .settled
+                .extend(indices.map(|index| (index, reply.clone()))),
+        }
+    }
+
+    /// Put the replies of flushed requests into their slots of the round.
+    pub fn settle_into(&mut self, replies: &mut [Reply]) {
+        for (index, reply) in self.settled.drain(..) {
+            if let Some(slot) = replies.get_mut(index) {
+                *slot = reply;
+            }
+        }
+    }
+}
+
+/// Hold back a plain XADD for the round's next flush, if the context allows it: returns the
+/// placeholder reply, or the fields back when the request must run now.
+fn defer(
+    context: &mut Context<'_>,
+    key: &Bytes,
+    fields: Vec<(Bytes, Bytes)>,
+) -> Result<Reply, Vec<(Bytes, Bytes)>> {
+    let broker = context.broker;
+    let reply_index = context.reply_index;
+    let Some(deferred) = context.deferred.as_deref_mut() else {
+        return Err(fields);
+    };
+    let entry_bytes: usize = fields.iter().map(|(f, v)| f.len() + v.len()).sum();
+    if entry_bytes >= DEFERRED_BYTES_MAX {
+        // A large entry gains nothing from company and must not push a batch over its limit.
+        deferred.flush(broker, context.pending);
+        return Err(fields);
+    }
+    let same_target = deferred
+        .target
+        .as_ref()
+        .is_some_and(|(k, _, generation)| k == key && *generation == broker.generation());
+    if !same_target {
+        deferred.flush(broker, context.pending);
+        let (found, generation) = context.take_stream(key);
+        let Some(stream) = found else {
+            // Creating the stream is left to the ordinary path.
+            return Err(fields);
+        };
+        let deferred = context.deferred.as_deref_mut().expect("checked above");
+        deferred.target = Some((key.clone(), stream, generation));
+    }
+    let deferred = context.deferred.as_deref_mut().expect("checked above");
+    deferred.bytes += entry_bytes;
+    deferred.entries.push(fields);
+    deferred.reply_indices.push(reply_index);
+    if deferred.bytes >= DEFERRED_BYTES_MAX || deferred.entries.len() >= DEFERRED_ENTRIES_MAX {
+        deferred.flush(broker, context.pending);
+    }
+    Ok(Reply::Silent)
+}
+
 pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let key = args.required()?;
     let mut make_stream = true;
@@ -62,6 +184,16 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     let mut fields: Vec<(Bytes, Bytes)> = Vec::with_capacity(values / 2);
     while let (Some(field), Some(value)) = (args.optional(), args.optional()) {
         fields.push((field, value));
+    }
+    let plain = spec == IdSpec::Auto && trim.is_none();
+    if plain && context.session.reply_mode == super::ReplyMode::On {
+        match defer(context, &key, fields) {
+            Ok(placeholder) => return Ok(placeholder),
+            Err(back) => fields = back,
+        }
+    } else if let Some(deferred) = context.deferred.as_deref_mut() {
+        // Anything else on the same stream must come after what is held back.
+        deferred.flush(context.broker, context.pending);
     }
     let (found, generation) = context.take_stream(&key);
     let stream = match found {
