@@ -270,16 +270,13 @@ impl Connection {
             let reply_index = replies.len();
             let off_worker = cmd::may_block(spec, &args);
             let run = || {
-                cmd::execute(
-                    &self.shared,
-                    &mut self.session,
-                    spec,
-                    args,
+                let turn = cmd::Turn {
                     pending,
                     reply_index,
-                    &mut blocked,
-                    Some(&mut self.deferred),
-                )
+                    blocked: &mut blocked,
+                    deferred: Some(&mut self.deferred),
+                };
+                cmd::execute(&self.shared, &mut self.session, spec, args, turn)
             };
             let reply = if off_worker {
                 tokio::task::block_in_place(run)

@@ -387,17 +387,26 @@ fn controls_transaction(name: &str) -> bool {
     matches!(name, "exec" | "discard" | "multi" | "quit" | "reset")
 }
 
-/// Run one request. `pending`/`replies` are the connection's current round.
-#[allow(clippy::too_many_arguments)]
+/// Where a request runs in its connection's round: what a handler may add to or set there.
+pub struct Turn<'a> {
+    /// Pending acks of this round; a handler that defers its ack pushes here.
+    pub pending: &'a mut PendingAcks,
+    /// Index the request's reply will have in the round.
+    pub reply_index: usize,
+    /// Set by a handler whose reply must wait for data; its returned reply is then ignored.
+    pub blocked: &'a mut Option<Blocked>,
+    /// Where XADD may hold back its entry for one append with its neighbours; `None` where
+    /// its reply must be final when it returns (inside EXEC).
+    pub deferred: Option<&'a mut DeferredAdds>,
+}
+
+/// Run one request at its turn in the connection's current round.
 pub fn execute(
     shared: &RespShared,
     session: &mut Session,
     spec: Option<&'static CommandSpec>,
     args: Vec<Bytes>,
-    pending: &mut PendingAcks,
-    reply_index: usize,
-    blocked: &mut Option<Blocked>,
-    deferred: Option<&mut DeferredAdds>,
+    turn: Turn<'_>,
 ) -> Reply {
     let checked = spec.ok_or_else(|| unknown_command(&args)).and_then(|spec| {
         let count = args.len() as i32;
@@ -434,31 +443,24 @@ pub fn execute(
     // EXEC takes the lock exclusively itself.
     let _shared_turn =
         (spec.name != "exec").then(|| shared.exec_lock.read().unwrap_or_else(|e| e.into_inner()));
-    dispatch(
-        spec,
-        shared,
-        session,
-        args,
-        pending,
-        reply_index,
-        blocked,
-        deferred,
-    )
+    dispatch(spec, shared, session, args, turn)
 }
 
 /// Run a handler (arity and gates already checked).
-#[allow(clippy::too_many_arguments)]
 fn dispatch(
     spec: &CommandSpec,
     shared: &RespShared,
     session: &mut Session,
     args: Vec<Bytes>,
-    pending: &mut PendingAcks,
-    reply_index: usize,
-    blocked: &mut Option<Blocked>,
-    deferred: Option<&mut DeferredAdds>,
+    turn: Turn<'_>,
 ) -> Reply {
     let mut args = Args::new(spec.name, args);
+    let Turn {
+        pending,
+        reply_index,
+        blocked,
+        deferred,
+    } = turn;
     let mut context = Context {
         shared,
         broker: &shared.broker,

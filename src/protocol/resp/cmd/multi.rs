@@ -2,7 +2,7 @@
 //! shared EXEC lock, so no other client's command runs in between. A blocking read inside a
 //! transaction does not block (it answers as if its timeout passed), as in Redis.
 
-use super::{dispatch, lookup, Context, Reply};
+use super::{dispatch, lookup, Context, Reply, Turn};
 use crate::protocol::resp::args::Args;
 
 pub fn multi(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
@@ -48,16 +48,14 @@ pub fn exec(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
             context.pending.wait_blocking();
         }
         let mut blocked = None;
-        let reply = dispatch(
-            spec,
-            context.shared,
-            context.session,
-            args,
-            context.pending,
-            context.reply_index,
-            &mut blocked,
-            None,
-        );
+        let turn = Turn {
+            pending: context.pending,
+            reply_index: context.reply_index,
+            blocked: &mut blocked,
+            // EXEC's reply carries every reply: none may be held back.
+            deferred: None,
+        };
+        let reply = dispatch(spec, context.shared, context.session, args, turn);
         replies.push(match blocked {
             Some(blocked) => blocked.timeout_reply,
             None => reply,
