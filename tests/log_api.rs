@@ -454,15 +454,30 @@ fn segment_file_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// The real file system, except that the background zero-fill thread is slow to start each
-/// write: the appends then catch up with it, which is when it matters that they wait for it.
-struct SlowZeroFill;
+/// The real file system, with the background zero-fill thread tampered with: slow to start
+/// each write (the appends then catch up with it, which is when it matters that they wait for
+/// it), or failing every write-back.
+#[derive(Default)]
+struct ZeroFillHooks {
+    slow: bool,
+    fail: bool,
+    write_backs: std::sync::atomic::AtomicUsize,
+}
 
-struct SlowZeroFillFile(Arc<dyn VFile>);
+struct HookedVfs(Arc<ZeroFillHooks>);
 
-impl Vfs for SlowZeroFill {
+struct HookedFile(Arc<dyn VFile>, Arc<ZeroFillHooks>);
+
+fn on_zero_fill_thread() -> bool {
+    std::thread::current().name() == Some("potok-zero-fill")
+}
+
+impl Vfs for HookedVfs {
     fn open(&self, path: &std::path::Path, mode: OpenMode) -> std::io::Result<Arc<dyn VFile>> {
-        Ok(Arc::new(SlowZeroFillFile(OsVfs.open(path, mode)?)))
+        Ok(Arc::new(HookedFile(
+            OsVfs.open(path, mode)?,
+            Arc::clone(&self.0),
+        )))
     }
     fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
         OsVfs.remove_file(path)
@@ -490,7 +505,7 @@ impl Vfs for SlowZeroFill {
     }
 }
 
-impl VFile for SlowZeroFillFile {
+impl VFile for HookedFile {
     fn len(&self) -> std::io::Result<u64> {
         self.0.len()
     }
@@ -498,7 +513,7 @@ impl VFile for SlowZeroFillFile {
         self.0.read_at(buf, pos)
     }
     fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
-        if std::thread::current().name() == Some("potok-zero-fill") {
+        if self.1.slow && on_zero_fill_thread() {
             std::thread::sleep(Duration::from_millis(3));
         }
         self.0.write_at(buf, pos)
@@ -510,11 +525,51 @@ impl VFile for SlowZeroFillFile {
         self.0.sync_data()
     }
     fn write_back(&self, pos: u64, len: u64) -> std::io::Result<()> {
+        if on_zero_fill_thread() {
+            self.1
+                .write_backs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.1.fail {
+                return Err(std::io::Error::other("injected write-back failure"));
+            }
+        }
         self.0.write_back(pos, len)
     }
     fn map(&self) -> std::io::Result<bytes::Bytes> {
         self.0.map()
     }
+}
+
+/// A background zero-fill that fails is not retried for that segment: the writes zero-fill in
+/// line from then on, and nothing is lost.
+#[test]
+fn a_failed_background_zero_fill_falls_back_to_zero_filling_in_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let config = LogConfig {
+        preallocate_bytes_max: 16 * 1024,
+        ..LogConfig::default()
+    };
+    let hooks = Arc::new(ZeroFillHooks {
+        fail: true,
+        ..ZeroFillHooks::default()
+    });
+    let log = Log::open_with(Arc::new(HookedVfs(Arc::clone(&hooks))), &path, config).unwrap();
+    for n in 0..400 {
+        log.append(&[record(n)]).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    let got: Vec<Record> = read_all(&log)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert!(got == (0..400).map(record).collect::<Vec<_>>());
+    assert_eq!(
+        hooks.write_backs.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one failed attempt, then no more for this segment"
+    );
 }
 
 /// On the real file system the zeros ahead of the writes are mostly written by a background
@@ -530,7 +585,10 @@ fn background_zero_fill_never_touches_data_and_is_cut_at_seal_and_close() {
         preallocate_bytes_max: 16 * 1024,
         ..LogConfig::default()
     };
-    let vfs: Arc<dyn Vfs> = Arc::new(SlowZeroFill);
+    let vfs: Arc<dyn Vfs> = Arc::new(HookedVfs(Arc::new(ZeroFillHooks {
+        slow: true,
+        ..ZeroFillHooks::default()
+    })));
     let log = Log::open_with(Arc::clone(&vfs), &path, config.clone()).unwrap();
     let threads = 4u64;
     let per_thread = 600u64;

@@ -84,7 +84,8 @@ impl Flight {
     /// The background zero-fill of `from..to` in the active segment: zeros written back in
     /// stretches (so an fsync of the data meanwhile waits for at most one stretch), then synced
     /// with the allocation and file size they imply. A failure only means the writes catch up
-    /// and zero-fill for themselves; what it left is zeros, which recovery reads as the end.
+    /// and zero-fill for themselves (in line, for the rest of the segment); what it left is
+    /// zeros, which recovery reads as the end.
     fn zero_fill_in_background(&self, dir: &Path, file: &dyn VFile, from: u64, to: u64) {
         let mut pos = from;
         let mut outcome = Ok(());
@@ -95,12 +96,13 @@ impl Flight {
         }
         let outcome = outcome.and_then(|()| file.sync_data());
         if let Err(e) = &outcome {
-            tracing::warn!(dir = %dir.display(), error = %e, "background zero-fill failed");
+            tracing::warn!(dir = %dir.display(), error = %e, "background zero-fill failed; zero-filling in line for the rest of this segment");
         }
         let mut flight = lock(&self.state);
         flight.zero_fill_to = None;
-        if outcome.is_ok() {
-            flight.file_bytes = flight.file_bytes.max(to);
+        match outcome {
+            Ok(()) => flight.file_bytes = flight.file_bytes.max(to),
+            Err(_) => flight.zero_fill_failed = true,
         }
         self.done.notify_all();
     }
@@ -243,6 +245,7 @@ impl LogInner {
         let file = Arc::clone(&self.read_shared().active.file);
         let background = ahead_max > 0
             && flight.zero_fill_to.is_none()
+            && !flight.zero_fill_failed
             && flight.file_bytes - end < ahead / 2
             && self.vfs.background_io();
         if background {

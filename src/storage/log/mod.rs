@@ -141,6 +141,8 @@ struct WriteInFlight {
     file_bytes: u64,
     /// A background zero-fill is extending `file_bytes` to this.
     zero_fill_to: Option<u64>,
+    /// A background zero-fill of this segment failed: the rest zero-fills in line.
+    zero_fill_failed: bool,
 }
 
 /// [`WriteInFlight`] and its condition variable, shared with the background zero-fill.
@@ -602,7 +604,11 @@ impl LogInner {
         }
         self.notify_visible();
         writer.started_ms = active.started_ms;
-        lock(&self.flight.state).file_bytes = 0;
+        {
+            let mut flight = lock(&self.flight.state);
+            flight.file_bytes = 0;
+            flight.zero_fill_failed = false;
+        }
         if self.config.retention != Default::default() {
             if let Err(e) = self.enforce_retention(now_ms()) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "retention after roll failed");
