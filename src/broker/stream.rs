@@ -80,6 +80,31 @@ pub enum StreamError {
     Storage(#[from] storage::Error),
 }
 
+/// The wall clock in milliseconds, as XADD's `*` reads it.
+fn clock_ms() -> u64 {
+    u64::try_from(crate::storage::recovery::now_ms()).unwrap_or(0)
+}
+
+/// The ID `*` generates after `last` at `now_ms`: the current millisecond, or the next ID when
+/// the clock has not moved past `last` (or went back). `None` once IDs are exhausted.
+fn auto_id(last: StreamId, now_ms: u64) -> Option<StreamId> {
+    if now_ms > last.ms {
+        Some(StreamId::new(now_ms, 0))
+    } else {
+        last.successor()
+    }
+}
+
+/// How a stream entry is stored: its ID as the record key (and timestamp), its fields as headers.
+fn entry_record(id: StreamId, fields: Vec<(Bytes, Bytes)>) -> Record {
+    Record {
+        timestamp_ms: id.timestamp_ms(),
+        key: Some(Bytes::copy_from_slice(&id.to_key())),
+        headers: fields,
+        body: Bytes::new(),
+    }
+}
+
 /// A stream entry appended but perhaps not yet durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Added {
@@ -237,21 +262,9 @@ impl Stream {
                 None => return Err(StreamError::SequenceExhausted),
             },
             IdSpec::AutoSequence(ms) => StreamId::new(ms, 0),
-            IdSpec::Auto => {
-                let now = u64::try_from(crate::storage::recovery::now_ms()).unwrap_or(0);
-                if now > last.ms {
-                    StreamId::new(now, 0)
-                } else {
-                    last.successor().ok_or(StreamError::IdsExhausted)?
-                }
-            }
+            IdSpec::Auto => auto_id(last, clock_ms()).ok_or(StreamError::IdsExhausted)?,
         };
-        let record = Record {
-            timestamp_ms: id.timestamp_ms(),
-            key: Some(Bytes::copy_from_slice(&id.to_key())),
-            headers: fields,
-            body: Bytes::new(),
-        };
+        let record = entry_record(id, fields);
         let info = self
             .log
             .append_without_waiting(std::slice::from_ref(&record))?;
@@ -271,25 +284,13 @@ impl Stream {
         entries: Vec<Vec<(Bytes, Bytes)>>,
     ) -> Result<(Vec<StreamId>, u64), StreamError> {
         let mut state = self.lock();
-        let now = u64::try_from(crate::storage::recovery::now_ms()).unwrap_or(0);
+        let now = clock_ms();
         let mut last = state.last_id;
         let mut ids = Vec::with_capacity(entries.len());
         let mut records = Vec::with_capacity(entries.len());
         for fields in entries {
-            let id = if now > last.ms {
-                StreamId::new(now, 0)
-            } else {
-                match last.successor() {
-                    Some(id) => id,
-                    None => break,
-                }
-            };
-            records.push(Record {
-                timestamp_ms: id.timestamp_ms(),
-                key: Some(Bytes::copy_from_slice(&id.to_key())),
-                headers: fields,
-                body: Bytes::new(),
-            });
+            let Some(id) = auto_id(last, now) else { break };
+            records.push(entry_record(id, fields));
             ids.push(id);
             last = id;
         }

@@ -81,6 +81,13 @@ struct CachedStream {
     generation: u64,
 }
 
+impl CachedStream {
+    /// Still what `key` names: for that key, and no key deleted or renamed since.
+    fn is_current(&self, key: &[u8], generation: u64) -> bool {
+        self.generation == generation && self.key == key
+    }
+}
+
 impl Session {
     pub fn new(id: u64, authenticated: bool, subscriber: Subscriber) -> Session {
         Session {
@@ -482,9 +489,7 @@ impl Context<'_> {
     fn take_stream(&mut self, key: &[u8]) -> (Option<Arc<Stream>>, u64) {
         let generation = self.broker.generation();
         match self.session.last_stream.take() {
-            Some(cached) if cached.generation == generation && cached.key == key => {
-                (Some(cached.stream), generation)
-            }
+            Some(cached) if cached.is_current(key, generation) => (Some(cached.stream), generation),
             _ => (self.broker.stream(key), generation),
         }
     }

@@ -1,13 +1,10 @@
 //! `XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] *|ms-*|id field value
 //! [field value ...]`
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use super::xtrim::TrimParser;
-use super::{Context, PendingAcks, Reply};
-use crate::broker::stream::Stream;
+use super::{CachedStream, Context, PendingAcks, Reply};
 use crate::broker::{Broker, IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
 use crate::storage::Durability;
@@ -48,8 +45,8 @@ pub fn stream_error(e: StreamError) -> Reply {
 /// slot holds a placeholder until then.
 #[derive(Default)]
 pub struct DeferredAdds {
-    /// The stream, its key and the catalog generation it was looked up under.
-    target: Option<(Bytes, Arc<Stream>, u64)>,
+    /// The stream the held-back entries go to.
+    target: Option<CachedStream>,
     entries: Vec<Vec<(Bytes, Bytes)>>,
     reply_indices: Vec<usize>,
     bytes: usize,
@@ -69,18 +66,18 @@ impl DeferredAdds {
 
     /// Append what is held back and settle its replies (see [`DeferredAdds::settle_into`]).
     pub fn flush(&mut self, broker: &Broker, pending: &mut PendingAcks) {
-        let Some((key, stream, generation)) = self.target.take() else {
+        let Some(target) = self.target.take() else {
             return;
         };
         let entries = std::mem::take(&mut self.entries);
         self.bytes = 0;
         // Deleted or renamed since (by another client): the appends land where the key points
         // now, as they would have had they run then.
-        let stream = if generation == broker.generation() {
-            Ok(stream)
+        let stream = if target.generation == broker.generation() {
+            Ok(target.stream)
         } else {
             broker
-                .stream_or_create(&key)
+                .stream_or_create(&target.key)
                 .map_err(|e| Reply::error(format!("ERR {e}")))
         };
         let outcome = stream.and_then(|stream| {
@@ -118,44 +115,44 @@ impl DeferredAdds {
     }
 }
 
-/// Hold back a plain XADD for the round's next flush, if the context allows it: returns the
-/// placeholder reply, or the fields back when the request must run now.
+/// Hold back a plain XADD for the round's next flush: returns the placeholder reply, or the
+/// fields back when the request must run now (the stream does not exist yet, or the entry is
+/// large).
 fn defer(
+    deferred: &mut DeferredAdds,
     context: &mut Context<'_>,
     key: &Bytes,
     fields: Vec<(Bytes, Bytes)>,
 ) -> Result<Reply, Vec<(Bytes, Bytes)>> {
-    let broker = context.broker;
-    let reply_index = context.reply_index;
-    let Some(deferred) = context.deferred.as_deref_mut() else {
-        return Err(fields);
-    };
     let entry_bytes: usize = fields.iter().map(|(f, v)| f.len() + v.len()).sum();
     if entry_bytes >= DEFERRED_BYTES_MAX {
         // A large entry gains nothing from company and must not push a batch over its limit.
-        deferred.flush(broker, context.pending);
+        deferred.flush(context.broker, context.pending);
         return Err(fields);
     }
+    let generation = context.broker.generation();
     let same_target = deferred
         .target
         .as_ref()
-        .is_some_and(|(k, _, generation)| k == key && *generation == broker.generation());
+        .is_some_and(|target| target.is_current(key, generation));
     if !same_target {
-        deferred.flush(broker, context.pending);
+        deferred.flush(context.broker, context.pending);
         let (found, generation) = context.take_stream(key);
         let Some(stream) = found else {
             // Creating the stream is left to the ordinary path.
             return Err(fields);
         };
-        let deferred = context.deferred.as_deref_mut().expect("checked above");
-        deferred.target = Some((key.clone(), stream, generation));
+        deferred.target = Some(CachedStream {
+            key: key.clone(),
+            stream,
+            generation,
+        });
     }
-    let deferred = context.deferred.as_deref_mut().expect("checked above");
     deferred.bytes += entry_bytes;
     deferred.entries.push(fields);
-    deferred.reply_indices.push(reply_index);
+    deferred.reply_indices.push(context.reply_index);
     if deferred.bytes >= DEFERRED_BYTES_MAX || deferred.entries.len() >= DEFERRED_ENTRIES_MAX {
-        deferred.flush(broker, context.pending);
+        deferred.flush(context.broker, context.pending);
     }
     Ok(Reply::Silent)
 }
@@ -185,15 +182,18 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     while let (Some(field), Some(value)) = (args.optional(), args.optional()) {
         fields.push((field, value));
     }
-    let plain = spec == IdSpec::Auto && trim.is_none();
-    if plain && context.session.reply_mode == super::ReplyMode::On {
-        match defer(context, &key, fields) {
-            Ok(placeholder) => return Ok(placeholder),
-            Err(back) => fields = back,
+    // Taken out of the context: this request uses it once, either way.
+    if let Some(deferred) = context.deferred.take() {
+        let plain = spec == IdSpec::Auto && trim.is_none();
+        if plain && context.session.reply_mode == super::ReplyMode::On {
+            match defer(deferred, context, &key, fields) {
+                Ok(placeholder) => return Ok(placeholder),
+                Err(back) => fields = back,
+            }
+        } else {
+            // Anything else on the same stream must come after what is held back.
+            deferred.flush(context.broker, context.pending);
         }
-    } else if let Some(deferred) = context.deferred.as_deref_mut() {
-        // Anything else on the same stream must come after what is held back.
-        deferred.flush(context.broker, context.pending);
     }
     let (found, generation) = context.take_stream(&key);
     let stream = match found {
