@@ -503,6 +503,9 @@ impl Vfs for HookedVfs {
     fn exists(&self, path: &std::path::Path) -> bool {
         OsVfs.exists(path)
     }
+    fn sync_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        OsVfs.sync_all(dir)
+    }
 }
 
 impl VFile for HookedFile {

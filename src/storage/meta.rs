@@ -8,6 +8,10 @@
 //!   Format: `{ magic u32 "PTKC" | version u8 | reserved [u8; 3] | next_offset u64 |
 //!   active_base_offset u64 | active_bytes u64 | crc u32 }`
 //!
+//! - `checkpoint` (in the data directory, beside `wal/`): where replay of the write-ahead log
+//!   starts. Every change recorded before it is durable in the entity logs and the metadata
+//!   store. Format: `{ magic u32 "PTKP" | version u8 | reserved [u8; 3] | lsn u64 | crc u32 }`
+//!
 //! The CRC covers every byte before it.
 
 use byteorder::{ByteOrder, LittleEndian as LE};
@@ -16,11 +20,33 @@ pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 pub const RECOVERY_POINT_MAGIC: u32 = u32::from_le_bytes(*b"PTKR");
 pub const CLEAN_SHUTDOWN_MAGIC: u32 = u32::from_le_bytes(*b"PTKC");
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+pub const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"PTKP");
 pub const META_VERSION: u8 = 1;
 
 const PREFIX_BYTES: usize = 4 + 1 + 3;
 pub const RECOVERY_POINT_BYTES: usize = PREFIX_BYTES + 8 + 4;
 pub const CLEAN_SHUTDOWN_BYTES: usize = PREFIX_BYTES + 8 + 8 + 8 + 4;
+pub const CHECKPOINT_BYTES: usize = PREFIX_BYTES + 8 + 4;
+
+/// Where replay of the write-ahead log starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub lsn: u64,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        seal(CHECKPOINT_MAGIC, &[self.lsn])
+    }
+
+    /// `None` for anything damaged: replay then starts from the oldest record the write-ahead
+    /// log still holds, which is safe because replay skips what is already applied.
+    pub fn decode(bytes: &[u8]) -> Option<Checkpoint> {
+        let fields = open(bytes, CHECKPOINT_MAGIC, 1)?;
+        Some(Checkpoint { lsn: fields[0] })
+    }
+}
 
 /// Where recovery starts scanning after an unclean stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +149,11 @@ mod tests {
             assert_eq!(CleanShutdown::decode(&bad), None);
         }
         assert_eq!(CleanShutdown::decode(&bytes[..10]), None);
+        assert_eq!(RecoveryPoint::decode(&bytes), None);
+        let checkpoint = Checkpoint { lsn: 77 };
+        let bytes = checkpoint.encode();
+        assert_eq!(bytes.len(), CHECKPOINT_BYTES);
+        assert_eq!(Checkpoint::decode(&bytes), Some(checkpoint));
         assert_eq!(RecoveryPoint::decode(&bytes), None);
     }
 }

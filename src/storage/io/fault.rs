@@ -418,6 +418,28 @@ impl Vfs for FaultVfs {
         let state = self.lock();
         state.live.contains_key(path) || state.dirs.contains(path)
     }
+
+    /// Every file's live image and every directory entry become durable. An armed fsync failure
+    /// fails it the way Linux does: the dirty pages are dropped (marked clean) and EIO returned.
+    fn sync_all(&self, _dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.tick()?;
+        let state = &mut *state;
+        if state.faults.syncs_to_fail > 0 {
+            state.faults.syncs_to_fail -= 1;
+            for inode in state.inodes.values_mut() {
+                inode.dirty_from = None;
+            }
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        for inode in state.inodes.values_mut() {
+            if inode.dirty_from.take().is_some() {
+                inode.durable = inode.live.clone();
+            }
+        }
+        state.durable = state.live.clone();
+        Ok(())
+    }
 }
 
 struct FaultFile {

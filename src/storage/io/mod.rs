@@ -55,6 +55,11 @@ pub trait Vfs: Send + Sync + 'static {
     /// Make the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Make everything written on the file system that holds `dir` durable: every file's data
+    /// and every directory change (`syncfs`). A checkpoint uses it to make the output of many
+    /// files durable with one call instead of one `fsync` each. An error means some of it may
+    /// not be durable.
+    fn sync_all(&self, dir: &Path) -> io::Result<()>;
     /// Whether logs may do optional I/O on a background thread (zero-filling ahead of the
     /// writes). [`FaultVfs`] says no, so that a seeded run does its operations in one order.
     fn background_io(&self) -> bool {

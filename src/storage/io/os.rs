@@ -77,6 +77,28 @@ impl Vfs for OsVfs {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+
+    #[cfg(target_os = "linux")]
+    fn sync_all(&self, dir: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let handle = File::open(dir)?;
+        // SAFETY: a plain system call on a descriptor owned by `handle`; no memory is passed.
+        // Since Linux 5.8 syncfs reports write-back errors of any file on the file system.
+        let result = unsafe { libc::syncfs(handle.as_raw_fd()) };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn sync_all(&self, _dir: &Path) -> io::Result<()> {
+        // SAFETY: `sync` takes no arguments; it schedules (and on most systems waits for) the
+        // write-back of every file system.
+        unsafe { libc::sync() };
+        Ok(())
+    }
 }
 
 struct OsFile {

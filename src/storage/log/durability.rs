@@ -144,6 +144,10 @@ impl LogInner {
         }
     }
 
+    pub(super) fn sync_durable_next(&self) -> u64 {
+        lock(&self.sync).durable_next_offset
+    }
+
     pub(super) fn set_durable(&self, sync: &mut SyncState, durable: u64) {
         sync.durable_next_offset = sync.durable_next_offset.max(durable);
         let value = sync.durable_next_offset;

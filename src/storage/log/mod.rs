@@ -374,6 +374,32 @@ impl Log {
         }
     }
 
+    /// A watch of the durable next offset (it also changes, without moving, when the log
+    /// fails). Waiting on it never starts an fsync: see [`Log::sync_now`].
+    pub fn subscribe_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable_watch.subscribe()
+    }
+
+    /// Whether an earlier write or fsync failed (the log refuses writes until reopened).
+    pub fn is_failed(&self) -> bool {
+        self.inner.failed.load(Ordering::Acquire)
+    }
+
+    /// Make everything written so far durable, leading group-commit rounds (with
+    /// [`LogConfig::group_commit_delay`] between busy rounds) until none is left to do.
+    pub fn sync_now(&self) -> Result<()> {
+        loop {
+            let target = self.next_offset();
+            if self.inner.sync_durable_next() >= target {
+                return Ok(());
+            }
+            self.inner.wait_until_durable(target)?;
+            if self.next_offset() > target && !self.inner.config.group_commit_delay.is_zero() {
+                std::thread::sleep(self.inner.config.group_commit_delay);
+            }
+        }
+    }
+
     /// Read visible batches holding offsets from `from` on (from the start if `from` precedes
     /// it), up to about `max_bytes` (at least one batch when any is available).
     pub fn read(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {

@@ -1,0 +1,121 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::storage::file_cache::FileCache;
+use crate::storage::io::{CrashMode, FaultVfs};
+
+fn open(vfs: &FaultVfs) -> Wal {
+    Wal::open(
+        Arc::new(vfs.clone()),
+        Path::new("/data"),
+        Durability::Always,
+    )
+    .unwrap()
+}
+
+fn entity(vfs: &FaultVfs, id: u64) -> EntityLog {
+    let files = Arc::new(FileCache::new(Arc::new(vfs.clone()), 4));
+    EntityLog::open(
+        files,
+        id,
+        format!("/data/e/{id}"),
+        LogConfig::default(),
+        Visibility::Durable,
+    )
+    .unwrap()
+}
+
+fn entries(wal: &Wal) -> Vec<(u64, WalEntry)> {
+    wal.replay(wal.checkpoint_lsn())
+        .collect::<Result<_>>()
+        .unwrap()
+}
+
+#[test]
+fn a_commit_is_one_batch_durable_whole_or_not_at_all() {
+    for seed in 0..40 {
+        let vfs = FaultVfs::new(seed);
+        let wal = open(&vfs);
+        let (a, b) = (entity(&vfs, 1), entity(&vfs, 2));
+        let mut txn = WalTxn::new();
+        txn.append(&a, vec![Record::new(1, "a0")]);
+        txn.op(9, Bytes::from_static(b"first"));
+        txn.append(&b, vec![Record::new(1, "b0")]);
+        txn.append(&a, vec![Record::new(2, "a1")]);
+        let first = wal.commit(txn).unwrap();
+        assert_eq!(first.appends.len(), 2, "one batch per log");
+        assert_eq!(first.appends[0].next_offset, 2);
+        wal.wait(first.commit).unwrap();
+        // A second commit that is never synced.
+        let mut txn = WalTxn::new();
+        txn.op(9, Bytes::from(vec![b'x'; 3000]));
+        txn.append(&b, vec![Record::new(2, vec![b'y'; 3000])]);
+        let second = wal.commit(txn).unwrap();
+        assert!(second.commit > first.commit);
+        assert_eq!(b.visible_next_offset(), 1, "not durable, not visible");
+        drop((wal, a, b));
+        vfs.crash(CrashMode::TornWrites);
+        let wal = open(&vfs);
+        let found = entries(&wal);
+        let ops: Vec<&Bytes> = found
+            .iter()
+            .filter_map(|(_, e)| match e {
+                WalEntry::Op { owner: 9, op } => Some(op),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ops[0], &Bytes::from_static(b"first"));
+        let appends = found
+            .iter()
+            .filter(|(_, e)| matches!(e, WalEntry::Append { .. }))
+            .count();
+        // Either all of the second commit survived or none of it.
+        assert!(
+            (ops.len() == 1 && appends == 2) || (ops.len() == 2 && appends == 3),
+            "seed {seed}: {} ops, {appends} appends",
+            ops.len()
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_moves_replay_on_and_drops_old_segments() {
+    let vfs = FaultVfs::new(7);
+    let wal = open(&vfs);
+    let mut last = Commit::NONE;
+    for i in 0..4000u32 {
+        let mut txn = WalTxn::new();
+        txn.op(1, Bytes::from(vec![(i % 251) as u8; 40_000]));
+        last = wal.commit(txn).unwrap().commit;
+    }
+    wal.wait(last).unwrap();
+    let size = wal.size_bytes();
+    assert!(size > 2 * WAL_SEGMENT_BYTES);
+    wal.set_checkpoint(2500).unwrap();
+    assert!(wal.size_bytes() < size);
+    assert_eq!(entries(&wal).first().unwrap().0, 2500);
+    drop(wal);
+    vfs.crash(CrashMode::DropUnsynced);
+    let wal = open(&vfs);
+    assert_eq!(wal.checkpoint_lsn(), 2500);
+    let found = entries(&wal);
+    assert_eq!(found.len(), 1500);
+    assert_eq!(found[0].0, 2500);
+}
+
+#[test]
+fn entries_decode_and_garbage_is_refused() {
+    let record = entry_record(0, KIND_OP, 42, b"payload");
+    assert_eq!(
+        decode_entry(&record.body),
+        Some(WalEntry::Op {
+            owner: 42,
+            op: Bytes::from_static(b"payload")
+        })
+    );
+    assert_eq!(decode_entry(&Bytes::from_static(b"short")), None);
+    let mut bad = record.body.to_vec();
+    bad[0] = 77;
+    assert_eq!(decode_entry(&Bytes::from(bad)), None);
+}
