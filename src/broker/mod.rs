@@ -2,17 +2,28 @@
 //!
 //! # Layout
 //!
+//! - [`store`]: what every entity shares: the write-ahead log, descriptors, metadata store.
 //! - [`catalog`]: durable names → numeric ids; entity directories are named by id.
-//! - [`stream_id`], [`stream`]: Redis-style streams on a log.
+//! - [`stream_id`], [`stream`], [`stream_groups`], [`stream_meta`], [`group`]: Redis-style
+//!   streams with consumer groups.
+//! - [`topic`]: Pub/Sub channels with replayable history.
+//! - [`maintenance`]: checkpoints, memory and descriptor budgets, eviction of idle entities.
+//! - [`amqp`]: the AMQP model (exchanges, queues, bindings).
 //!
-//! A data directory holds `catalog`, `LOCK` (held while a broker has it open) and one directory
-//! per entity kind (`streams/<id>/`), each a log. Front ends (RESP, AMQP) translate to calls here
-//! and keep only per-connection state.
+//! A data directory holds `LOCK` (held while a broker has it open), `wal/` (the write-ahead
+//! log), `checkpoint`, `meta/` (the metadata store) and one directory per entity kind
+//! (`streams/<id>/`, `topics/<id>/`), each entity a segmented log created when it is first
+//! written. Every change is a commit in the write-ahead log: operations return a
+//! [`Commit`] that the caller awaits ([`Broker::wait_async`]) before it replies, and one fsync
+//! covers every commit made meanwhile, whatever entity it belongs to. Front ends (RESP, AMQP)
+//! translate to calls here and keep only per-connection state.
 
 pub mod amqp;
 pub mod catalog;
 pub mod group;
 pub mod journal;
+pub mod maintenance;
+pub mod store;
 pub mod stream;
 pub mod stream_groups;
 pub mod stream_id;
@@ -25,13 +36,17 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::storage::io::{OsVfs, Vfs};
-use crate::storage::{Durability, LogConfig};
-use catalog::{Catalog, EntityKind, NAME_BYTES_MAX};
+use crate::storage::wal::{WalEntry, WalTxn};
+pub use crate::storage::Commit;
+use crate::storage::{Durability, EntityLog, FileCache, LogConfig, LogShared, MetaStore, Wal};
+use catalog::{Applied, Catalog, CatalogOp, EntityKind, NAME_BYTES_MAX};
+use store::{domain, op_bytes, split_op, Store};
 pub use stream::{Added, Entry, IdSpec, Stream, StreamError, StreamInfo, TrimStrategy};
 pub use stream_groups::{
     AutoClaimed, ClaimOptions, ConsumerInfo, GroupInfo, GroupStart, PendingFilter, PendingRow,
@@ -50,34 +65,73 @@ pub enum BrokerError {
     Locked(PathBuf),
     #[error("name longer than {NAME_BYTES_MAX} bytes")]
     NameTooLong,
+    #[error("data directory {0} was written by an older Potok (format 1); this version reads format 2 (storage-format.md § Versions)")]
+    OldFormat(PathBuf),
+    #[error("damaged metadata: {0}")]
+    Damaged(String),
     #[error(transparent)]
     Stream(#[from] StreamError),
 }
 
-/// Settings for the logs the broker creates.
+impl From<crate::storage::Error> for BrokerError {
+    fn from(e: crate::storage::Error) -> BrokerError {
+        BrokerError::Stream(e.into())
+    }
+}
+
+/// Settings of a broker.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
+    /// When a change counts as done: `always` (a reply waits for the write-ahead log's fsync),
+    /// an interval, or `never`.
+    pub durability: Durability,
     /// Template for every stream's log.
     pub stream_log: LogConfig,
     /// Template for every Pub/Sub topic's log: see [`BrokerConfig::default_topic_log`].
     pub topic_log: LogConfig,
+    /// Open segment files kept at most (see [`FileCache`]); by default a quarter of the
+    /// process's descriptor limit.
+    pub open_files_max: usize,
+    /// Checkpoint once the write-ahead log holds this many bytes (64 MiB).
+    pub checkpoint_wal_bytes: u64,
+    /// ... or this long after the last checkpoint, if anything changed (30 s).
+    pub checkpoint_interval: Duration,
+    /// Bytes the entity logs may hold in memory before the largest tails are written out
+    /// (256 MiB); one log's tail is written once it reaches 4 MiB.
+    pub tail_bytes_max: u64,
+    /// Evict entities unused this long (their memory and descriptors go; 60 s).
+    pub idle_eviction: Duration,
+}
+
+impl Default for BrokerConfig {
+    /// `always`, default logs, budgets as documented on each field.
+    fn default() -> BrokerConfig {
+        BrokerConfig::with_durability(Durability::Always)
+    }
 }
 
 impl BrokerConfig {
     /// Streams with this durability; topics with their own defaults.
     pub fn with_durability(durability: Durability) -> BrokerConfig {
         BrokerConfig {
+            durability,
             stream_log: LogConfig {
                 durability,
                 ..LogConfig::default()
             },
             topic_log: BrokerConfig::default_topic_log(),
+            open_files_max: crate::storage::file_cache::default_files_max(),
+            checkpoint_wal_bytes: 64 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(30),
+            tail_bytes_max: 256 * 1024 * 1024,
+            idle_eviction: Duration::from_secs(60),
         }
     }
 
     /// Pub/Sub is fire-and-forget in Redis, so topic logs default to speed and bounded size:
-    /// no fsync (the OS writes back), 16 MiB segments, and retention of 64 MiB or 24 hours,
-    /// whichever keeps less (whole segments go; the newest segment always stays).
+    /// visible at once and never waited for, 16 MiB segments, and retention of 64 MiB or 24
+    /// hours, whichever keeps less (whole segments go; a topic whose newest message is older
+    /// than 24 hours is deleted).
     pub fn default_topic_log() -> LogConfig {
         LogConfig {
             durability: Durability::Never,
@@ -93,19 +147,31 @@ impl BrokerConfig {
     }
 }
 
+/// An entity deleted in memory whose files go once its deletion is durable.
+pub(crate) struct Doomed {
+    pub commit: Commit,
+    pub dir: PathBuf,
+    pub log: Option<EntityLog>,
+}
+
 struct State {
     catalog: Catalog,
+    /// Open streams and topics (the rest are opened on first use).
     streams: HashMap<Bytes, Arc<Stream>>,
-    topic_catalog: Catalog,
     topics: HashMap<Bytes, Arc<Topic>>,
     /// Readers blocked on names that do not exist yet.
     creation_waiters: HashMap<Bytes, Arc<Waiters>>,
+    /// What the write-ahead log holds for entities not opened since the restart: (LSN, entry).
+    replay: HashMap<u64, Vec<(u64, WalEntry)>>,
+    /// Streams' metadata snapshots as the metadata store holds them, for opening them.
+    stream_snapshots: HashMap<u64, Bytes>,
+    doomed: Vec<Doomed>,
 }
 
 /// The message broker over one data directory.
 pub struct Broker {
     dir: PathBuf,
-    vfs: Arc<dyn Vfs>,
+    store: Arc<Store>,
     config: BrokerConfig,
     state: RwLock<State>,
     /// Moves on whenever `state` may change, so a caller may keep a stream handle while it
@@ -113,13 +179,15 @@ pub struct Broker {
     generation: AtomicU64,
     /// The AMQP model (exchanges, queues, bindings) under `<data>/amqp/`.
     vhost: amqp::VirtualHost,
+    maintenance: maintenance::Maintenance,
     /// Held for the broker's life: one process per data directory.
     _lock: Option<File>,
 }
 
 impl Broker {
-    /// Open (or create) the data directory on the real file system, locking it.
-    pub fn open(dir: impl AsRef<Path>, config: BrokerConfig) -> Result<Broker, BrokerError> {
+    /// Open (or create) the data directory on the real file system, locking it, and start the
+    /// background maintenance (checkpoints, budgets).
+    pub fn open(dir: impl AsRef<Path>, config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)?;
         let lock = File::options()
@@ -132,35 +200,70 @@ impl Broker {
         }
         let mut broker = Broker::open_with(Arc::new(OsVfs), dir, config)?;
         broker._lock = Some(lock);
+        let broker = Arc::new(broker);
+        maintenance::start(&broker);
         Ok(broker)
     }
 
-    /// Open through any [`Vfs`] (tests use the fault-injecting one). Does not lock.
+    /// Open through any [`Vfs`] (tests use the fault-injecting one). Does not lock and starts
+    /// no background thread: call [`Broker::checkpoint`] and friends directly.
     pub fn open_with(
         vfs: Arc<dyn Vfs>,
         dir: &Path,
         config: BrokerConfig,
     ) -> Result<Broker, BrokerError> {
         vfs.create_dir_all(dir)?;
-        let catalog = Catalog::load(&*vfs, dir)?;
-        let streams = open_entities(&*vfs, dir, EntityKind::Stream, &catalog, |entity_dir| {
-            Ok(Stream::open(
-                Arc::clone(&vfs),
-                entity_dir,
-                config.stream_log.clone(),
-            )?)
-        })?;
-        let topic_catalog = Catalog::load_file(&*vfs, &dir.join(catalog::TOPIC_CATALOG_FILE))?;
-        let topics = open_entities(
-            &*vfs,
-            dir,
-            EntityKind::Topic,
-            &topic_catalog,
-            |entity_dir| {
-                Topic::open(Arc::clone(&vfs), entity_dir, config.topic_log.clone())
-                    .map_err(|e| BrokerError::Stream(e.into()))
-            },
-        )?;
+        if vfs.exists(&dir.join("catalog")) && !vfs.exists(&dir.join("meta")) {
+            return Err(BrokerError::OldFormat(dir.to_path_buf()));
+        }
+        let logs = Arc::new(LogShared::new(FileCache::new(
+            Arc::clone(&vfs),
+            config.open_files_max,
+        )));
+        let (meta, items) = MetaStore::open(Arc::clone(&vfs), dir)?;
+        let mut catalog = Catalog::from_meta(&items).map_err(BrokerError::Damaged)?;
+        let mut stream_snapshots = HashMap::new();
+        for (key, value) in items {
+            if key.len() == 9 && key[0] == b's' {
+                let id = u64::from_be_bytes(key[1..9].try_into().unwrap_or_default());
+                stream_snapshots.insert(id, value);
+            }
+        }
+        let wal = Wal::open(Arc::clone(&vfs), dir, config.durability)?;
+        let mut replay: HashMap<u64, Vec<(u64, WalEntry)>> = HashMap::new();
+        let mut deleted = Vec::new();
+        for entry in wal.replay(wal.checkpoint_lsn()) {
+            let (offset, entry) = entry?;
+            // An entry's LSN is one past its record: the point at which it is durable.
+            let lsn = offset + 1;
+            let owner = match &entry {
+                WalEntry::Append { log, .. } => *log,
+                WalEntry::Op { owner, .. } => *owner,
+            };
+            if let WalEntry::Op { op, .. } = &entry {
+                if let Some((domain::CATALOG, body)) = split_op(op) {
+                    let op = CatalogOp::decode(&body).ok_or_else(|| {
+                        BrokerError::Damaged(format!("catalog operation at {offset}"))
+                    })?;
+                    if let Applied::Deleted(gone) = catalog.apply(owner, lsn, op) {
+                        replay.remove(&gone.id);
+                        stream_snapshots.remove(&gone.id);
+                        deleted.push(gone);
+                    }
+                    continue;
+                }
+            }
+            replay.entry(owner).or_default().push((lsn, entry));
+        }
+        // Deletions replayed are durable: their files may go now.
+        for gone in deleted {
+            let entity_dir = dir.join(gone.kind.dir_name()).join(gone.id.to_string());
+            if vfs.exists(&entity_dir) {
+                vfs.remove_dir_all(&entity_dir)?;
+            }
+        }
+        replay.retain(|id, _| catalog.entry(*id).is_some());
+        let store = Arc::new(Store::new(Arc::clone(&vfs), dir, wal, logs, meta));
         let vhost = amqp::VirtualHost::open(
             Arc::clone(&vfs),
             &dir.join("amqp"),
@@ -168,15 +271,18 @@ impl Broker {
         )?;
         Ok(Broker {
             dir: dir.to_path_buf(),
+            store,
             vhost,
-            vfs,
+            maintenance: maintenance::Maintenance::new(&config),
             config,
             state: RwLock::new(State {
                 catalog,
-                streams,
-                topic_catalog,
-                topics,
+                streams: HashMap::new(),
+                topics: HashMap::new(),
                 creation_waiters: HashMap::new(),
+                replay,
+                stream_snapshots,
+                doomed: Vec::new(),
             }),
             generation: AtomicU64::new(0),
             _lock: None,
@@ -194,9 +300,10 @@ impl Broker {
         guard
     }
 
-    /// A number that changes whenever a stream or topic may have been created, deleted or
-    /// renamed. A handle looked up after reading generation `g` may be reused as long as the
-    /// generation is still `g` (a per-connection cache for pipelines that repeat one key).
+    /// A number that changes whenever a stream or topic may have been created, deleted,
+    /// renamed, opened or evicted. A handle looked up after reading generation `g` may be
+    /// reused as long as the generation is still `g` (a per-connection cache for pipelines
+    /// that repeat one key).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -205,35 +312,107 @@ impl Broker {
         &self.dir
     }
 
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The durability policy of every commit.
+    pub fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
     /// The AMQP virtual host `/`.
     pub fn vhost(&self) -> &amqp::VirtualHost {
         &self.vhost
     }
 
-    pub fn stream(&self, name: &[u8]) -> Option<Arc<Stream>> {
-        self.read().streams.get(name).cloned()
+    /// Block until `commit` is durable (at once under policies that acknowledge before the
+    /// fsync). An error means it may or may not be.
+    pub fn wait(&self, commit: Commit) -> Result<(), BrokerError> {
+        Ok(self.store.wal().wait(commit)?)
     }
 
-    /// The stream called `name`, created (durably, in the catalog) if it does not exist.
+    /// [`Broker::wait`] for async callers, holding no thread.
+    pub async fn wait_async(&self, commit: Commit) -> Result<(), BrokerError> {
+        Ok(self.store.wal().wait_async(commit).await?)
+    }
+
+    fn entity_dir(&self, kind: EntityKind, id: u64) -> PathBuf {
+        self.dir.join(kind.dir_name()).join(id.to_string())
+    }
+
+    /// The stream called `name`, if it exists (opened on first use).
+    pub fn stream(&self, name: &[u8]) -> Option<Arc<Stream>> {
+        {
+            let state = self.read();
+            if let Some(stream) = state.streams.get(name) {
+                stream.mark_used();
+                return Some(Arc::clone(stream));
+            }
+            state.catalog.lookup(EntityKind::Stream, name)?;
+        }
+        let mut state = self.write();
+        match self.open_stream(&mut state, name) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::error!(stream = %String::from_utf8_lossy(name), error = %e, "opening a stream failed");
+                None
+            }
+        }
+    }
+
+    /// Open the existing stream `name` (with the write lock held).
+    fn open_stream(
+        &self,
+        state: &mut State,
+        name: &[u8],
+    ) -> Result<Option<Arc<Stream>>, BrokerError> {
+        if let Some(stream) = state.streams.get(name) {
+            return Ok(Some(Arc::clone(stream)));
+        }
+        let Some(entry) = state.catalog.lookup(EntityKind::Stream, name) else {
+            return Ok(None);
+        };
+        let (id, name) = (entry.id, entry.name.clone());
+        let replay = state.replay.remove(&id).unwrap_or_default();
+        let stream = Stream::open(
+            Arc::clone(&self.store),
+            id,
+            &self.entity_dir(EntityKind::Stream, id),
+            self.config.stream_log.clone(),
+            state.stream_snapshots.get(&id),
+            replay,
+        )?;
+        let stream = Arc::new(stream);
+        state.streams.insert(name, Arc::clone(&stream));
+        Ok(Some(stream))
+    }
+
+    /// The stream called `name`, created if it does not exist. The creation is a commit of
+    /// its own; any later commit (the append that follows) covers it.
     pub fn stream_or_create(&self, name: &[u8]) -> Result<Arc<Stream>, BrokerError> {
         if name.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
-        let mut guard = self.write();
-        let state = &mut *guard;
-        if let Some(stream) = state.streams.get(name) {
+        if let Some(stream) = self.read().streams.get(name) {
+            stream.mark_used();
             return Ok(Arc::clone(stream));
         }
+        let mut guard = self.write();
+        let state = &mut *guard;
+        if let Some(stream) = self.open_stream(state, name)? {
+            return Ok(stream);
+        }
         let name = Bytes::copy_from_slice(name);
-        let open = |dir: &Path| {
-            Ok(Stream::open(
-                Arc::clone(&self.vfs),
-                dir,
-                self.config.stream_log.clone(),
-            )?)
-        };
-        let stream =
-            Arc::new(self.create_entity(&mut state.catalog, EntityKind::Stream, &name, open)?);
+        let id = self.create_entity(state, EntityKind::Stream, &name)?;
+        let stream = Arc::new(Stream::open(
+            Arc::clone(&self.store),
+            id,
+            &self.entity_dir(EntityKind::Stream, id),
+            self.config.stream_log.clone(),
+            None,
+            Vec::new(),
+        )?);
         state.streams.insert(name.clone(), Arc::clone(&stream));
         if let Some(waiters) = state.creation_waiters.remove(&name) {
             waiters.wake_all();
@@ -241,60 +420,115 @@ impl Broker {
         Ok(stream)
     }
 
-    /// Create an entity durably: its directory and log first, then the catalog entry naming
-    /// it, so a crash in between leaves only an orphan directory (removed at the next open).
-    /// On failure the catalog entry is withdrawn.
-    fn create_entity<T>(
+    /// Record a new entity in the catalog (through the write-ahead log); returns its id.
+    fn create_entity(
         &self,
-        catalog: &mut Catalog,
+        state: &mut State,
         kind: EntityKind,
         name: &Bytes,
-        open: impl FnOnce(&Path) -> Result<T, BrokerError>,
-    ) -> Result<T, BrokerError> {
-        let entry = catalog.insert(name.clone(), kind);
-        let created = open(&self.entity_dir(kind, entry.id)).and_then(|entity| {
-            self.vfs.sync_dir(&self.dir.join(kind.dir_name()))?;
-            catalog.save(&*self.vfs)?;
-            Ok(entity)
-        });
-        if created.is_err() {
-            catalog.remove(name);
-        }
-        created
+    ) -> Result<u64, BrokerError> {
+        let id = state.catalog.reserve_id();
+        let op = CatalogOp::Create {
+            kind,
+            name: name.clone(),
+            config: Bytes::new(),
+        };
+        let commit = self.store.commit_op(id, domain::CATALOG, &op.encode())?;
+        state.catalog.apply(id, commit.lsn(), op);
+        Ok(id)
     }
 
     /// The Pub/Sub topic for `channel`, if anything was ever published to it (and kept).
     pub fn topic(&self, channel: &[u8]) -> Option<Arc<Topic>> {
-        self.read().topics.get(channel).cloned()
+        {
+            let state = self.read();
+            if let Some(topic) = state.topics.get(channel) {
+                topic.mark_used();
+                return Some(Arc::clone(topic));
+            }
+            state.catalog.lookup(EntityKind::Topic, channel)?;
+        }
+        match self.open_topic(&mut self.write(), channel) {
+            Ok(topic) => topic,
+            Err(e) => {
+                tracing::error!(channel = %String::from_utf8_lossy(channel), error = %e, "opening a topic failed");
+                None
+            }
+        }
     }
 
-    /// The topic for `channel`, created (durably, in the topic catalog) if needed.
+    fn open_topic(
+        &self,
+        state: &mut State,
+        channel: &[u8],
+    ) -> Result<Option<Arc<Topic>>, BrokerError> {
+        if let Some(topic) = state.topics.get(channel) {
+            return Ok(Some(Arc::clone(topic)));
+        }
+        let Some(entry) = state.catalog.lookup(EntityKind::Topic, channel) else {
+            return Ok(None);
+        };
+        let (id, name) = (entry.id, entry.name.clone());
+        let replay = state.replay.remove(&id).unwrap_or_default();
+        let topic = Arc::new(Topic::open(
+            Arc::clone(&self.store),
+            id,
+            &self.entity_dir(EntityKind::Topic, id),
+            self.config.topic_log.clone(),
+            replay,
+        )?);
+        state.topics.insert(name, Arc::clone(&topic));
+        Ok(Some(topic))
+    }
+
+    /// The topic for `channel`, created if needed.
     pub fn topic_or_create(&self, channel: &[u8]) -> Result<Arc<Topic>, BrokerError> {
         if channel.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
-        let mut guard = self.write();
-        let state = &mut *guard;
-        if let Some(topic) = state.topics.get(channel) {
+        if let Some(topic) = self.read().topics.get(channel) {
+            topic.mark_used();
             return Ok(Arc::clone(topic));
         }
+        let mut guard = self.write();
+        let state = &mut *guard;
+        if let Some(topic) = self.open_topic(state, channel)? {
+            return Ok(topic);
+        }
         let name = Bytes::copy_from_slice(channel);
-        let open = |dir: &Path| {
-            Topic::open(Arc::clone(&self.vfs), dir, self.config.topic_log.clone())
-                .map_err(|e| BrokerError::Stream(e.into()))
-        };
-        let topic = Arc::new(self.create_entity(
-            &mut state.topic_catalog,
-            EntityKind::Topic,
-            &name,
-            open,
+        let id = self.create_entity(state, EntityKind::Topic, &name)?;
+        let topic = Arc::new(Topic::open(
+            Arc::clone(&self.store),
+            id,
+            &self.entity_dir(EntityKind::Topic, id),
+            self.config.topic_log.clone(),
+            Vec::new(),
         )?);
         state.topics.insert(name, Arc::clone(&topic));
         Ok(topic)
     }
 
+    /// Delete the topic for `channel` and its stored messages. Returns whether it existed.
+    pub fn delete_topic(&self, channel: &[u8]) -> Result<(bool, Commit), BrokerError> {
+        let mut state = self.write();
+        self.delete_entity(&mut state, EntityKind::Topic, channel)
+    }
+
+    /// Channels with stored messages, sorted.
+    pub fn topic_names(&self) -> Vec<Bytes> {
+        self.read()
+            .catalog
+            .names(EntityKind::Topic)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Wake `notify` once when the stream `name` gets new visible entries, or is created.
     pub fn register_stream_waiter(&self, name: &[u8], notify: &Arc<Notify>) {
+        if let Some(stream) = self.stream(name) {
+            stream.register_waiter(notify);
+            return;
+        }
         let mut state = self.write();
         match state.streams.get(name) {
             Some(stream) => stream.register_waiter(notify),
@@ -309,196 +543,186 @@ impl Broker {
         }
     }
 
-    /// Remove an entity's directory durably (its catalog entry is already gone).
-    fn remove_entity_files(&self, entry: &catalog::CatalogEntry) -> Result<(), BrokerError> {
-        self.vfs
-            .remove_dir_all(&self.entity_dir(entry.kind, entry.id))?;
-        self.vfs.sync_dir(&self.dir.join(entry.kind.dir_name()))?;
-        Ok(())
-    }
-
-    fn entity_dir(&self, kind: EntityKind, id: u64) -> PathBuf {
-        self.dir.join(kind.dir_name()).join(id.to_string())
-    }
-
-    /// Names of every entity with its kind, sorted.
+    /// Names of every stream with its kind, sorted (the Redis keyspace).
     pub fn names(&self) -> Vec<(Bytes, EntityKind)> {
         self.read()
             .catalog
-            .entries()
-            .map(|(n, e)| (n.clone(), e.kind))
+            .names(EntityKind::Stream)
+            .map(|(n, _)| (n.clone(), EntityKind::Stream))
             .collect()
     }
 
     pub fn kind_of(&self, name: &[u8]) -> Option<EntityKind> {
-        self.read().catalog.get(name).map(|e| e.kind)
+        self.read()
+            .catalog
+            .lookup(EntityKind::Stream, name)
+            .map(|e| e.kind)
     }
 
+    /// Streams in the keyspace.
     pub fn len(&self) -> usize {
-        self.read().catalog.len()
+        self.read().catalog.len(EntityKind::Stream)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Delete an entity and free its disk space. Returns whether it existed.
-    pub fn delete(&self, name: &[u8]) -> Result<bool, BrokerError> {
+    /// Delete a stream. Returns whether it existed, and the commit to wait for. Its files go
+    /// once the deletion is durable.
+    pub fn delete(&self, name: &[u8]) -> Result<(bool, Commit), BrokerError> {
         let mut state = self.write();
-        let Some(entry) = state.catalog.remove(name) else {
-            return Ok(false);
-        };
-        // Durably forget it first: a crash after this leaves only an orphan directory.
-        state.catalog.save(&*self.vfs)?;
-        if let Some(stream) = state.streams.remove(name) {
-            // Readers holding the stream keep working on unlinked files; no marker is needed.
-            let _ = stream.close();
-            // Blocked readers re-check and, as in Redis, go on waiting for a new stream.
-            stream.wake_waiters();
-        }
-        self.remove_entity_files(&entry)?;
-        Ok(true)
+        self.delete_entity(&mut state, EntityKind::Stream, name)
     }
 
-    /// Rename an entity, replacing any entity already called `to`. Returns false if `from`
-    /// does not exist.
-    pub fn rename(&self, from: &[u8], to: &[u8]) -> Result<bool, BrokerError> {
+    fn delete_entity(
+        &self,
+        state: &mut State,
+        kind: EntityKind,
+        name: &[u8],
+    ) -> Result<(bool, Commit), BrokerError> {
+        let Some(id) = state.catalog.lookup(kind, name).map(|e| e.id) else {
+            return Ok((false, Commit::NONE));
+        };
+        let mut txn = WalTxn::new();
+        txn.op(id, op_bytes(domain::CATALOG, &CatalogOp::Delete.encode()));
+        let commit = self.store.commit(txn)?.commit;
+        state.catalog.apply(id, commit.lsn(), CatalogOp::Delete);
+        self.forget_entity(state, kind, name, id, commit);
+        Ok((true, commit))
+    }
+
+    /// Drop a deleted entity from memory and schedule its files' removal.
+    fn forget_entity(
+        &self,
+        state: &mut State,
+        kind: EntityKind,
+        name: &[u8],
+        id: u64,
+        commit: Commit,
+    ) {
+        let log = match kind {
+            EntityKind::Stream => state.streams.remove(name).map(|stream| {
+                // Blocked readers re-check and, as in Redis, go on waiting for a new stream.
+                stream.wake_waiters();
+                stream.log().clone()
+            }),
+            EntityKind::Topic => state.topics.remove(name).map(|t| t.log().clone()),
+            EntityKind::Queue => None,
+        };
+        if let Some(log) = &log {
+            log.mark_deleted();
+        }
+        state.replay.remove(&id);
+        state.stream_snapshots.remove(&id);
+        state.doomed.push(Doomed {
+            commit,
+            dir: self.entity_dir(kind, id),
+            log,
+        });
+    }
+
+    /// Rename a stream, replacing any stream already called `to` (one commit for both).
+    /// Returns false if `from` does not exist.
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> Result<(bool, Commit), BrokerError> {
         if to.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
         let mut state = self.write();
-        if state.catalog.get(from).is_none() {
-            return Ok(false);
-        }
+        let Some(from_id) = state.catalog.lookup(EntityKind::Stream, from).map(|e| e.id) else {
+            return Ok((false, Commit::NONE));
+        };
         if from == to {
-            return Ok(true);
+            return Ok((true, Commit::NONE));
         }
+        // Both open (or both not), so the rename can move the handle.
+        self.open_stream(&mut state, from)?;
         let to = Bytes::copy_from_slice(to);
-        let replaced = state.catalog.rename(from, to.clone());
-        state.catalog.save(&*self.vfs)?;
-        if let Some(old) = state.streams.remove(&to) {
-            let _ = old.close();
-            old.wake_waiters();
+        let replaced = state.catalog.lookup(EntityKind::Stream, &to).map(|e| e.id);
+        let rename = CatalogOp::Rename { name: to.clone() };
+        let mut txn = WalTxn::new();
+        if let Some(replaced) = replaced {
+            txn.op(
+                replaced,
+                op_bytes(domain::CATALOG, &CatalogOp::Delete.encode()),
+            );
         }
+        txn.op(from_id, op_bytes(domain::CATALOG, &rename.encode()));
+        let commit = self.store.commit(txn)?.commit;
+        if let Some(replaced) = replaced {
+            state
+                .catalog
+                .apply(replaced, commit.lsn(), CatalogOp::Delete);
+            self.forget_entity(&mut state, EntityKind::Stream, &to, replaced, commit);
+        }
+        state.catalog.apply(from_id, commit.lsn(), rename);
         if let Some(stream) = state.streams.remove(from) {
             state.streams.insert(to.clone(), stream);
         }
         if let Some(waiters) = state.creation_waiters.remove(&to) {
             waiters.wake_all();
         }
-        if let Some(replaced) = replaced {
-            self.remove_entity_files(&replaced)?;
-        }
-        Ok(true)
+        Ok((true, commit))
     }
 
-    /// Delete every entity.
-    pub fn delete_all(&self) -> Result<(), BrokerError> {
-        for (name, _) in self.names() {
-            self.delete(&name)?;
+    /// Delete every stream (FLUSHALL): one commit per thousand.
+    pub fn delete_all(&self) -> Result<Commit, BrokerError> {
+        let mut commit = Commit::NONE;
+        loop {
+            let names: Vec<Bytes> = self
+                .read()
+                .catalog
+                .names(EntityKind::Stream)
+                .take(1000)
+                .map(|(n, _)| n.clone())
+                .collect();
+            if names.is_empty() {
+                return Ok(commit);
+            }
+            let mut state = self.write();
+            let ids: Vec<(Bytes, u64)> = names
+                .into_iter()
+                .filter_map(|n| {
+                    let id = state.catalog.lookup(EntityKind::Stream, &n)?.id;
+                    Some((n, id))
+                })
+                .collect();
+            let mut txn = WalTxn::new();
+            for (_, id) in &ids {
+                txn.op(*id, op_bytes(domain::CATALOG, &CatalogOp::Delete.encode()));
+            }
+            let done = self.store.commit(txn)?.commit;
+            for (name, id) in ids {
+                state.catalog.apply(id, done.lsn(), CatalogOp::Delete);
+                self.forget_entity(&mut state, EntityKind::Stream, &name, id, done);
+            }
+            commit = commit.max(done);
         }
-        Ok(())
     }
 
-    /// Sync and close every log cleanly.
+    /// Make everything durable and stop the background work; the write-ahead log holds every
+    /// change, so nothing per entity needs writing and shutdown does not depend on how many
+    /// entities exist. The next open replays what the last checkpoint did not cover.
     pub fn close(&self) -> Result<(), BrokerError> {
+        self.maintenance.stop();
         self.vhost.close();
+        self.store.wal().sync()?;
         let state = self.read();
         for stream in state.streams.values() {
-            stream.close()?;
+            stream.close();
         }
         for topic in state.topics.values() {
-            topic.close().map_err(|e| BrokerError::Stream(e.into()))?;
+            topic.close();
         }
         Ok(())
     }
 }
 
-/// Open every entity of `kind` the catalog names, first removing directories it does not name
-/// (left by a crash between creating an entity and saving the catalog, or during a delete).
-fn open_entities<T>(
-    vfs: &dyn Vfs,
-    dir: &Path,
-    kind: EntityKind,
-    catalog: &Catalog,
-    open: impl Fn(&Path) -> Result<T, BrokerError>,
-) -> Result<HashMap<Bytes, Arc<T>>, BrokerError> {
-    let kind_dir = dir.join(kind.dir_name());
-    vfs.create_dir_all(&kind_dir)?;
-    let live: Vec<String> = catalog.entries().map(|(_, e)| e.id.to_string()).collect();
-    for orphan in vfs
-        .list_subdirs(&kind_dir)?
-        .into_iter()
-        .filter(|d| !live.contains(d))
-    {
-        tracing::info!(dir = %kind_dir.join(&orphan).display(), "removing orphaned entity directory");
-        vfs.remove_dir_all(&kind_dir.join(orphan))?;
-    }
-    vfs.sync_dir(&kind_dir)?;
-    let mut entities = HashMap::new();
-    for (name, entry) in catalog.entries() {
-        entities.insert(
-            name.clone(),
-            Arc::new(open(&kind_dir.join(entry.id.to_string()))?),
-        );
-    }
-    Ok(entities)
+/// Lock a std mutex, carrying on after a panic elsewhere (the data is kept consistent by the
+/// code that mutates it).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::io::{CrashMode, FaultVfs};
-
-    fn open(vfs: &FaultVfs) -> Broker {
-        Broker::open_with(
-            Arc::new(vfs.clone()),
-            Path::new("/data"),
-            BrokerConfig::with_durability(Durability::Always),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn streams_persist_and_deletes_free_their_directories() {
-        let vfs = FaultVfs::new(1);
-        let broker = open(&vfs);
-        let s = broker.stream_or_create(b"../evil").unwrap();
-        let added = s
-            .add(
-                IdSpec::Explicit(StreamId::new(1, 1)),
-                vec![(Bytes::from("f"), Bytes::from("v"))],
-            )
-            .unwrap();
-        s.wait_durable(added.next_offset).unwrap();
-        broker.stream_or_create(b"other").unwrap();
-        assert!(
-            vfs.exists(Path::new("/data/streams/1")),
-            "directories are named by id"
-        );
-        vfs.crash(CrashMode::DropUnsynced);
-        drop((s, broker));
-        let broker = open(&vfs);
-        assert_eq!(broker.names().len(), 2);
-        let s = broker.stream(b"../evil").unwrap();
-        assert_eq!(s.last_id(), StreamId::new(1, 1));
-        assert!(broker.delete(b"../evil").unwrap());
-        assert!(!broker.delete(b"../evil").unwrap());
-        assert!(!vfs.exists(Path::new("/data/streams/1")));
-        drop((s, broker));
-        let broker = open(&vfs);
-        assert_eq!(
-            broker.names(),
-            vec![(Bytes::from("other"), EntityKind::Stream)]
-        );
-    }
-
-    #[test]
-    fn orphaned_directories_are_removed_on_open() {
-        let vfs = FaultVfs::new(2);
-        vfs.create_dir_all(Path::new("/data/streams/77")).unwrap();
-        let broker = open(&vfs);
-        assert!(!vfs.exists(Path::new("/data/streams/77")));
-        assert!(broker.is_empty());
-    }
-}
+mod tests;

@@ -1,24 +1,32 @@
-//! A stream (Redis Streams): a log whose records are entries with IDs, plus a metadata journal.
+//! A stream (Redis Streams): an entity log whose records are entries with IDs, plus metadata.
 //!
 //! Each entry is one record: key = the 16-byte ID (see [`StreamId::to_key`]), headers = the
 //! field/value pairs in order, timestamp = the ID's milliseconds, body empty. Offsets are dense and
 //! IDs increase with them, so the log's time index finds an ID's neighbourhood and a short scan
 //! finds the ID. The last generated ID is the ID of the last record (or XSETID's, if larger).
 //!
-//! Deletions (XDEL) and trimming (XTRIM, XADD MAXLEN/MINID) are operations in the stream's
-//! journal (`meta/`): tombstones and a logical first offset. Trimming also frees whole segments
-//! of the log. Reads skip trimmed and deleted entries.
+//! Deletions (XDEL), trimming (XTRIM, XADD MAXLEN/MINID), XSETID and consumer groups are
+//! metadata operations ([`MetaOp`]) in the write-ahead log, applied to [`StreamMeta`] in
+//! memory; a checkpoint writes the metadata of streams that changed into the metadata store
+//! (`s` + id: `lsn u64 | snapshot`). Reads skip trimmed and deleted entries; whole segments
+//! wholly trimmed are freed at the next checkpoint, once the trim is durable.
+//!
+//! Every change returns a [`Commit`]: under `always` the caller replies once it is durable.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use byteorder::{ByteOrder, LittleEndian as LE};
 use bytes::Bytes;
 
-use super::journal::Journal;
+use super::store::{domain, op_bytes, Store};
 use super::stream_id::StreamId;
 use super::stream_meta::{MetaOp, StreamMeta};
 use super::waiters::Waiters;
-use crate::storage::{self, Log, LogConfig, Record, RecordView};
+use crate::storage::meta_store::MetaItem;
+use crate::storage::wal::{WalEntry, WalTxn};
+use crate::storage::{self, Commit, EntityLog, LogConfig, Record, RecordView, Visibility};
 
 /// How XADD chooses the new entry's ID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,8 +117,8 @@ fn entry_record(id: StreamId, fields: Vec<(Bytes, Bytes)>) -> Record {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Added {
     pub id: StreamId,
-    /// Wait for durability of offsets below this before acknowledging.
-    pub next_offset: u64,
+    /// Wait for it before acknowledging.
+    pub commit: Commit,
 }
 
 /// Figures XINFO STREAM reports.
@@ -128,13 +136,21 @@ pub(super) struct StreamState {
     pub(super) last_id: StreamId,
     /// Shared with readers, replaced on change (copy on write).
     pub(super) meta: Arc<StreamMeta>,
+    /// LSN of the last metadata operation applied (replay skips older ones).
+    lsn: u64,
+    /// Metadata changed since the last checkpoint.
+    dirty: bool,
 }
 
 /// A stream. Cheap to share (`Arc`); appends are serialized so IDs follow offsets.
 pub struct Stream {
-    pub(super) log: Log,
-    pub(super) journal: Journal,
+    id: u64,
+    pub(super) log: EntityLog,
+    store: Arc<Store>,
     state: Mutex<StreamState>,
+    /// Cleared by the broker's eviction sweep, set by every lookup (see
+    /// [`Stream::mark_used`]).
+    used: AtomicBool,
     /// Readers blocked until new entries become visible.
     waiters: Arc<Waiters>,
     /// Cap on one range read's entry bytes ([`RANGE_BYTES_MAX`] unless changed).
@@ -153,24 +169,55 @@ fn entry_bytes(entry: &Entry) -> u64 {
         .map(|(f, v)| (f.len() + v.len()) as u64 + 8)
         .sum::<u64>()
 }
-/// The journal's directory inside the stream's.
-const JOURNAL_DIR: &str = "meta";
+/// The metadata store key of stream `id`'s metadata.
+pub fn meta_key(id: u64) -> Bytes {
+    let mut key = Vec::with_capacity(9);
+    key.push(b's');
+    key.extend_from_slice(&id.to_be_bytes());
+    Bytes::from(key)
+}
 
 impl Stream {
+    /// Open stream `id` from its directory, its metadata snapshot (the metadata store's value,
+    /// if any) and what the write-ahead log holds for it since the checkpoint, in order (LSN,
+    /// entry).
     pub fn open(
-        vfs: Arc<dyn storage::io::Vfs>,
+        store: Arc<Store>,
+        id: u64,
         dir: &Path,
         config: LogConfig,
+        snapshot: Option<&Bytes>,
+        replay: Vec<(u64, WalEntry)>,
     ) -> Result<Stream, StreamError> {
-        let log = Log::open_with(Arc::clone(&vfs), dir, config)?;
-        let (journal, ops) = Journal::open(vfs, &dir.join(JOURNAL_DIR))?;
-        let mut meta = StreamMeta::default();
-        for op in ops {
-            match MetaOp::decode(&op) {
-                Some(op) => meta.apply(&op),
-                None => {
-                    tracing::error!(dir = %dir.display(), "skipping an undecodable journal operation")
+        let visibility = Visibility::for_durability(config.durability);
+        let log = EntityLog::open(Arc::clone(store.logs()), id, dir, config, visibility)?;
+        let (mut meta, mut lsn) = match snapshot {
+            Some(value) => decode_snapshot(value).ok_or_else(|| {
+                StreamError::Storage(storage::Error::InvalidArgument(format!(
+                    "damaged metadata snapshot of stream {id}"
+                )))
+            })?,
+            None => (StreamMeta::default(), 0),
+        };
+        let replayed = !replay.is_empty();
+        for (entry_lsn, entry) in replay {
+            match entry {
+                WalEntry::Append { batch, .. } => {
+                    log.replay_batch(batch)?;
                 }
+                WalEntry::Op { op, .. } if entry_lsn > lsn => {
+                    let decoded = super::store::split_op(&op)
+                        .filter(|(d, _)| *d == domain::STREAM)
+                        .and_then(|(_, body)| MetaOp::decode(&body));
+                    match decoded {
+                        Some(op) => meta.apply(&op),
+                        None => {
+                            tracing::error!(dir = %dir.display(), "skipping an undecodable stream operation")
+                        }
+                    }
+                    lsn = entry_lsn;
+                }
+                WalEntry::Op { .. } => {}
             }
         }
         let tail_id = match log.next_offset().checked_sub(1) {
@@ -186,12 +233,16 @@ impl Stream {
         let wake = Arc::clone(&waiters);
         log.set_visibility_listener(Arc::new(move || wake.wake_all()));
         Ok(Stream {
+            id,
             log,
-            journal,
+            store,
             state: Mutex::new(StreamState {
                 last_id,
                 meta: Arc::new(meta),
+                lsn,
+                dirty: replayed,
             }),
+            used: AtomicBool::new(true),
             waiters,
             reply_bytes_max: std::sync::atomic::AtomicU64::new(RANGE_BYTES_MAX),
         })
@@ -210,13 +261,34 @@ impl Stream {
         self.waiters.register(notify);
     }
 
+    /// Whether blocked readers wait for this stream (it must then stay open).
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.is_waited_on()
+    }
+
     /// Wake every blocked reader (the stream is being deleted).
     pub fn wake_waiters(&self) {
         self.waiters.wake_all();
     }
 
-    pub fn log(&self) -> &Log {
+    pub fn log(&self) -> &EntityLog {
         &self.log
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Note a use (lookups call it; the broker evicts streams unused for a while).
+    pub fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Clear the use mark; returns whether it was set (the broker's eviction sweep).
+    pub fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
     }
 
     /// Change the cap on one range read's entry bytes.
@@ -243,7 +315,7 @@ impl Stream {
         self.len() == 0
     }
 
-    /// Append an entry without waiting for durability; pair with [`Stream::wait_durable`].
+    /// Append an entry; the caller waits for [`Added::commit`] before acknowledging it.
     pub fn add(&self, spec: IdSpec, fields: Vec<(Bytes, Bytes)>) -> Result<Added, StreamError> {
         let mut state = self.lock();
         let last = state.last_id;
@@ -264,25 +336,24 @@ impl Stream {
             IdSpec::AutoSequence(ms) => StreamId::new(ms, 0),
             IdSpec::Auto => auto_id(last, clock_ms()).ok_or(StreamError::IdsExhausted)?,
         };
-        let record = entry_record(id, fields);
-        let info = self
-            .log
-            .append_without_waiting(std::slice::from_ref(&record))?;
+        let mut txn = WalTxn::new();
+        txn.append(&self.log, vec![entry_record(id, fields)]);
+        let committed = self.store.commit(txn)?;
         state.last_id = id;
         Ok(Added {
             id,
-            next_offset: info.next_offset,
+            commit: committed.commit,
         })
     }
 
     /// Add entries with generated IDs (`XADD key * ...` each) as one log append: one lock
     /// round and one batch for a pipeline's worth of XADDs. Returns the IDs of the entries
-    /// added, in order, and the offset to wait for; entries past the last possible ID are not
+    /// added, in order, and the commit to wait for; entries past the last possible ID are not
     /// added (the caller answers them with [`StreamError::IdsExhausted`]).
     pub fn add_auto_many(
         &self,
         entries: Vec<Vec<(Bytes, Bytes)>>,
-    ) -> Result<(Vec<StreamId>, u64), StreamError> {
+    ) -> Result<(Vec<StreamId>, Commit), StreamError> {
         let mut state = self.lock();
         let now = clock_ms();
         let mut last = state.last_id;
@@ -297,46 +368,68 @@ impl Stream {
         if records.is_empty() {
             return Err(StreamError::IdsExhausted);
         }
-        let info = self.log.append_without_waiting(&records)?;
+        let mut txn = WalTxn::new();
+        txn.append(&self.log, records);
+        let committed = self.store.commit(txn)?;
         state.last_id = last;
-        Ok((ids, info.next_offset))
+        Ok((ids, committed.commit))
     }
 
-    pub fn wait_durable(&self, next_offset: u64) -> Result<(), StreamError> {
-        Ok(self.log.wait_until_durable(next_offset)?)
-    }
-
-    /// Record a metadata operation durably and apply it. The caller holds the state lock, so
-    /// operations apply in journal order.
-    pub(super) fn commit(&self, state: &mut StreamState, op: MetaOp) -> Result<(), StreamError> {
-        self.journal.append(op.encode())?;
-        self.applied(state, op)
-    }
-
-    /// Record an operation without waiting for durability; returns the journal offset that a
-    /// caller may wait for.
-    pub(super) fn commit_lazily(
+    /// Record metadata operations in one commit and apply them. The caller holds the state
+    /// lock, so operations apply in the write-ahead log's order. Nothing to record is
+    /// [`Commit::NONE`].
+    pub(super) fn commit(
         &self,
         state: &mut StreamState,
-        op: MetaOp,
-    ) -> Result<u64, StreamError> {
-        let next_offset = self.journal.append_without_waiting(op.encode())?;
-        self.applied(state, op)?;
-        Ok(next_offset)
-    }
-
-    fn applied(&self, state: &mut StreamState, op: MetaOp) -> Result<(), StreamError> {
-        Arc::make_mut(&mut state.meta).apply(&op);
-        if self.journal.wants_snapshot() {
-            self.journal
-                .snapshot(MetaOp::Snapshot((*state.meta).clone()).encode())?;
+        ops: Vec<MetaOp>,
+    ) -> Result<Commit, StreamError> {
+        if ops.is_empty() {
+            return Ok(Commit::NONE);
         }
-        Ok(())
+        let mut txn = WalTxn::new();
+        for op in &ops {
+            txn.op(self.id, op_bytes(domain::STREAM, &op.encode()));
+        }
+        let commit = self.store.commit(txn)?.commit;
+        let meta = Arc::make_mut(&mut state.meta);
+        for op in &ops {
+            meta.apply(op);
+        }
+        state.lsn = commit.lsn();
+        state.dirty = true;
+        Ok(commit)
     }
 
-    /// The journal's log, for waiting on lazily committed operations.
-    pub fn journal_log(&self) -> &Log {
-        self.journal.log()
+    /// The metadata store item a checkpoint writes, if the metadata changed since the last
+    /// one (it is then counted as written).
+    pub fn take_snapshot(&self) -> Option<MetaItem> {
+        let mut state = self.lock();
+        if !state.dirty {
+            return None;
+        }
+        state.dirty = false;
+        Some((
+            meta_key(self.id),
+            Some(encode_snapshot(state.lsn, &state.meta)),
+        ))
+    }
+
+    /// Mark the metadata changed (a checkpoint that took it failed).
+    pub fn mark_dirty(&self) {
+        self.lock().dirty = true;
+    }
+
+    /// Whether the stream holds nothing a checkpoint must write: it may be evicted.
+    pub fn is_settled(&self) -> bool {
+        !self.lock().dirty && self.log.tail_bytes() == 0
+    }
+
+    /// Free whole segments of trimmed entries (a checkpoint calls it once trims are durable).
+    pub fn free_trimmed(&self) -> Result<(), StreamError> {
+        let first = self.lock().meta.first_offset;
+        self.log
+            .truncate_before(first.min(self.log.next_offset()))?;
+        Ok(())
     }
 
     /// The offset of the first visible record whose ID is at least `id` (the visible end if
@@ -457,22 +550,26 @@ impl Stream {
     }
 
     /// XDEL: delete the entries with these IDs; returns how many existed.
-    pub fn delete(&self, ids: &[StreamId]) -> Result<u64, StreamError> {
+    pub fn delete(&self, ids: &[StreamId]) -> Result<(u64, Commit), StreamError> {
         let mut state = self.lock();
-        let mut deleted = 0;
+        let mut ops = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
         for &id in ids {
             let offset = self.offset_of(id)?;
-            if !state.meta.is_live(offset) || offset >= self.log.visible_next_offset() {
+            if !state.meta.is_live(offset)
+                || offset >= self.log.visible_next_offset()
+                || !seen.insert(offset)
+            {
                 continue;
             }
             let result = self.log.read(offset, 1)?;
             let found = result.records().next().and_then(|r| entry_id(&r));
             if found == Some(id) {
-                self.commit(&mut state, MetaOp::Delete { offset, id })?;
-                deleted += 1;
+                ops.push(MetaOp::Delete { offset, id });
             }
         }
-        Ok(deleted)
+        let deleted = ops.len() as u64;
+        Ok((deleted, self.commit(&mut state, ops)?))
     }
 
     /// XTRIM (and XADD's MAXLEN/MINID): returns how many live entries were removed. With
@@ -483,7 +580,7 @@ impl Stream {
         strategy: TrimStrategy,
         approximate: bool,
         limit: Option<u64>,
-    ) -> Result<u64, StreamError> {
+    ) -> Result<(u64, Commit), StreamError> {
         let mut state = self.lock();
         let meta = Arc::clone(&state.meta);
         // Count what is written, not only what is visible: XADD trims right after its own
@@ -491,7 +588,7 @@ impl Stream {
         let end = self.log.next_offset();
         let live = meta.live_count(end);
         let exact_first = match strategy {
-            TrimStrategy::MaxLen(keep) if live <= keep => return Ok(0),
+            TrimStrategy::MaxLen(keep) if live <= keep => return Ok((0, Commit::NONE)),
             TrimStrategy::MaxLen(keep) => meta.offset_after_live(live - keep),
             TrimStrategy::MinId(id) => self.offset_of(id)?,
         };
@@ -509,19 +606,13 @@ impl Stream {
             removable
         };
         if to_remove == 0 {
-            return Ok(0);
+            return Ok((0, Commit::NONE));
         }
         let new_first = meta.offset_after_live(to_remove);
-        self.commit(
-            &mut state,
-            MetaOp::Trim {
-                first_offset: new_first,
-            },
-        )?;
-        // Free whole segments now wholly trimmed.
-        self.log
-            .truncate_before(new_first.min(self.log.next_offset()))?;
-        Ok(to_remove)
+        let op = MetaOp::Trim {
+            first_offset: new_first,
+        };
+        Ok((to_remove, self.commit(&mut state, vec![op])?))
     }
 
     /// XSETID: move the last ID (and optionally the entries-added count and max deleted ID).
@@ -530,7 +621,7 @@ impl Stream {
         last_id: StreamId,
         entries_added: Option<u64>,
         max_deleted: Option<StreamId>,
-    ) -> Result<(), StreamError> {
+    ) -> Result<Commit, StreamError> {
         let mut state = self.lock();
         let end = self.log.next_offset();
         let meta = Arc::clone(&state.meta);
@@ -553,9 +644,9 @@ impl Stream {
             entries_added_at: end,
             max_deleted: max_deleted.unwrap_or(meta.max_deleted),
         };
-        self.commit(&mut state, op)?;
+        let commit = self.commit(&mut state, vec![op])?;
         state.last_id = last_id;
-        Ok(())
+        Ok(commit)
     }
 
     fn newest_live_id(&self, meta: &StreamMeta, end: u64) -> Result<StreamId, StreamError> {
@@ -611,9 +702,25 @@ impl Stream {
         })
     }
 
-    pub fn close(&self) -> Result<(), StreamError> {
-        self.journal.close()?;
-        Ok(self.log.close()?)
+    /// Let go of the log's cached descriptor (the stream is being evicted or the broker
+    /// stops). Nothing needs writing: the write-ahead log holds every change.
+    pub fn close(&self) {
+        self.log.release_files();
+    }
+}
+
+// Format: { lsn u64 | MetaOp::Snapshot }
+fn encode_snapshot(lsn: u64, meta: &StreamMeta) -> Bytes {
+    let mut out = lsn.to_le_bytes().to_vec();
+    out.extend_from_slice(&MetaOp::Snapshot(meta.clone()).encode());
+    Bytes::from(out)
+}
+
+fn decode_snapshot(value: &[u8]) -> Option<(StreamMeta, u64)> {
+    let lsn = LE::read_u64(value.get(..8)?);
+    match MetaOp::decode(&value[8..])? {
+        MetaOp::Snapshot(meta) => Some((meta, lsn)),
+        _ => None,
     }
 }
 
@@ -638,28 +745,42 @@ pub(super) fn to_entry(record: &RecordView<'_>) -> Option<Entry> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::broker::{Broker, BrokerConfig};
     use crate::storage::io::FaultVfs;
 
-    fn open(vfs: &FaultVfs) -> Stream {
-        let config = LogConfig {
-            segment_bytes_max: 2048,
-            index_interval_bytes: 128,
-            ..LogConfig::default()
-        };
-        Stream::open(Arc::new(vfs.clone()), Path::new("/s"), config).unwrap()
+    /// A stream `s` of a broker on `vfs`, with small segments.
+    pub(crate) struct Fixture {
+        pub broker: Broker,
+        pub stream: Arc<Stream>,
+    }
+
+    impl std::ops::Deref for Fixture {
+        type Target = Stream;
+        fn deref(&self) -> &Stream {
+            &self.stream
+        }
+    }
+
+    pub(crate) fn open(vfs: &FaultVfs) -> Fixture {
+        let mut config = BrokerConfig::default();
+        config.stream_log.segment_bytes_max = 2048;
+        config.stream_log.index_interval_bytes = 128;
+        let broker = Broker::open_with(Arc::new(vfs.clone()), Path::new("/data"), config).unwrap();
+        let stream = broker.stream_or_create(b"s").unwrap();
+        Fixture { broker, stream }
     }
 
     fn fields(n: u64) -> Vec<(Bytes, Bytes)> {
         vec![(Bytes::from("n"), Bytes::from(n.to_string()))]
     }
 
-    fn add(stream: &Stream, ms: u64, seq: u64) -> StreamId {
+    fn add(stream: &Fixture, ms: u64, seq: u64) -> StreamId {
         let added = stream
             .add(IdSpec::Explicit(StreamId::new(ms, seq)), fields(ms))
             .unwrap();
-        stream.wait_durable(added.next_offset).unwrap();
+        stream.broker.wait(added.commit).unwrap();
         added.id
     }
 
@@ -744,14 +865,17 @@ mod tests {
             .copied()
             .filter(|id| id.ms % 7 == 0 || id.seq == 2 && id.ms % 5 == 0)
             .collect();
-        assert_eq!(stream.delete(&doomed).unwrap(), doomed.len() as u64);
+        assert_eq!(stream.delete(&doomed).unwrap().0, doomed.len() as u64);
         assert_eq!(
-            stream.delete(&doomed).unwrap(),
+            stream.delete(&doomed).unwrap().0,
             0,
             "deleting twice deletes nothing"
         );
         ids.retain(|id| !doomed.contains(id));
-        let removed = stream.trim(TrimStrategy::MaxLen(150), false, None).unwrap();
+        let removed = stream
+            .trim(TrimStrategy::MaxLen(150), false, None)
+            .unwrap()
+            .0;
         assert_eq!(removed, ids.len() as u64 - 150);
         ids.drain(..removed as usize);
         drop(stream);
@@ -807,32 +931,41 @@ mod tests {
         assert_eq!(
             stream
                 .trim(TrimStrategy::MinId(StreamId::new(101, 0)), false, None)
-                .unwrap(),
+                .unwrap()
+                .0,
             100
         );
         assert_eq!(all_ids(&stream)[0], StreamId::new(101, 0));
         // `~` trims in whole steps only, and never below the threshold.
         assert_eq!(
-            stream.trim(TrimStrategy::MaxLen(850), true, None).unwrap(),
+            stream
+                .trim(TrimStrategy::MaxLen(850), true, None)
+                .unwrap()
+                .0,
             0
         );
         assert_eq!(
-            stream.trim(TrimStrategy::MaxLen(750), true, None).unwrap(),
+            stream
+                .trim(TrimStrategy::MaxLen(750), true, None)
+                .unwrap()
+                .0,
             100
         );
         assert_eq!(
             stream
                 .trim(TrimStrategy::MaxLen(10), true, Some(250))
-                .unwrap(),
+                .unwrap()
+                .0,
             200
         );
         assert_eq!(stream.len(), 600);
+        stream.broker.checkpoint().unwrap();
         assert!(
             stream.log().size_bytes() < size,
-            "whole trimmed segments are freed"
+            "whole trimmed segments are freed once the trim is durable"
         );
         assert_eq!(
-            stream.trim(TrimStrategy::MaxLen(0), false, None).unwrap(),
+            stream.trim(TrimStrategy::MaxLen(0), false, None).unwrap().0,
             600
         );
         assert!(stream.is_empty());

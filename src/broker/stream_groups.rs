@@ -1,12 +1,14 @@
 //! Consumer-group operations on a stream (XGROUP, XREADGROUP, XACK, XPENDING, XCLAIM,
 //! XAUTOCLAIM, XINFO GROUPS/CONSUMERS).
 //!
-//! Durability: creating, destroying and resetting groups and consumers is journaled durably
-//! before the reply. Deliveries and claims are journaled lazily: a crash can only make an entry
-//! be delivered again, never lose one or forget a group. Acknowledgements return the journal
-//! offset so the front end can hold the reply until it is durable (sharing fsyncs).
+//! Durability: every change (group and consumer changes, deliveries with their pending
+//! entries and the group's last delivered ID, claims, acknowledgements) is one commit in the
+//! write-ahead log, returned to the caller: under `always` the reply waits for it, and many
+//! consumers' deliveries share one fsync.
 
 use bytes::Bytes;
+
+use crate::storage::Commit;
 
 use super::group::GroupState;
 use super::stream::{Entry, Stream, StreamError};
@@ -92,6 +94,9 @@ pub struct ConsumerInfo {
     pub idle_ms: u64,
 }
 
+/// A pending entry read again from history: its ID, and the entry unless it was deleted.
+pub type HistoryEntry = (StreamId, Option<Entry>);
+
 /// One delivery to journal: new entries (`advance`) or a history read.
 struct Delivery {
     ids: Vec<StreamId>,
@@ -171,7 +176,7 @@ impl Stream {
         group: &Bytes,
         start: GroupStart,
         entries_read: Option<u64>,
-    ) -> Result<(), StreamError> {
+    ) -> Result<Commit, StreamError> {
         let mut state = self.lock();
         if state.meta.groups.contains_key(group) {
             return Err(StreamError::BusyGroup);
@@ -185,25 +190,23 @@ impl Stream {
             last_delivered,
             entries_read,
         };
-        self.commit(&mut state, op)
+        self.commit(&mut state, vec![op])
     }
 
     /// Returns whether the group existed.
-    pub fn destroy_group(&self, group: &Bytes) -> Result<bool, StreamError> {
+    pub fn destroy_group(&self, group: &Bytes) -> Result<(bool, Commit), StreamError> {
         let mut state = self.lock();
         if !state.meta.groups.contains_key(group) {
-            return Ok(false);
+            return Ok((false, Commit::NONE));
         }
-        self.commit(
-            &mut state,
-            MetaOp::GroupDestroy {
-                group: group.clone(),
-            },
-        )?;
+        let op = MetaOp::GroupDestroy {
+            group: group.clone(),
+        };
+        let commit = self.commit(&mut state, vec![op])?;
         drop(state);
         // Readers blocked on the group find out.
         self.wake_waiters();
-        Ok(true)
+        Ok((true, commit))
     }
 
     pub fn set_group_id(
@@ -211,68 +214,70 @@ impl Stream {
         group: &Bytes,
         start: GroupStart,
         entries_read: Option<u64>,
-    ) -> Result<(), StreamError> {
+    ) -> Result<Commit, StreamError> {
         let mut state = self.lock();
         Self::group_of(&state.meta.groups, group)?;
         let last_delivered = match start {
             GroupStart::Last => state.last_id,
             GroupStart::Id(id) => id,
         };
-        self.commit(
-            &mut state,
-            MetaOp::GroupSetId {
-                group: group.clone(),
-                last_delivered,
-                entries_read,
-            },
-        )
+        let op = MetaOp::GroupSetId {
+            group: group.clone(),
+            last_delivered,
+            entries_read,
+        };
+        self.commit(&mut state, vec![op])
     }
 
     /// Returns whether the consumer was created (false: it existed).
-    pub fn create_consumer(&self, group: &Bytes, consumer: &Bytes) -> Result<bool, StreamError> {
+    pub fn create_consumer(
+        &self,
+        group: &Bytes,
+        consumer: &Bytes,
+    ) -> Result<(bool, Commit), StreamError> {
         let mut state = self.lock();
         if Self::group_of(&state.meta.groups, group)?
             .consumers
             .contains_key(consumer)
         {
-            return Ok(false);
+            return Ok((false, Commit::NONE));
         }
         let op = MetaOp::ConsumerCreate {
             group: group.clone(),
             consumer: consumer.clone(),
             time_ms: now_ms(),
         };
-        self.commit(&mut state, op)?;
-        Ok(true)
+        Ok((true, self.commit(&mut state, vec![op])?))
     }
 
     /// Returns how many pending entries the consumer had.
-    pub fn delete_consumer(&self, group: &Bytes, consumer: &Bytes) -> Result<u64, StreamError> {
+    pub fn delete_consumer(
+        &self,
+        group: &Bytes,
+        consumer: &Bytes,
+    ) -> Result<(u64, Commit), StreamError> {
         let mut state = self.lock();
         let g = Self::group_of(&state.meta.groups, group)?;
         if !g.consumers.contains_key(consumer) {
-            return Ok(0);
+            return Ok((0, Commit::NONE));
         }
         let pending = g.pending_of(consumer) as u64;
-        self.commit(
-            &mut state,
-            MetaOp::ConsumerDelete {
-                group: group.clone(),
-                consumer: consumer.clone(),
-            },
-        )?;
-        Ok(pending)
+        let op = MetaOp::ConsumerDelete {
+            group: group.clone(),
+            consumer: consumer.clone(),
+        };
+        Ok((pending, self.commit(&mut state, vec![op])?))
     }
 
-    /// Journal a delivery (lazily). Reading nothing writes nothing, except that a consumer
-    /// seen for the first time is created, as in Redis.
+    /// Record a delivery. Reading nothing writes nothing, except that a consumer seen for the
+    /// first time is created, as in Redis.
     fn record_delivery(
         &self,
         state: &mut super::stream::StreamState,
         group: &Bytes,
         consumer: &Bytes,
         delivery: Delivery,
-    ) -> Result<(), StreamError> {
+    ) -> Result<Commit, StreamError> {
         let Delivery {
             ids,
             advance,
@@ -287,16 +292,14 @@ impl Stream {
                 .get(group)
                 .is_some_and(|g| g.consumers.contains_key(consumer));
             if !known {
-                self.commit_lazily(
-                    state,
-                    MetaOp::ConsumerCreate {
-                        group: group.clone(),
-                        consumer: consumer.clone(),
-                        time_ms,
-                    },
-                )?;
+                let op = MetaOp::ConsumerCreate {
+                    group: group.clone(),
+                    consumer: consumer.clone(),
+                    time_ms,
+                };
+                return self.commit(state, vec![op]);
             }
-            return Ok(());
+            return Ok(Commit::NONE);
         }
         let op = MetaOp::Deliver {
             group: group.clone(),
@@ -307,8 +310,7 @@ impl Stream {
             noack,
             entries_read,
         };
-        self.commit_lazily(state, op)?;
-        Ok(())
+        self.commit(state, vec![op])
     }
 
     /// The stream facts Redis's read-counter and lag arithmetic uses.
@@ -334,7 +336,7 @@ impl Stream {
         consumer: &Bytes,
         count: Option<usize>,
         noack: bool,
-    ) -> Result<Vec<Entry>, StreamError> {
+    ) -> Result<(Vec<Entry>, Commit), StreamError> {
         let mut state = self.lock();
         let (last_delivered, mut entries_read) = {
             let g = Self::group_of(&state.meta.groups, group)?;
@@ -360,8 +362,8 @@ impl Stream {
             noack,
             entries_read,
         };
-        self.record_delivery(&mut state, group, consumer, delivery)?;
-        Ok(entries)
+        let commit = self.record_delivery(&mut state, group, consumer, delivery)?;
+        Ok((entries, commit))
     }
 
     /// XREADGROUP with an ID: the consumer's pending entries after `after`, delivered again.
@@ -372,7 +374,7 @@ impl Stream {
         consumer: &Bytes,
         after: StreamId,
         count: Option<usize>,
-    ) -> Result<Vec<(StreamId, Option<Entry>)>, StreamError> {
+    ) -> Result<(Vec<HistoryEntry>, Commit), StreamError> {
         let mut state = self.lock();
         let g = Self::group_of(&state.meta.groups, group)?;
         let ids: Vec<StreamId> = match after.successor() {
@@ -395,33 +397,32 @@ impl Stream {
             noack: false,
             entries_read: None,
         };
-        self.record_delivery(&mut state, group, consumer, delivery)?;
-        Ok(found)
+        let commit = self.record_delivery(&mut state, group, consumer, delivery)?;
+        Ok((found, commit))
     }
 
-    /// XACK: returns how many were pending, and the journal offset to wait for before replying.
-    pub fn ack(&self, group: &Bytes, ids: &[StreamId]) -> Result<(u64, Option<u64>), StreamError> {
+    /// XACK: returns how many were pending, and the commit to wait for before replying.
+    pub fn ack(&self, group: &Bytes, ids: &[StreamId]) -> Result<(u64, Commit), StreamError> {
         let mut state = self.lock();
         let Some(g) = state.meta.groups.get(group) else {
-            return Ok((0, None));
+            return Ok((0, Commit::NONE));
         };
-        let acked: Vec<StreamId> = ids
+        let mut acked: Vec<StreamId> = ids
             .iter()
             .copied()
             .filter(|id| g.pending.contains_key(id))
             .collect();
-        if acked.is_empty() {
-            return Ok((0, None));
-        }
+        acked.sort_unstable();
+        acked.dedup();
         let count = acked.len() as u64;
-        let wait = self.commit_lazily(
-            &mut state,
-            MetaOp::Ack {
-                group: group.clone(),
-                ids: acked,
-            },
-        )?;
-        Ok((count, Some(wait)))
+        if acked.is_empty() {
+            return Ok((0, Commit::NONE));
+        }
+        let op = MetaOp::Ack {
+            group: group.clone(),
+            ids: acked,
+        };
+        Ok((count, self.commit(&mut state, vec![op])?))
     }
 
     pub fn pending_summary(&self, group: &[u8]) -> Result<PendingSummary, StreamError> {
@@ -473,7 +474,7 @@ impl Stream {
         min_idle_ms: u64,
         ids: &[StreamId],
         options: &ClaimOptions,
-    ) -> Result<Vec<Entry>, StreamError> {
+    ) -> Result<(Vec<Entry>, Commit), StreamError> {
         let mut state = self.lock();
         let g = Self::group_of(&state.meta.groups, group)?.clone();
         let now = now_ms();
@@ -512,34 +513,31 @@ impl Stream {
                 entry
             });
         }
+        let mut ops = Vec::new();
         if let Some(last_id) = options.last_id.filter(|l| *l > g.last_delivered) {
-            let op = MetaOp::GroupSetId {
+            ops.push(MetaOp::GroupSetId {
                 group: group.clone(),
                 last_delivered: last_id,
                 entries_read: g.entries_read,
-            };
-            self.commit_lazily(&mut state, op)?;
+            });
         }
         if !dropped.is_empty() {
-            self.commit_lazily(
-                &mut state,
-                MetaOp::PendingDrop {
-                    group: group.clone(),
-                    ids: dropped,
-                },
-            )?;
+            ops.push(MetaOp::PendingDrop {
+                group: group.clone(),
+                ids: dropped,
+            });
         }
         // As in Redis 7, the consumer comes into being only if it claims something.
         if !claims.is_empty() {
-            let op = MetaOp::Claim {
+            ops.push(MetaOp::Claim {
                 group: group.clone(),
                 consumer: consumer.clone(),
                 claims,
                 time_ms: now,
-            };
-            self.commit_lazily(&mut state, op)?;
+            });
         }
-        Ok(claimed)
+        let commit = self.commit(&mut state, ops)?;
+        Ok((claimed, commit))
     }
 
     /// XAUTOCLAIM: scan the PEL from `start`, claiming up to `count` entries idle at least
@@ -552,7 +550,7 @@ impl Stream {
         start: StreamId,
         count: usize,
         just_id: bool,
-    ) -> Result<AutoClaimed, StreamError> {
+    ) -> Result<(AutoClaimed, Commit), StreamError> {
         let mut state = self.lock();
         let g = Self::group_of(&state.meta.groups, group)?.clone();
         let now = now_ms();
@@ -588,30 +586,29 @@ impl Stream {
                 }
             }
         }
+        let mut ops = Vec::new();
         if !deleted.is_empty() {
-            self.commit_lazily(
-                &mut state,
-                MetaOp::PendingDrop {
-                    group: group.clone(),
-                    ids: deleted.clone(),
-                },
-            )?;
+            ops.push(MetaOp::PendingDrop {
+                group: group.clone(),
+                ids: deleted.clone(),
+            });
         }
         // As in Redis 7, the consumer comes into being only if it claims something.
         if !claims.is_empty() {
-            let op = MetaOp::Claim {
+            ops.push(MetaOp::Claim {
                 group: group.clone(),
                 consumer: consumer.clone(),
                 claims,
                 time_ms: now,
-            };
-            self.commit_lazily(&mut state, op)?;
+            });
         }
-        Ok(AutoClaimed {
+        let commit = self.commit(&mut state, ops)?;
+        let claimed = AutoClaimed {
             next,
             claimed,
             deleted,
-        })
+        };
+        Ok((claimed, commit))
     }
 
     pub fn groups_info(&self) -> Vec<GroupInfo> {
@@ -656,26 +653,19 @@ impl Stream {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-    use std::sync::Arc;
-
     use super::*;
+    use crate::broker::stream::tests::{open, Fixture};
     use crate::broker::stream::IdSpec;
     use crate::storage::io::{CrashMode, FaultVfs};
-    use crate::storage::LogConfig;
 
-    fn open(vfs: &FaultVfs) -> Stream {
-        Stream::open(Arc::new(vfs.clone()), Path::new("/s"), LogConfig::default()).unwrap()
-    }
-
-    fn add(stream: &Stream, ms: u64) -> StreamId {
+    fn add(stream: &Fixture, ms: u64) -> StreamId {
         let added = stream
             .add(
                 IdSpec::Explicit(StreamId::new(ms, 0)),
                 vec![(Bytes::from("n"), Bytes::from(ms.to_string()))],
             )
             .unwrap();
-        stream.wait_durable(added.next_offset).unwrap();
+        stream.broker.wait(added.commit).unwrap();
         added.id
     }
 
@@ -692,9 +682,9 @@ mod tests {
             stream.create_group(&g, GroupStart::Last, None),
             Err(StreamError::BusyGroup)
         ));
-        let got = stream.read_group_new(&g, &alice, Some(2), false).unwrap();
+        let got = stream.read_group_new(&g, &alice, Some(2), false).unwrap().0;
         assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
-        let got = stream.read_group_new(&g, &bob, None, false).unwrap();
+        let got = stream.read_group_new(&g, &bob, None, false).unwrap().0;
         assert_eq!(got.len(), 3);
         assert_eq!(
             stream.ack(&g, &[ids[0], StreamId::new(99, 0)]).unwrap().0,
@@ -717,21 +707,26 @@ mod tests {
                 &[ids[2], StreamId::new(77, 0)],
                 &ClaimOptions::default(),
             )
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(claimed.len(), 1);
         let history = stream
             .read_group_history(&g, &alice, StreamId::MIN, None)
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(
             history.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             vec![ids[1], ids[2]]
         );
         let auto = stream
             .autoclaim(&g, &bob, 0, StreamId::MIN, 2, false)
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!((auto.claimed.len(), auto.next), (2, ids[3]));
-        // Deliveries are journaled lazily; an ack or a group change makes them durable.
-        stream.create_consumer(&g, &Bytes::from("zed")).unwrap();
+        // Waiting for the last commit makes every earlier one durable too: the deliveries,
+        // claims and acknowledgements above survive the crash with the new consumer.
+        let (_, commit) = stream.create_consumer(&g, &Bytes::from("zed")).unwrap();
+        stream.broker.wait(commit).unwrap();
         vfs.crash(CrashMode::DropUnsynced);
         drop(stream);
         let stream = open(&vfs);
@@ -740,8 +735,8 @@ mod tests {
         assert_eq!(summary.per_consumer, vec![(bob.clone(), 4)]);
         assert_eq!(stream.groups_info()[0].last_delivered, ids[4]);
         assert_eq!(stream.consumers_info(b"g").unwrap().len(), 3);
-        assert_eq!(stream.delete_consumer(&g, &bob).unwrap(), 4);
-        assert!(stream.destroy_group(&g).unwrap());
+        assert_eq!(stream.delete_consumer(&g, &bob).unwrap().0, 4);
+        assert!(stream.destroy_group(&g).unwrap().0);
         assert!(matches!(
             stream.pending_summary(b"g"),
             Err(StreamError::NoGroup)
@@ -769,7 +764,7 @@ mod tests {
     }
 
     #[test]
-    fn lost_deliveries_mean_redelivery_never_loss() {
+    fn deliveries_not_yet_durable_are_delivered_again_after_a_crash() {
         let vfs = FaultVfs::new(2);
         let stream = open(&vfs);
         let g = Bytes::from("g");
@@ -781,6 +776,7 @@ mod tests {
             stream
                 .read_group_new(&g, &Bytes::from("c"), None, false)
                 .unwrap()
+                .0
                 .len(),
             3
         );
@@ -789,7 +785,8 @@ mod tests {
         let stream = open(&vfs);
         let again = stream
             .read_group_new(&g, &Bytes::from("c"), None, false)
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(
             again.iter().map(|e| e.id).collect::<Vec<_>>(),
             ids,

@@ -2,14 +2,21 @@
 //! replay what it missed. Each record: key = none, body = the message, timestamp = publish time.
 //! Live subscribers are fed by the front end right after each append, under the topic's publish
 //! lock, so "subscribe, then replay up to the offset noted when subscribing" has no gap.
+//!
+//! Appends go through the write-ahead log like every other entity's, but nobody waits for them
+//! (Pub/Sub is fire-and-forget in Redis) and they are visible at once. Retention (by default 64
+//! MiB or 24 hours) drops old segments, and the broker deletes a topic whose newest message has
+//! passed the age limit.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::storage::io::Vfs;
-use crate::storage::{self, Log, LogConfig, Record};
+use super::store::Store;
+use crate::storage::wal::{WalEntry, WalTxn};
+use crate::storage::{self, EntityLog, LogConfig, Record, Visibility};
 
 /// One stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,20 +27,48 @@ pub struct TopicMessage {
 }
 
 pub struct Topic {
-    log: Log,
+    log: EntityLog,
+    store: Arc<Store>,
     /// Held across append + live fan-out, and while a subscriber notes where live begins.
     publish_lock: Mutex<()>,
+    used: AtomicBool,
 }
 
 /// Bytes read per step when replaying.
 const READ_BYTES: u64 = 256 * 1024;
 
 impl Topic {
-    pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, config: LogConfig) -> storage::Result<Topic> {
+    /// Open topic `id` from its directory and what the write-ahead log holds for it since the
+    /// checkpoint.
+    pub fn open(
+        store: Arc<Store>,
+        id: u64,
+        dir: &Path,
+        config: LogConfig,
+        replay: Vec<(u64, WalEntry)>,
+    ) -> storage::Result<Topic> {
+        let log = EntityLog::open(
+            Arc::clone(store.logs()),
+            id,
+            dir,
+            config,
+            Visibility::Immediate,
+        )?;
+        for (_, entry) in replay {
+            if let WalEntry::Append { batch, .. } = entry {
+                log.replay_batch(batch)?;
+            }
+        }
         Ok(Topic {
-            log: Log::open_with(vfs, dir, config)?,
+            log,
+            store,
             publish_lock: Mutex::new(()),
+            used: AtomicBool::new(true),
         })
+    }
+
+    pub fn log(&self) -> &EntityLog {
+        &self.log
     }
 
     /// Take the publish lock: appends (and their fan-out) wait while it is held.
@@ -42,10 +77,12 @@ impl Topic {
     }
 
     /// Append a message (the caller holds [`Topic::lock`] and fans out after); returns its
-    /// offset.
+    /// offset. Nothing waits for its durability.
     pub fn append(&self, payload: Bytes) -> storage::Result<u64> {
         let record = Record::new(crate::storage::recovery::now_ms(), payload);
-        Ok(self.log.append(std::slice::from_ref(&record))?.base_offset)
+        let mut txn = WalTxn::new();
+        txn.append(&self.log, vec![record]);
+        Ok(self.store.commit(txn)?.appends[0].base_offset)
     }
 
     /// One past the newest message.
@@ -89,7 +126,28 @@ impl Topic {
         Ok(messages)
     }
 
-    pub fn close(&self) -> storage::Result<()> {
-        self.log.close()
+    /// The publish time of the newest message, if any is stored.
+    pub fn newest_timestamp_ms(&self) -> storage::Result<Option<i64>> {
+        let end = self.log.visible_next_offset();
+        if end == 0 || end <= self.log.start_offset() {
+            return Ok(None);
+        }
+        let result = self.log.read(end - 1, 1)?;
+        Ok(result.records().last().map(|r| r.timestamp_ms))
+    }
+
+    /// See [`super::stream::Stream::mark_used`].
+    pub fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn close(&self) {
+        self.log.release_files();
     }
 }

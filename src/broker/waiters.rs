@@ -20,6 +20,12 @@ impl Waiters {
         waiting.push(Arc::downgrade(notify));
     }
 
+    /// Whether a reader is registered and still waiting.
+    pub fn is_waited_on(&self) -> bool {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.iter().any(|w| w.strong_count() > 0)
+    }
+
     /// Wake every registered reader once; each re-registers if it keeps waiting.
     pub fn wake_all(&self) {
         let woken = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));

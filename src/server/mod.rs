@@ -58,9 +58,8 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let broker_config = BrokerConfig::with_durability(config.durability);
     let data_dir = config.data_dir.clone();
-    let broker = Arc::new(
-        tokio::task::spawn_blocking(move || Broker::open(data_dir, broker_config)).await??,
-    );
+    let broker: Arc<Broker> =
+        tokio::task::spawn_blocking(move || Broker::open(data_dir, broker_config)).await??;
     let listener = TcpListener::bind(&config.resp_addr).await?;
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), fsync = %config.durability, "RESP listening");

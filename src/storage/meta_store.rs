@@ -5,11 +5,13 @@
 //! item's key, its body the value; a record with the header `deleted` removes the key. The
 //! newest record for a key wins. Checkpoints write the items that changed since the last one
 //! (so a change costs what it changed, not the size of the whole catalog), and the checkpoint's
-//! `syncfs` makes them durable. When the store holds more than twice the bytes of its live
-//! items, [`MetaStore::compact`] rewrites the live items and drops the older segments.
+//! `syncfs` makes them durable. Once the store has doubled since it was last compacted,
+//! [`MetaStore::compact`] rewrites the live items and drops the older segments (so the
+//! rewrite costs no more than the writes that made it necessary).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +34,8 @@ const COMPACT_BYTES_MIN: u64 = 4 * 1024 * 1024;
 /// See the module documentation.
 pub struct MetaStore {
     log: Log,
+    /// Bytes held right after the last compaction (or open).
+    compacted_bytes: AtomicU64,
 }
 
 /// One change: set `key` to the value, or delete it (`None`).
@@ -48,17 +52,15 @@ impl MetaStore {
             ..LogConfig::default()
         };
         let log = Log::open_with(vfs, data_dir.join(META_DIR), config)?;
-        let mut items = HashMap::new();
-        for entry in log.iter(0) {
-            let (_, record) = entry?;
-            let Some(key) = record.key else { continue };
-            if record.headers.iter().any(|(name, _)| name == DELETED) {
-                items.remove(&key);
-            } else {
-                items.insert(key, record.body);
-            }
-        }
-        Ok((MetaStore { log }, items))
+        let items = live_items(&log)?;
+        let compacted_bytes = AtomicU64::new(log.size_bytes());
+        Ok((
+            MetaStore {
+                log,
+                compacted_bytes,
+            },
+            items,
+        ))
     }
 
     /// Append changes, in order (not durable until a checkpoint syncs).
@@ -84,27 +86,50 @@ impl MetaStore {
         self.log.size_bytes()
     }
 
-    /// Whether a store of this size holding `live_bytes` of live items should be compacted.
-    pub fn wants_compaction(&self, live_bytes: u64) -> bool {
+    /// Whether the store has at least doubled since it was last compacted.
+    pub fn wants_compaction(&self) -> bool {
         let size = self.size_bytes();
-        size >= COMPACT_BYTES_MIN && size > live_bytes.saturating_mul(2)
+        size >= COMPACT_BYTES_MIN
+            && size
+                > self
+                    .compacted_bytes
+                    .load(Ordering::Relaxed)
+                    .saturating_mul(2)
     }
 
-    /// Rewrite `live` (every live item) into fresh segments, make them durable, then drop
-    /// every older segment. A crash part-way leaves the old records and some new ones, which
-    /// load to the same items.
-    pub fn compact(&self, live: impl IntoIterator<Item = (Bytes, Bytes)>) -> Result<()> {
+    /// Rewrite every live item into fresh segments, make them durable, then drop every older
+    /// segment. A crash part-way leaves the old records and some new ones, which load to the
+    /// same items. Callers do not write meanwhile (checkpoints run one at a time).
+    pub fn compact(&self) -> Result<()> {
+        let live = live_items(&self.log)?;
         self.log.roll()?;
         let from = self.log.next_offset();
         self.write(live.into_iter().map(|(key, value)| (key, Some(value))))?;
         self.log.wait_until_durable(self.log.next_offset())?;
         self.log.truncate_before(from)?;
+        self.compacted_bytes
+            .store(self.log.size_bytes(), Ordering::Relaxed);
         Ok(())
     }
 
     pub fn close(&self) -> Result<()> {
         self.log.close()
     }
+}
+
+/// Every live item: the newest record of each key, unless it is a deletion.
+fn live_items(log: &Log) -> Result<HashMap<Bytes, Bytes>> {
+    let mut items = HashMap::new();
+    for entry in log.iter(0) {
+        let (_, record) = entry?;
+        let Some(key) = record.key else { continue };
+        if record.headers.iter().any(|(name, _)| name == DELETED) {
+            items.remove(&key);
+        } else {
+            items.insert(key, record.body);
+        }
+    }
+    Ok(items)
 }
 
 fn item_record(key: Bytes, value: Option<Bytes>) -> Record {
@@ -162,11 +187,14 @@ mod tests {
                 .write([(b("a"), Some(Bytes::from(vec![i as u8; 4000])))])
                 .unwrap();
         }
+        store
+            .write([(b("a"), Some(Bytes::from(vec![7u8; 4000])))])
+            .unwrap();
         let before = store.size_bytes();
-        let live = vec![(b("a"), Bytes::from(vec![7u8; 4000])), (b("b"), b("2"))];
-        assert!(store.wants_compaction(4010));
-        store.compact(live).unwrap();
+        assert!(store.wants_compaction());
+        store.compact().unwrap();
         assert!(store.size_bytes() < before / 10, "old segments dropped");
+        assert!(!store.wants_compaction());
         drop(store);
         // The compaction synced its own output before dropping the old segments.
         vfs.crash(CrashMode::DropUnsynced);

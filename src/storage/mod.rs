@@ -39,7 +39,7 @@ pub mod wal;
 
 pub use batch::BatchView;
 pub use config::{Durability, LogConfig, Retention};
-pub use entity_log::{EntityLog, Visibility};
+pub use entity_log::{EntityLog, LogShared, Visibility};
 pub use error::{Error, FormatError, Result};
 pub use file_cache::FileCache;
 pub use log::{AppendInfo, Log, LogIter, ReadResult, RetentionReport};

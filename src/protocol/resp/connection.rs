@@ -147,7 +147,7 @@ impl Connection {
             // Counted per round: one shared atomic add instead of one per command.
             self.shared.count_commands(executed);
             if !pending.is_empty() {
-                pending.settle(&mut replies).await;
+                pending.settle(&self.shared.broker, &mut replies).await;
             }
             let written = self.write(&replies).await;
             replies.clear();

@@ -8,7 +8,7 @@
 //! [`EntityLog::materialize`]; a checkpoint makes those writes durable (one `syncfs`) before the
 //! write-ahead log forgets them. So an append costs no system call of its own, and a log that
 //! is idle holds no file descriptor: its active segment is opened through the shared
-//! [`FileCache`] when it is written or read.
+//! [`FileCache`] (in [`LogShared`]) when it is written or read.
 //!
 //! Reads see the sealed segments (memory-mapped), the written part of the active segment
 //! (positional reads) and the tail (in memory, never re-verified: those bytes were encoded
@@ -29,7 +29,7 @@ mod read;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -67,6 +67,47 @@ impl Visibility {
             Durability::Never => Visibility::Immediate,
             Durability::Always | Durability::Interval(_) => Visibility::Durable,
         }
+    }
+}
+
+/// What every entity log of a data directory shares: the descriptor budget, and a count of
+/// the bytes all their tails hold in memory (the broker writes the largest tails out when it
+/// grows past its budget).
+pub struct LogShared {
+    pub files: FileCache,
+    tail_bytes: AtomicU64,
+    /// Logs whose tail passed [`TAIL_BYTES_WRITE`], for the broker to write out.
+    wanting_write: Mutex<Vec<EntityLog>>,
+}
+
+/// A log whose tail reaches this many bytes asks to be written out.
+pub const TAIL_BYTES_WRITE: u64 = 4 * 1024 * 1024;
+
+impl LogShared {
+    pub fn new(files: FileCache) -> LogShared {
+        LogShared {
+            files,
+            tail_bytes: AtomicU64::new(0),
+            wanting_write: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The logs whose tails grew past [`TAIL_BYTES_WRITE`] since the last call.
+    pub fn take_wanting_write(&self) -> Vec<EntityLog> {
+        std::mem::take(&mut *lock(&self.wanting_write))
+    }
+
+    /// Bytes held in memory by every entity log's tail.
+    pub fn tail_bytes(&self) -> u64 {
+        self.tail_bytes.load(Ordering::Relaxed)
+    }
+
+    fn grow(&self, bytes: u64) {
+        self.tail_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, bytes: u64) {
+        self.tail_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -119,13 +160,15 @@ impl Shared {
 struct EntityInner {
     id: u64,
     dir: PathBuf,
-    files: Arc<FileCache>,
+    shared: Arc<LogShared>,
     config: LogConfig,
     visibility: Visibility,
-    shared: RwLock<Shared>,
+    state: RwLock<Shared>,
     writing: Mutex<()>,
     failed: AtomicBool,
     deleted: AtomicBool,
+    /// Queued in [`LogShared::take_wanting_write`] and not yet written.
+    wants_write: AtomicBool,
     listener: Mutex<Option<VisibilityListener>>,
 }
 
@@ -167,7 +210,7 @@ impl EntityLog {
     /// trusted as sealed; the newest is scanned, and an invalid tail (a crash during a write)
     /// is cut off. Nothing is fsynced: what the cut removed is replayed from the write-ahead log.
     pub fn open(
-        files: Arc<FileCache>,
+        shared: Arc<LogShared>,
         id: u64,
         dir: impl AsRef<Path>,
         config: LogConfig,
@@ -175,16 +218,16 @@ impl EntityLog {
     ) -> Result<EntityLog> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let (sealed, active) = open_files(&files, &dir, &config)?;
+        let (sealed, active) = open_files(&shared.files, &dir, &config)?;
         let end = active.index.next_offset;
         Ok(EntityLog {
             inner: Arc::new(EntityInner {
                 id,
                 dir,
-                files,
+                shared,
                 config,
                 visibility,
-                shared: RwLock::new(Shared {
+                state: RwLock::new(Shared {
                     sealed,
                     active,
                     tail: VecDeque::new(),
@@ -196,6 +239,7 @@ impl EntityLog {
                 writing: Mutex::new(()),
                 failed: AtomicBool::new(false),
                 deleted: AtomicBool::new(false),
+                wants_write: AtomicBool::new(false),
                 listener: Mutex::new(None),
             }),
         })
@@ -237,11 +281,15 @@ impl EntityLog {
     }
 
     fn read_shared(&self) -> RwLockReadGuard<'_, Shared> {
-        self.inner.shared.read().unwrap_or_else(|e| e.into_inner())
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write_shared(&self) -> RwLockWriteGuard<'_, Shared> {
-        self.inner.shared.write().unwrap_or_else(|e| e.into_inner())
+        self.inner.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn files(&self) -> &FileCache {
+        &self.inner.shared.files
     }
 
     /// The first offset still stored.
@@ -306,17 +354,18 @@ impl EntityLog {
     /// makes it durable: a log with [`Visibility::Durable`] shows it to readers only after
     /// [`EntityLog::mark_durable`] reaches it; others show it at once.
     pub fn publish(&self, prepared: PreparedAppend, lsn: u64) {
-        let visible = {
+        let (visible, tail_bytes) = {
             let mut shared = self.write_shared();
             debug_assert_eq!(prepared.header.base_offset, shared.written_next);
             let end = prepared.header.next_offset();
             shared.written_next = end;
             shared.tail_bytes += prepared.bytes.len() as u64;
+            self.inner.shared.grow(prepared.bytes.len() as u64);
             shared.tail.push_back(Chunk {
                 header: prepared.header,
                 bytes: prepared.bytes,
             });
-            match self.inner.visibility {
+            let visible = match self.inner.visibility {
                 Visibility::Immediate => {
                     shared.visible_next = end;
                     true
@@ -325,8 +374,12 @@ impl EntityLog {
                     shared.awaiting.push_back((lsn, end));
                     false
                 }
-            }
+            };
+            (visible, shared.tail_bytes)
         };
+        if tail_bytes >= TAIL_BYTES_WRITE && !self.inner.wants_write.swap(true, Ordering::AcqRel) {
+            lock(&self.inner.shared.wanting_write).push(self.clone());
+        }
         if visible {
             self.notify_visible();
         }
@@ -393,6 +446,7 @@ impl EntityLog {
         shared.written_next = end;
         shared.visible_next = end;
         shared.tail_bytes += bytes.len() as u64;
+        self.inner.shared.grow(bytes.len() as u64);
         shared.tail.push_back(Chunk { header, bytes });
         Ok(true)
     }
@@ -427,6 +481,7 @@ impl EntityLog {
     /// they fill. Not durable by itself: a checkpoint makes it so. Returns the bytes written.
     pub fn materialize(&self) -> Result<u64> {
         let _writing = self.lock_writing()?;
+        self.inner.wants_write.store(false, Ordering::Release);
         let mut written = 0;
         loop {
             let (chunks, roll_first) = self.chunks_to_write();
@@ -478,13 +533,12 @@ impl EntityLog {
             (a.path.clone(), a.exists, a.index.covered_bytes)
         };
         let file = if exists {
-            self.inner.files.open(&path)
+            self.files().open(&path)
         } else {
-            self.inner
-                .files
+            self.files()
                 .vfs()
                 .create_dir_all(&self.inner.dir)
-                .and_then(|()| self.inner.files.create(&path))
+                .and_then(|()| self.files().create(&path))
         }
         .map_err(|e| self.fail(e))?;
         let mut buf = Vec::with_capacity(chunks.iter().map(|c| c.bytes.len()).sum());
@@ -511,6 +565,7 @@ impl EntityLog {
             at += chunk.bytes.len() as u64;
             shared.tail_bytes -= chunk.bytes.len() as u64;
         }
+        self.inner.shared.shrink(at - position);
         Ok(at - position)
     }
 
@@ -526,16 +581,16 @@ impl EntityLog {
         if index.covered_bytes == 0 {
             return Ok(());
         }
-        let vfs = self.inner.files.vfs();
+        let vfs = self.files().vfs();
         let next = index.next_offset;
         let next_path = self.inner.dir.join(segment_file_name(next, LOG_EXTENSION));
         let mut step = || -> std::io::Result<Arc<SealedSegment>> {
-            self.inner.files.open(&path)?.sync_data()?;
+            self.files().open(&path)?.sync_data()?;
             index.seal();
             write_index_files(&**vfs, &path, &index)?;
             let map = vfs.open(&path, OpenMode::Read)?.map()?;
-            self.inner.files.forget(&path);
-            self.inner.files.create(&next_path)?;
+            self.files().forget(&path);
+            self.files().create(&next_path)?;
             Ok(Arc::new(SealedSegment::new(
                 base,
                 next,
@@ -573,7 +628,7 @@ impl EntityLog {
     fn enforce_retention_locked(&self, now_ms: i64) -> Result<RetentionReport> {
         let retention = &self.inner.config.retention;
         let interval = self.inner.config.index_interval_bytes;
-        let vfs = Arc::clone(self.inner.files.vfs());
+        let vfs = Arc::clone(self.files().vfs());
         self.delete_front_segments(|segment, totals| {
             let bytes_ok = retention
                 .bytes_max
@@ -627,7 +682,7 @@ impl EntityLog {
             return Ok(RetentionReport::default());
         }
         self.write_shared().sealed.drain(..victims.len());
-        let vfs = self.inner.files.vfs();
+        let vfs = self.files().vfs();
         let mut report = RetentionReport::default();
         for segment in &victims {
             remove_segment_files(&**vfs, &self.inner.dir, segment.base_offset)?;
@@ -645,21 +700,29 @@ impl EntityLog {
     pub fn delete_files(&self) -> Result<()> {
         let _writing = lock(&self.inner.writing);
         self.inner.deleted.store(true, Ordering::Release);
-        self.inner.files.forget_dir(&self.inner.dir);
-        let vfs = self.inner.files.vfs();
+        self.files().forget_dir(&self.inner.dir);
+        let vfs = self.files().vfs();
         if vfs.exists(&self.inner.dir) {
             vfs.remove_dir_all(&self.inner.dir)?;
         }
         let mut shared = self.write_shared();
         shared.tail.clear();
-        shared.tail_bytes = 0;
+        self.inner
+            .shared
+            .shrink(std::mem::take(&mut shared.tail_bytes));
         Ok(())
+    }
+
+    /// Refuse further appends at once (the entity is deleted; its files go once the deletion
+    /// is durable, see [`EntityLog::delete_files`]).
+    pub fn mark_deleted(&self) {
+        self.inner.deleted.store(true, Ordering::Release);
     }
 
     /// Drop the cached descriptor of the active segment (the log goes idle).
     pub fn release_files(&self) {
         let path = self.read_shared().active.path.clone();
-        self.inner.files.forget(&path);
+        self.files().forget(&path);
     }
 }
 

@@ -84,7 +84,7 @@ impl EntityLog {
                 Located::End => break,
                 Located::Sealed(segment) => {
                     cursor = cursor.max(segment.base_offset);
-                    let vfs = self.inner.files.vfs();
+                    let vfs = self.files().vfs();
                     let index = segment.index(&**vfs, self.inner.config.index_interval_bytes);
                     let (start_position, start_offset) = index.position_for_offset(cursor);
                     let read = SegmentRead {
@@ -115,7 +115,7 @@ impl EntityLog {
                     first,
                 } => {
                     cursor = cursor.max(first);
-                    let file = self.inner.files.open(&path)?;
+                    let file = self.files().open(&path)?;
                     let read = SegmentRead {
                         path: &path,
                         bytes: SegmentBytes::File(&*file),
@@ -207,7 +207,7 @@ impl EntityLog {
                 tail_start,
             )
         };
-        let vfs = self.inner.files.vfs();
+        let vfs = self.files().vfs();
         // The first place holding a timestamp at or after the target holds the answer.
         let start = sealed
             .iter()

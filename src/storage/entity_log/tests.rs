@@ -5,8 +5,8 @@ use super::*;
 use crate::storage::io::{CrashMode, FaultVfs, Vfs};
 use crate::storage::wal::{Wal, WalEntry, WalTxn};
 
-fn files(vfs: &FaultVfs) -> Arc<FileCache> {
-    Arc::new(FileCache::new(Arc::new(vfs.clone()), 8))
+fn files(vfs: &FaultVfs) -> Arc<LogShared> {
+    Arc::new(LogShared::new(FileCache::new(Arc::new(vfs.clone()), 8)))
 }
 
 fn small() -> LogConfig {

@@ -15,7 +15,10 @@ fn open(vfs: &FaultVfs) -> Wal {
 }
 
 fn entity(vfs: &FaultVfs, id: u64) -> EntityLog {
-    let files = Arc::new(FileCache::new(Arc::new(vfs.clone()), 4));
+    let files = Arc::new(crate::storage::entity_log::LogShared::new(FileCache::new(
+        Arc::new(vfs.clone()),
+        4,
+    )));
     EntityLog::open(
         files,
         id,

@@ -14,9 +14,9 @@ fn storage_error(e: impl std::fmt::Display) -> Reply {
 pub fn del(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let mut deleted = 0;
     for key in args.rest() {
-        if context.broker.delete(&key).map_err(storage_error)? {
-            deleted += 1;
-        }
+        let (existed, commit) = context.broker.delete(&key).map_err(storage_error)?;
+        context.pending.add(commit, context.reply_index);
+        deleted += i64::from(existed);
     }
     Ok(Reply::Integer(deleted))
 }
@@ -36,7 +36,7 @@ pub fn type_of(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Repl
     Ok(Reply::Status(
         match context.broker.kind_of(&args.required()?) {
             Some(EntityKind::Stream) => "stream",
-            Some(EntityKind::Topic) | None => "none",
+            Some(EntityKind::Topic | EntityKind::Queue) | None => "none",
         },
     ))
 }
@@ -61,14 +61,17 @@ pub fn keys(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
 pub fn flushall(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let _ = args.eat("ASYNC") || args.eat("SYNC");
     args.finish()?;
-    context.broker.delete_all().map_err(storage_error)?;
+    let commit = context.broker.delete_all().map_err(storage_error)?;
+    context.pending.add(commit, context.reply_index);
     Ok(Reply::ok())
 }
 
 /// `RENAME key newkey`: the entity keeps its data and directory; only its name changes.
 pub fn rename(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let (from, to) = (args.required()?, args.required()?);
-    match context.broker.rename(&from, &to).map_err(storage_error)? {
+    let (existed, commit) = context.broker.rename(&from, &to).map_err(storage_error)?;
+    context.pending.add(commit, context.reply_index);
+    match existed {
         true => Ok(Reply::ok()),
         false => Err(Reply::error("ERR no such key")),
     }
@@ -132,6 +135,6 @@ pub fn scan(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
 fn kind_name(kind: EntityKind) -> &'static str {
     match kind {
         EntityKind::Stream => "stream",
-        EntityKind::Topic => "none",
+        EntityKind::Topic | EntityKind::Queue => "none",
     }
 }

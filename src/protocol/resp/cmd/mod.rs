@@ -5,10 +5,11 @@
 //! [`execute`] applies what holds for every command, in Redis's order: unknown command, arity,
 //! authentication, MULTI queueing. Then it runs the handler.
 //!
-//! Acknowledgements and durability: XADD and XACK write without waiting and leave a
-//! [`PendingAcks`] entry; the connection settles all pending acks (one fsync wait per log) before it
-//! writes the replies, and before running any command that could observe those writes. So a
-//! pipeline shares group commit, and nothing is acknowledged before it is durable.
+//! Acknowledgements and durability: every command that changes durable state gets a
+//! [`Commit`] from the broker and leaves it in [`PendingAcks`]; the connection waits for the
+//! round's latest commit (one wait: the write-ahead log is durable in order) before it writes
+//! the replies, and before running any command that could observe those writes. So a pipeline
+//! shares group commit, and nothing is acknowledged before it is durable.
 
 mod auth;
 mod client;
@@ -41,8 +42,7 @@ use super::args::Args;
 use super::pubsub::{Subscribed, Subscriber};
 use super::reply::{Protocol, Reply};
 use super::shared::RespShared;
-use crate::broker::{Broker, Stream};
-use crate::storage::Log;
+use crate::broker::{Broker, Commit, Stream};
 
 /// What CLIENT REPLY asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,63 +119,48 @@ impl Session {
     }
 }
 
-/// The replies of one round that must wait until a log is durable (an XADD's entry, an XACK's
-/// journal record): per log, the offset to wait for, and which replies depend on it. A round
-/// usually touches one log, so it holds one `Log` handle per log rather than one per command.
+/// The replies of one round that must wait for a commit (an XADD's entry, an XACK, a group
+/// change, a deletion): the latest commit, and which replies depend on it. The write-ahead log
+/// is durable in order, so waiting for the latest covers them all.
 #[derive(Default)]
 pub struct PendingAcks {
-    /// Each log with the offset below which it must be durable.
-    logs: Vec<(Log, u64)>,
-    /// (index in `logs`, index of the reply in the round).
-    replies: Vec<(usize, usize)>,
+    commit: Commit,
+    /// Indexes of the replies in the round.
+    replies: Vec<usize>,
 }
 
 impl PendingAcks {
-    /// How many recent logs `add` checks before adding another entry; a log listed twice is
-    /// merely waited for twice.
-    const LOGS_SEARCHED: usize = 8;
-
-    pub fn add(&mut self, log: &Log, next_offset: u64, reply_index: usize) {
-        let recent = self.logs.len().saturating_sub(Self::LOGS_SEARCHED);
-        let found = self.logs[recent..]
-            .iter()
-            .rposition(|(l, _)| l.same_log(log))
-            .map(|i| recent + i);
-        let i = found.unwrap_or_else(|| {
-            self.logs.push((log.clone(), 0));
-            self.logs.len() - 1
-        });
-        self.logs[i].1 = self.logs[i].1.max(next_offset);
-        self.replies.push((i, reply_index));
+    /// The reply at `reply_index` waits for `commit` (nothing to wait for is ignored).
+    pub fn add(&mut self, commit: Commit, reply_index: usize) {
+        if commit.is_none() {
+            return;
+        }
+        self.commit = self.commit.max(commit);
+        self.replies.push(reply_index);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.logs.is_empty()
+        self.commit.is_none()
     }
 
-    /// Wait, blocking the thread, until every log is durable as far as listed; failures are
-    /// left for [`PendingAcks::settle`] to report.
-    pub fn wait_blocking(&self) {
-        for (log, highest) in &self.logs {
-            let _ = log.wait_until_durable(*highest);
-        }
+    /// Wait, blocking the thread, until the commits are durable; a failure is left for
+    /// [`PendingAcks::settle`] to report.
+    pub fn wait_blocking(&self, broker: &Broker) {
+        let _ = broker.wait(self.commit);
     }
 
-    /// Wait until every log is durable as far as its replies need (one wait per log). A reply
-    /// whose durability failed becomes an error instead. Leaves `self` empty.
-    pub async fn settle(&mut self, replies: &mut [Reply]) {
-        for (i, (log, highest)) in self.logs.iter().enumerate() {
-            if let Err(e) = log.wait_until_durable_async(*highest).await {
-                tracing::error!(error = %e, "write not durable; failing its reply");
-                for &(_, reply_index) in self.replies.iter().filter(|(l, _)| *l == i) {
-                    if let Some(reply) = replies.get_mut(reply_index) {
-                        *reply =
-                            Reply::error(format!("ERR write failed, it may not be stored: {e}"));
-                    }
+    /// Wait until the commits are durable. Replies whose commit failed become errors instead.
+    /// Leaves `self` empty.
+    pub async fn settle(&mut self, broker: &Broker, replies: &mut [Reply]) {
+        if let Err(e) = broker.wait_async(self.commit).await {
+            tracing::error!(error = %e, "write not durable; failing its replies");
+            for &reply_index in &self.replies {
+                if let Some(reply) = replies.get_mut(reply_index) {
+                    *reply = Reply::error(format!("ERR write failed, it may not be stored: {e}"));
                 }
             }
         }
-        self.logs.clear();
+        self.commit = Commit::NONE;
         self.replies.clear();
     }
 }

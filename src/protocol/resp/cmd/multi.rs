@@ -45,7 +45,7 @@ pub fn exec(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
         // (and so visible) first. EXEC runs off the async worker, so it may wait here; a
         // failure is reported when the connection settles the same acks.
         if !spec.defers_ack {
-            context.pending.wait_blocking();
+            context.pending.wait_blocking(context.broker);
         }
         let mut blocked = None;
         let turn = Turn {

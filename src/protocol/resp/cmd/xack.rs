@@ -11,11 +11,7 @@ pub fn xack(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     let Some(stream) = existing_stream(context, &key) else {
         return Ok(Reply::Integer(0));
     };
-    let (acked, wait) = stream.ack(&group, &ids).map_err(stream_error)?;
-    if let Some(next_offset) = wait {
-        context
-            .pending
-            .add(stream.journal_log(), next_offset, context.reply_index);
-    }
+    let (acked, commit) = stream.ack(&group, &ids).map_err(stream_error)?;
+    context.pending.add(commit, context.reply_index);
     Ok(Reply::Integer(acked as i64))
 }

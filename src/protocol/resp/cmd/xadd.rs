@@ -7,7 +7,6 @@ use super::xtrim::TrimParser;
 use super::{CachedStream, Context, PendingAcks, Reply};
 use crate::broker::{Broker, IdSpec, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
-use crate::storage::Durability;
 
 pub const INVALID_STREAM_ID: &str = "ERR Invalid stream ID specified as stream command argument";
 
@@ -81,11 +80,9 @@ impl DeferredAdds {
                 .map_err(|e| Reply::error(format!("ERR {e}")))
         };
         let outcome = stream.and_then(|stream| {
-            let (ids, next_offset) = stream.add_auto_many(entries).map_err(stream_error)?;
-            if stream.log().config().durability == Durability::Always {
-                for &index in &self.reply_indices[..ids.len()] {
-                    pending.add(stream.log(), next_offset, index);
-                }
+            let (ids, commit) = stream.add_auto_many(entries).map_err(stream_error)?;
+            for &index in &self.reply_indices[..ids.len()] {
+                pending.add(commit, index);
             }
             Ok(ids)
         });
@@ -205,17 +202,14 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
             .map_err(|e| Reply::error(format!("ERR {e}")))?,
     };
     let added = stream.add(spec, fields).map_err(stream_error)?;
+    // The reply waits for the commit (shared by the pipeline); under `interval` and `never`
+    // the broker's policy is to acknowledge once written, and the wait returns at once.
+    context.pending.add(added.commit, context.reply_index);
     if let Some(trim) = trim {
-        stream
+        let (_, commit) = stream
             .trim(trim.strategy, trim.approximate, trim.limit)
             .map_err(stream_error)?;
-    }
-    // Under `always` the reply waits for the fsync (shared by the pipeline); under `interval`
-    // and `never` the policy is to acknowledge once written.
-    if stream.log().config().durability == Durability::Always {
-        context
-            .pending
-            .add(stream.log(), added.next_offset, context.reply_index);
+        context.pending.add(commit, context.reply_index);
     }
     context.keep_stream(key, stream, generation);
     Ok(Reply::Id(added.id))

@@ -80,12 +80,13 @@ pub fn xclaim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
     }
     let stream =
         existing_stream(context, &key).ok_or_else(|| no_such_key_or_group(&key, &group))?;
-    let claimed = stream
+    let (claimed, commit) = stream
         .claim(&group, &consumer, min_idle_ms, &ids, &options)
         .map_err(|e| match e {
             StreamError::NoGroup => no_such_key_or_group(&key, &group),
             other => stream_error(other),
         })?;
+    context.pending.add(commit, context.reply_index);
     Ok(claimed_reply(claimed, options.just_id))
 }
 
@@ -114,12 +115,13 @@ pub fn xautoclaim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
     }
     let stream =
         existing_stream(context, &key).ok_or_else(|| no_such_key_or_group(&key, &group))?;
-    let result = stream
+    let (result, commit) = stream
         .autoclaim(&group, &consumer, min_idle_ms, start, count, just_id)
         .map_err(|e| match e {
             StreamError::NoGroup => no_such_key_or_group(&key, &group),
             other => stream_error(other),
         })?;
+    context.pending.add(commit, context.reply_index);
     Ok(Reply::Array(vec![
         Reply::Id(result.next),
         claimed_reply(result.claimed, just_id),

@@ -13,9 +13,9 @@ pub fn xdel(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     let Some(stream) = existing_stream(context, &key) else {
         return Ok(Reply::Integer(0));
     };
-    Ok(Reply::Integer(
-        stream.delete(&ids).map_err(stream_error)? as i64
-    ))
+    let (deleted, commit) = stream.delete(&ids).map_err(stream_error)?;
+    context.pending.add(commit, context.reply_index);
+    Ok(Reply::Integer(deleted as i64))
 }
 
 pub fn xsetid(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
@@ -41,8 +41,9 @@ pub fn xsetid(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
     let Some(stream) = existing_stream(context, &key) else {
         return Err(Reply::error("ERR no such key"));
     };
-    stream
+    let commit = stream
         .set_id(last_id, entries_added, max_deleted)
         .map_err(stream_error)?;
+    context.pending.add(commit, context.reply_index);
     Ok(Reply::ok())
 }

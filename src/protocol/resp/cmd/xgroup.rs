@@ -116,9 +116,10 @@ pub fn xgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
                     .map_err(|e| Reply::error(format!("ERR {e}")))?,
                 None => return Err(Reply::error(KEY_REQUIRED)),
             };
-            stream
+            let commit = stream
                 .create_group(&group, start, entries_read)
                 .map_err(|e| group_error(e, &key, &group))?;
+            context.pending.add(commit, context.reply_index);
             Ok(Reply::ok())
         }
         b"SETID" => {
@@ -126,16 +127,18 @@ pub fn xgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
             let (_, entries_read) = parse_options(args, false)?;
             let stream =
                 existing_stream(context, &key).ok_or_else(|| Reply::error(KEY_REQUIRED))?;
-            stream
+            let commit = stream
                 .set_group_id(&group, start, entries_read)
                 .map_err(|e| group_error(e, &key, &group))?;
+            context.pending.add(commit, context.reply_index);
             Ok(Reply::ok())
         }
         b"DESTROY" => {
             args.finish()?;
             let stream =
                 existing_stream(context, &key).ok_or_else(|| Reply::error(KEY_REQUIRED))?;
-            let existed = stream.destroy_group(&group).map_err(stream_error)?;
+            let (existed, commit) = stream.destroy_group(&group).map_err(stream_error)?;
+            context.pending.add(commit, context.reply_index);
             Ok(Reply::Integer(i64::from(existed)))
         }
         _ => {
@@ -144,13 +147,17 @@ pub fn xgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
             let stream =
                 existing_stream(context, &key).ok_or_else(|| Reply::error(KEY_REQUIRED))?;
             let result = if sub == b"CREATECONSUMER" {
-                stream.create_consumer(&group, &consumer).map(i64::from)
+                stream
+                    .create_consumer(&group, &consumer)
+                    .map(|(created, commit)| (i64::from(created), commit))
             } else {
-                stream.delete_consumer(&group, &consumer).map(|n| n as i64)
+                stream
+                    .delete_consumer(&group, &consumer)
+                    .map(|(pending, commit)| (pending as i64, commit))
             };
-            Ok(Reply::Integer(
-                result.map_err(|e| group_error(e, &key, &group))?,
-            ))
+            let (count, commit) = result.map_err(|e| group_error(e, &key, &group))?;
+            context.pending.add(commit, context.reply_index);
+            Ok(Reply::Integer(count))
         }
     }
 }

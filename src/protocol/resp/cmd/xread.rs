@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::xadd::{stream_error, INVALID_STREAM_ID};
 use super::xrange::entry_reply;
 use super::{Blocked, Context, Reply};
-use crate::broker::{Broker, StreamError, StreamId};
+use crate::broker::{Broker, Commit, StreamError, StreamId};
 use crate::protocol::resp::args::{parse_i64, Args};
 use crate::protocol::resp::reply::Protocol;
 
@@ -152,9 +152,11 @@ struct GroupReadRequest {
 }
 
 impl GroupReadRequest {
-    /// One pass over the streams. `Ok(None)`: only `>` reads, and nothing new.
-    fn run(&self, broker: &Broker, blocked_before: bool) -> Result<Option<Reply>, Reply> {
+    /// One pass over the streams, and the commit of the deliveries it recorded. `None`: only
+    /// `>` reads, and nothing new.
+    fn run(&self, broker: &Broker, blocked_before: bool) -> Result<(Option<Reply>, Commit), Reply> {
         let mut found = Vec::new();
+        let mut commit = Commit::NONE;
         for (key, read) in self.keys.iter().zip(&self.reads) {
             let Some(stream) = broker.stream(key) else {
                 return Err(if blocked_before {
@@ -172,9 +174,10 @@ impl GroupReadRequest {
             };
             match read {
                 GroupRead::New => {
-                    let entries = stream
+                    let (entries, delivered) = stream
                         .read_group_new(&self.group, &self.consumer, self.count, self.noack)
                         .map_err(no_group)?;
+                    commit = commit.max(delivered);
                     if !entries.is_empty() {
                         found.push((
                             Reply::Bulk(key.clone()),
@@ -183,9 +186,10 @@ impl GroupReadRequest {
                     }
                 }
                 GroupRead::History(after) => {
-                    let entries = stream
+                    let (entries, delivered) = stream
                         .read_group_history(&self.group, &self.consumer, *after, self.count)
                         .map_err(no_group)?;
+                    commit = commit.max(delivered);
                     let replies = entries
                         .into_iter()
                         .map(|(id, entry)| {
@@ -199,7 +203,18 @@ impl GroupReadRequest {
                 }
             }
         }
-        Ok((!found.is_empty()).then(|| streams_reply(found, self.protocol)))
+        let reply = (!found.is_empty()).then(|| streams_reply(found, self.protocol));
+        Ok((reply, commit))
+    }
+
+    /// A pass for a blocked reader, whose reply goes out as soon as this returns: it waits
+    /// (blocking the thread) for the deliveries' commit itself.
+    fn run_blocked(&self, broker: &Broker) -> Result<Option<Reply>, Reply> {
+        let (reply, commit) = self.run(broker, true)?;
+        broker
+            .wait(commit)
+            .map_err(|e| Reply::error(format!("ERR write failed, it may not be stored: {e}")))?;
+        Ok(reply)
     }
 }
 
@@ -244,7 +259,9 @@ pub fn xreadgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
         noack: options.noack,
         protocol: context.session.protocol,
     };
-    if let Some(reply) = request.run(context.broker, false)? {
+    let (reply, commit) = request.run(context.broker, false)?;
+    context.pending.add(commit, context.reply_index);
+    if let Some(reply) = reply {
         return Ok(reply);
     }
     let Some(timeout) = options.block else {
@@ -253,7 +270,7 @@ pub fn xreadgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
     *context.blocked = Some(Blocked {
         keys: request.keys.clone(),
         timeout: (!timeout.is_zero()).then_some(timeout),
-        retry: Box::new(move |broker: &Broker| request.run(broker, true)),
+        retry: Box::new(move |broker: &Broker| request.run_blocked(broker)),
         timeout_reply: Reply::NilArray,
     });
     Ok(Reply::NilArray)

@@ -109,8 +109,9 @@ pub fn xtrim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
     let Some(stream) = existing_stream(context, &key) else {
         return Ok(Reply::Integer(0));
     };
-    let removed = stream
+    let (removed, commit) = stream
         .trim(options.strategy, options.approximate, options.limit)
         .map_err(stream_error)?;
+    context.pending.add(commit, context.reply_index);
     Ok(Reply::Integer(removed as i64))
 }

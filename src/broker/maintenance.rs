@@ -1,0 +1,378 @@
+//! The broker's background work, on one thread (`potok-maintenance`), every 100 ms:
+//!
+//! - **Deleted entities' files** go once their deletion is durable.
+//! - **Tail memory**: a log whose tail passed 4 MiB is written to its segment files; when all
+//!   tails together pass [`BrokerConfig::tail_bytes_max`], the largest are written until they
+//!   hold half of it.
+//! - **Checkpoints**, once the write-ahead log holds [`BrokerConfig::checkpoint_wal_bytes`] or
+//!   [`BrokerConfig::checkpoint_interval`] passed with changes ([`Broker::checkpoint`]).
+//! - **Eviction**: streams and topics unused for [`BrokerConfig::idle_eviction`], with nothing
+//!   in memory that a checkpoint still needs, are closed (their memory and descriptor go; the
+//!   next use opens them again).
+//! - **Expired topics**: a topic whose newest message is older than its retention age is
+//!   deleted (a few hundred topics examined per round).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::catalog::EntityKind;
+use super::{lock, Broker, BrokerConfig, BrokerError};
+use crate::storage::meta_store::MetaItem;
+
+/// How often the maintenance thread wakes.
+const TICK: Duration = Duration::from_millis(100);
+/// Topics examined for expiry per round.
+const TOPICS_PER_ROUND: usize = 256;
+
+struct Clock {
+    last_checkpoint: Instant,
+    last_eviction: Instant,
+    /// Where the expiry sweep over topics goes on from.
+    topic_cursor: Option<Bytes>,
+}
+
+/// The background thread's handle and its schedule.
+pub struct Maintenance {
+    stop: Mutex<bool>,
+    wake: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    clock: Mutex<Clock>,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
+    /// A checkpoint failed: the next one rewrites every snapshot.
+    failed: AtomicBool,
+}
+
+impl Maintenance {
+    pub(super) fn new(_config: &BrokerConfig) -> Maintenance {
+        let now = Instant::now();
+        Maintenance {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            thread: Mutex::new(None),
+            clock: Mutex::new(Clock {
+                last_checkpoint: now,
+                last_eviction: now,
+                topic_cursor: None,
+            }),
+            checkpointing: Mutex::new(()),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Stop the thread and wait for it.
+    pub(super) fn stop(&self) {
+        *lock(&self.stop) = true;
+        self.wake.notify_all();
+        if let Some(thread) = lock(&self.thread).take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Start the maintenance thread of `broker`.
+pub(super) fn start(broker: &Arc<Broker>) {
+    let weak: Weak<Broker> = Arc::downgrade(broker);
+    let spawned = std::thread::Builder::new()
+        .name("potok-maintenance".into())
+        .spawn(move || loop {
+            let Some(broker) = weak.upgrade() else { return };
+            {
+                let stop = lock(&broker.maintenance.stop);
+                if *stop {
+                    return;
+                }
+                let (stop, _) = broker
+                    .maintenance
+                    .wake
+                    .wait_timeout(stop, TICK)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stop {
+                    return;
+                }
+            }
+            broker.tick();
+        });
+    match spawned {
+        Ok(thread) => *lock(&broker.maintenance.thread) = Some(thread),
+        Err(e) => tracing::error!(error = %e, "could not start the maintenance thread"),
+    }
+}
+
+impl Broker {
+    /// One round of background work (the maintenance thread runs it every 100 ms).
+    pub fn tick(&self) {
+        self.remove_doomed();
+        if let Err(e) = self.enforce_tail_budget() {
+            tracing::warn!(error = %e, "writing entity logs out failed");
+        }
+        if self.checkpoint_due() {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "checkpoint failed; the write-ahead log keeps everything until one succeeds");
+            }
+        }
+        let evict = {
+            let mut clock = lock(&self.maintenance.clock);
+            let due = clock.last_eviction.elapsed() >= self.config.idle_eviction / 2;
+            if due {
+                clock.last_eviction = Instant::now();
+            }
+            due
+        };
+        if evict {
+            self.evict_idle();
+            if let Err(e) = self.expire_topics(TOPICS_PER_ROUND) {
+                tracing::warn!(error = %e, "expiring topics failed");
+            }
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let wal = self.store.wal();
+        if wal.next_lsn() <= wal.checkpoint_lsn() {
+            return false;
+        }
+        let elapsed = lock(&self.maintenance.clock).last_checkpoint.elapsed();
+        wal.size_bytes() >= self.config.checkpoint_wal_bytes
+            || elapsed >= self.config.checkpoint_interval
+    }
+
+    /// Remove the files of deleted entities whose deletion is durable.
+    fn remove_doomed(&self) {
+        let durable = self.store.wal().durable_lsn();
+        let due: Vec<super::Doomed> = {
+            let mut state = self.write();
+            if state.doomed.is_empty() {
+                return;
+            }
+            let (due, keep) = std::mem::take(&mut state.doomed)
+                .into_iter()
+                .partition(|d| d.commit.lsn() <= durable);
+            state.doomed = keep;
+            due
+        };
+        for doomed in due {
+            let removed = match &doomed.log {
+                Some(log) => log.delete_files().map_err(std::io::Error::other),
+                None if self.store.vfs().exists(&doomed.dir) => {
+                    self.store.vfs().remove_dir_all(&doomed.dir)
+                }
+                None => Ok(()),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(dir = %doomed.dir.display(), error = %e, "removing a deleted entity's files failed");
+            }
+        }
+    }
+
+    /// Write out the tails that asked for it, and the largest ones while all together hold
+    /// more than the budget.
+    fn enforce_tail_budget(&self) -> Result<(), BrokerError> {
+        let logs = self.store.logs();
+        for log in logs.take_wanting_write() {
+            log.materialize()?;
+        }
+        if logs.tail_bytes() <= self.config.tail_bytes_max {
+            return Ok(());
+        }
+        let mut tails: Vec<_> = {
+            let state = self.read();
+            let streams = state.streams.values().map(|s| s.log().clone());
+            let topics = state.topics.values().map(|t| t.log().clone());
+            streams.chain(topics).collect()
+        };
+        tails.sort_by_key(|log| std::cmp::Reverse(log.tail_bytes()));
+        for log in tails {
+            if logs.tail_bytes() <= self.config.tail_bytes_max / 2 {
+                break;
+            }
+            log.materialize()?;
+        }
+        Ok(())
+    }
+
+    /// Make everything the write-ahead log holds up to now durable elsewhere, then let it go:
+    ///
+    /// 1. note the LSN `c` the checkpoint will cover and make the write-ahead log durable up
+    ///    to it (so everything before it is visible);
+    /// 2. open every entity that still has changes only in the write-ahead log;
+    /// 3. write every entity log's tail to its segment files, free trimmed segments;
+    /// 4. take the snapshots of everything whose metadata changed (each with the LSN of the
+    ///    last operation it reflects), make the write-ahead log durable up to them (a snapshot
+    ///    must never hold a change the write-ahead log could lose), remove the files of
+    ///    deleted entities, write the snapshots to the metadata store;
+    /// 5. `syncfs`: every file written is durable;
+    /// 6. write the `checkpoint` file (`c`) and drop write-ahead log segments before it.
+    ///
+    /// A crash anywhere leaves the previous checkpoint in force, and replay skips whatever the
+    /// files and snapshots already hold.
+    pub fn checkpoint(&self) -> Result<(), BrokerError> {
+        let _only = lock(&self.maintenance.checkpointing);
+        let wal = self.store.wal();
+        let covered = wal.next_lsn();
+        wal.sync()?;
+        self.open_replayed()?;
+        let (streams, topics) = {
+            let state = self.read();
+            let streams: Vec<_> = state.streams.values().cloned().collect();
+            let topics: Vec<_> = state.topics.values().cloned().collect();
+            (streams, topics)
+        };
+        for stream in &streams {
+            stream.log().materialize()?;
+            stream.free_trimmed()?;
+        }
+        for topic in &topics {
+            topic.log().materialize()?;
+        }
+        let full = self.maintenance.failed.swap(false, Ordering::AcqRel);
+        let (items, deleted) = self.take_snapshots(&streams, full);
+        let written = (|| -> Result<(), BrokerError> {
+            wal.sync()?;
+            self.remove_doomed();
+            self.store.meta().write(items)?;
+            self.store.vfs().sync_all(&self.dir)?;
+            wal.set_checkpoint(covered)?;
+            Ok(())
+        })();
+        if written.is_err() {
+            self.maintenance.failed.store(true, Ordering::Release);
+            self.write().catalog.mark_all_dirty(&deleted);
+            for stream in &streams {
+                stream.mark_dirty();
+            }
+            return written;
+        }
+        lock(&self.maintenance.clock).last_checkpoint = Instant::now();
+        if self.store.meta().wants_compaction() {
+            self.store.meta().compact()?;
+        }
+        Ok(())
+    }
+
+    /// Open every entity that has changes only in the write-ahead log (they must reach their
+    /// files before the checkpoint moves past them).
+    fn open_replayed(&self) -> Result<(), BrokerError> {
+        let ids: Vec<u64> = self.read().replay.keys().copied().collect();
+        for id in ids {
+            let mut state = self.write();
+            let Some(entry) = state.catalog.entry(id).cloned() else {
+                state.replay.remove(&id);
+                continue;
+            };
+            match entry.kind {
+                EntityKind::Stream => {
+                    self.open_stream(&mut state, &entry.name)?;
+                }
+                EntityKind::Topic => {
+                    self.open_topic(&mut state, &entry.name)?;
+                }
+                EntityKind::Queue => {
+                    state.replay.remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The metadata store items of this checkpoint: catalog changes and changed stream
+    /// metadata (all of it after a failed checkpoint), and the ids deleted since the last.
+    fn take_snapshots(
+        &self,
+        streams: &[Arc<super::Stream>],
+        full: bool,
+    ) -> (Vec<MetaItem>, Vec<u64>) {
+        let mut state = self.write();
+        if full {
+            state.catalog.mark_all_dirty(&[]);
+            for stream in streams {
+                stream.mark_dirty();
+            }
+        }
+        let (mut items, deleted) = state.catalog.take_changes();
+        for id in &deleted {
+            items.push((super::stream::meta_key(*id), None));
+        }
+        for stream in streams {
+            if let Some((key, value)) = stream.take_snapshot() {
+                if let Some(value) = &value {
+                    state.stream_snapshots.insert(stream.id(), value.clone());
+                }
+                items.push((key, value));
+            }
+        }
+        (items, deleted)
+    }
+
+    /// Close streams and topics unused since the last sweep that hold nothing a checkpoint
+    /// still needs and that nobody holds or waits for.
+    pub fn evict_idle(&self) {
+        let mut state = self.write();
+        let idle = |used: bool, strong: usize| !used && strong == 1;
+        let streams: Vec<Bytes> = state
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                idle(s.take_used(), Arc::strong_count(s)) && s.is_settled() && !s.has_waiters()
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in streams {
+            if let Some(stream) = state.streams.remove(&name) {
+                stream.close();
+            }
+        }
+        let topics: Vec<Bytes> = state
+            .topics
+            .iter()
+            .filter(|(_, t)| idle(t.take_used(), Arc::strong_count(t)) && t.log().tail_bytes() == 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in topics {
+            if let Some(topic) = state.topics.remove(&name) {
+                topic.close();
+            }
+        }
+    }
+
+    /// Delete up to `count` topics (from where the last sweep stopped) whose newest message is
+    /// older than the topics' retention age.
+    pub fn expire_topics(&self, count: usize) -> Result<usize, BrokerError> {
+        let Some(age) = self.config.topic_log.retention.age_max else {
+            return Ok(0);
+        };
+        let cutoff = crate::storage::recovery::now_ms() - age.as_millis() as i64;
+        let names: Vec<Bytes> = {
+            let state = self.read();
+            let cursor = lock(&self.maintenance.clock).topic_cursor.clone();
+            let names = state.catalog.names(EntityKind::Topic);
+            match cursor {
+                Some(after) => names
+                    .skip_while(|(n, _)| **n <= after)
+                    .take(count)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                None => names.take(count).map(|(n, _)| n.clone()).collect(),
+            }
+        };
+        lock(&self.maintenance.clock).topic_cursor = names.last().cloned();
+        let mut deleted = 0;
+        for name in names {
+            let Some(topic) = self.topic(&name) else {
+                continue;
+            };
+            let expired = topic.newest_timestamp_ms()?.is_none_or(|ts| ts < cutoff);
+            drop(topic);
+            if expired && self.delete_topic(&name)?.0 {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}

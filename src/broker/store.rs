@@ -1,0 +1,106 @@
+//! What every durable entity of a data directory shares: the write-ahead log (every change
+//! goes through it), the budget of open descriptors, and the metadata store that checkpoints
+//! write snapshots into.
+//!
+//! Operations in the write-ahead log carry a *domain* byte before their body, saying whose
+//! encoding follows: the catalog's, a stream's metadata, a queue's state, or the AMQP
+//! definitions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::storage::io::Vfs;
+use crate::storage::wal::{Committed, WalTxn};
+use crate::storage::{self, Commit, Durability, LogShared, MetaStore, Wal};
+
+/// Whose encoding an operation's body is in.
+pub mod domain {
+    /// [`super::super::catalog::CatalogOp`]: owner = the entity.
+    pub const CATALOG: u8 = 1;
+    /// [`super::super::stream_meta::MetaOp`]: owner = the stream.
+    pub const STREAM: u8 = 2;
+    /// A queue's acknowledgement state: owner = the queue.
+    pub const QUEUE: u8 = 3;
+    /// AMQP exchanges and bindings: owner = 0.
+    pub const AMQP: u8 = 4;
+}
+
+/// The shared durable machinery of one data directory.
+pub struct Store {
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    wal: Wal,
+    logs: Arc<LogShared>,
+    meta: MetaStore,
+}
+
+/// `domain | body`, as an operation's bytes in the write-ahead log.
+pub fn op_bytes(domain: u8, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + body.len());
+    out.put_u8(domain);
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// Split an operation into its domain and body.
+pub fn split_op(op: &Bytes) -> Option<(u8, Bytes)> {
+    let (&domain, _) = op.split_first()?;
+    Some((domain, op.slice(1..)))
+}
+
+impl Store {
+    pub fn new(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        wal: Wal,
+        logs: Arc<LogShared>,
+        meta: MetaStore,
+    ) -> Store {
+        Store {
+            vfs,
+            dir: dir.to_path_buf(),
+            wal,
+            logs,
+            meta,
+        }
+    }
+
+    pub fn vfs(&self) -> &Arc<dyn Vfs> {
+        &self.vfs
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// What the entity logs share (descriptor budget, tail memory).
+    pub fn logs(&self) -> &Arc<LogShared> {
+        &self.logs
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.wal.durability()
+    }
+
+    /// Commit a transaction through the write-ahead log.
+    pub fn commit(&self, txn: WalTxn) -> storage::Result<Committed> {
+        self.wal.commit(txn)
+    }
+
+    /// Commit one operation of `domain` on `owner`.
+    pub fn commit_op(&self, owner: u64, domain: u8, body: &[u8]) -> storage::Result<Commit> {
+        let mut txn = WalTxn::new();
+        txn.op(owner, op_bytes(domain, body));
+        Ok(self.wal.commit(txn)?.commit)
+    }
+}
