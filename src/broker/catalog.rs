@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use byteorder::{ByteOrder, LittleEndian as LE};
 use bytes::Bytes;
 
+use super::store::{domain, Store};
 use crate::storage::meta_store::MetaItem;
+use crate::storage::{self, Commit};
 
 /// Longest entity name accepted (Redis allows 512 MB keys; nobody needs that for a stream).
 pub const NAME_BYTES_MAX: usize = 64 * 1024;
@@ -146,6 +148,25 @@ impl CatalogOp {
         };
         rest.is_empty().then_some(op)
     }
+}
+
+/// Create an entity of `kind` called `name` with `config`: a fresh id, recorded through the
+/// write-ahead log, then applied. Returns the id and the commit.
+pub fn create(
+    store: &Store,
+    kind: EntityKind,
+    name: &Bytes,
+    config: Bytes,
+) -> storage::Result<(u64, Commit)> {
+    let id = store.catalog().reserve_id();
+    let op = CatalogOp::Create {
+        kind,
+        name: name.clone(),
+        config,
+    };
+    let commit = store.commit_op(id, domain::CATALOG, &op.encode())?;
+    store.catalog().apply(id, commit.lsn(), op);
+    Ok((id, commit))
 }
 
 /// What applying an operation did, for the owner of the entity objects.

@@ -146,18 +146,7 @@ impl Broker {
     /// Remove the files of deleted entities whose deletion is durable.
     fn remove_doomed(&self) {
         let durable = self.store.wal().durable_lsn();
-        let due: Vec<super::Doomed> = {
-            let mut state = self.write();
-            if state.doomed.is_empty() {
-                return;
-            }
-            let (due, keep) = std::mem::take(&mut state.doomed)
-                .into_iter()
-                .partition(|d| d.commit.lsn() <= durable);
-            state.doomed = keep;
-            due
-        };
-        for doomed in due {
+        for doomed in self.store.take_doomed(durable) {
             let removed = match &doomed.log {
                 Some(log) => log.delete_files().map_err(std::io::Error::other),
                 None if self.store.vfs().exists(&doomed.dir) => {
@@ -187,6 +176,7 @@ impl Broker {
             let topics = state.topics.values().map(|t| t.log().clone());
             streams.chain(topics).collect()
         };
+        tails.extend(self.vhost.queues().iter().map(|q| q.log().clone()));
         tails.sort_by_key(|log| std::cmp::Reverse(log.tail_bytes()));
         for log in tails {
             if logs.tail_bytes() <= self.config.tail_bytes_max / 2 {
@@ -231,8 +221,10 @@ impl Broker {
         for topic in &topics {
             topic.log().materialize()?;
         }
+        self.vhost.write_out()?;
         let full = self.maintenance.failed.swap(false, Ordering::AcqRel);
-        let (items, deleted) = self.take_snapshots(&streams, full);
+        let (mut items, deleted) = self.take_snapshots(&streams, full);
+        items.extend(self.vhost.take_snapshots(full));
         let written = (|| -> Result<(), BrokerError> {
             wal.sync()?;
             self.remove_doomed();
@@ -243,10 +235,11 @@ impl Broker {
         })();
         if written.is_err() {
             self.maintenance.failed.store(true, Ordering::Release);
-            self.write().catalog.mark_all_dirty(&deleted);
+            self.store.catalog().mark_all_dirty(&deleted);
             for stream in &streams {
                 stream.mark_dirty();
             }
+            self.vhost.mark_dirty();
             return written;
         }
         lock(&self.maintenance.clock).last_checkpoint = Instant::now();
@@ -262,7 +255,7 @@ impl Broker {
         let ids: Vec<u64> = self.read().replay.keys().copied().collect();
         for id in ids {
             let mut state = self.write();
-            let Some(entry) = state.catalog.entry(id).cloned() else {
+            let Some(entry) = self.store.catalog().entry(id).cloned() else {
                 state.replay.remove(&id);
                 continue;
             };
@@ -290,14 +283,15 @@ impl Broker {
     ) -> (Vec<MetaItem>, Vec<u64>) {
         let mut state = self.write();
         if full {
-            state.catalog.mark_all_dirty(&[]);
+            self.store.catalog().mark_all_dirty(&[]);
             for stream in streams {
                 stream.mark_dirty();
             }
         }
-        let (mut items, deleted) = state.catalog.take_changes();
+        let (mut items, deleted) = self.store.catalog().take_changes();
         for id in &deleted {
             items.push((super::stream::meta_key(*id), None));
+            items.push((super::amqp::queue::meta_key(*id), None));
         }
         for stream in streams {
             if let Some((key, value)) = stream.take_snapshot() {
@@ -349,9 +343,9 @@ impl Broker {
         };
         let cutoff = crate::storage::recovery::now_ms() - age.as_millis() as i64;
         let names: Vec<Bytes> = {
-            let state = self.read();
+            let catalog = self.store.catalog();
             let cursor = lock(&self.maintenance.clock).topic_cursor.clone();
-            let names = state.catalog.names(EntityKind::Topic);
+            let names = catalog.names(EntityKind::Topic);
             match cursor {
                 Some(after) => names
                     .skip_while(|(n, _)| **n <= after)

@@ -21,7 +21,6 @@
 pub mod amqp;
 pub mod catalog;
 pub mod group;
-pub mod journal;
 pub mod maintenance;
 pub mod store;
 pub mod stream;
@@ -44,7 +43,7 @@ use bytes::Bytes;
 use crate::storage::io::{OsVfs, Vfs};
 use crate::storage::wal::{WalEntry, WalTxn};
 pub use crate::storage::Commit;
-use crate::storage::{Durability, EntityLog, FileCache, LogConfig, LogShared, MetaStore, Wal};
+use crate::storage::{Durability, FileCache, LogConfig, LogShared, MetaStore, Wal};
 use catalog::{Applied, Catalog, CatalogOp, EntityKind, NAME_BYTES_MAX};
 use store::{domain, op_bytes, split_op, Store};
 pub use stream::{Added, Entry, IdSpec, Stream, StreamError, StreamInfo, TrimStrategy};
@@ -147,15 +146,7 @@ impl BrokerConfig {
     }
 }
 
-/// An entity deleted in memory whose files go once its deletion is durable.
-pub(crate) struct Doomed {
-    pub commit: Commit,
-    pub dir: PathBuf,
-    pub log: Option<EntityLog>,
-}
-
 struct State {
-    catalog: Catalog,
     /// Open streams and topics (the rest are opened on first use).
     streams: HashMap<Bytes, Arc<Stream>>,
     topics: HashMap<Bytes, Arc<Topic>>,
@@ -165,7 +156,6 @@ struct State {
     replay: HashMap<u64, Vec<(u64, WalEntry)>>,
     /// Streams' metadata snapshots as the metadata store holds them, for opening them.
     stream_snapshots: HashMap<u64, Bytes>,
-    doomed: Vec<Doomed>,
 }
 
 /// The message broker over one data directory.
@@ -223,10 +213,18 @@ impl Broker {
         let (meta, items) = MetaStore::open(Arc::clone(&vfs), dir)?;
         let mut catalog = Catalog::from_meta(&items).map_err(BrokerError::Damaged)?;
         let mut stream_snapshots = HashMap::new();
+        let mut amqp = amqp::VhostRecovery::default();
         for (key, value) in items {
-            if key.len() == 9 && key[0] == b's' {
+            if key.len() == 9 && (key[0] == b's' || key[0] == b'q') {
                 let id = u64::from_be_bytes(key[1..9].try_into().unwrap_or_default());
-                stream_snapshots.insert(id, value);
+                let snapshots = if key[0] == b's' {
+                    &mut stream_snapshots
+                } else {
+                    &mut amqp.queue_snapshots
+                };
+                snapshots.insert(id, value);
+            } else if key.as_ref() == amqp::vhost::DEFINITIONS_KEY {
+                amqp.definitions = Some(value);
             }
         }
         let wal = Wal::open(Arc::clone(&vfs), dir, config.durability)?;
@@ -241,16 +239,24 @@ impl Broker {
                 WalEntry::Op { owner, .. } => *owner,
             };
             if let WalEntry::Op { op, .. } = &entry {
-                if let Some((domain::CATALOG, body)) = split_op(op) {
-                    let op = CatalogOp::decode(&body).ok_or_else(|| {
-                        BrokerError::Damaged(format!("catalog operation at {offset}"))
-                    })?;
-                    if let Applied::Deleted(gone) = catalog.apply(owner, lsn, op) {
-                        replay.remove(&gone.id);
-                        stream_snapshots.remove(&gone.id);
-                        deleted.push(gone);
+                match split_op(op) {
+                    Some((domain::CATALOG, body)) => {
+                        let op = CatalogOp::decode(&body).ok_or_else(|| {
+                            BrokerError::Damaged(format!("catalog operation at {offset}"))
+                        })?;
+                        if let Applied::Deleted(gone) = catalog.apply(owner, lsn, op) {
+                            replay.remove(&gone.id);
+                            stream_snapshots.remove(&gone.id);
+                            amqp.queue_snapshots.remove(&gone.id);
+                            deleted.push(gone);
+                        }
+                        continue;
                     }
-                    continue;
+                    Some((domain::AMQP, body)) => {
+                        amqp.definition_ops.push((lsn, body));
+                        continue;
+                    }
+                    _ => {}
                 }
             }
             replay.entry(owner).or_default().push((lsn, entry));
@@ -263,12 +269,23 @@ impl Broker {
             }
         }
         replay.retain(|id, _| catalog.entry(*id).is_some());
-        let store = Arc::new(Store::new(Arc::clone(&vfs), dir, wal, logs, meta));
-        let vhost = amqp::VirtualHost::open(
-            Arc::clone(&vfs),
-            &dir.join("amqp"),
-            config.stream_log.clone(),
-        )?;
+        let queue_ids: Vec<u64> = replay
+            .keys()
+            .copied()
+            .filter(|id| {
+                catalog
+                    .entry(*id)
+                    .is_some_and(|e| e.kind == EntityKind::Queue)
+            })
+            .collect();
+        for id in queue_ids {
+            if let Some(entries) = replay.remove(&id) {
+                amqp.replay.insert(id, entries);
+            }
+        }
+        let store = Arc::new(Store::new(Arc::clone(&vfs), dir, wal, logs, meta, catalog));
+        let vhost = amqp::VirtualHost::open(Arc::clone(&store), config.stream_log.clone(), amqp)?;
+        vhost.recover_dead_letters()?;
         Ok(Broker {
             dir: dir.to_path_buf(),
             store,
@@ -276,13 +293,11 @@ impl Broker {
             maintenance: maintenance::Maintenance::new(&config),
             config,
             state: RwLock::new(State {
-                catalog,
                 streams: HashMap::new(),
                 topics: HashMap::new(),
                 creation_waiters: HashMap::new(),
                 replay,
                 stream_snapshots,
-                doomed: Vec::new(),
             }),
             generation: AtomicU64::new(0),
             _lock: None,
@@ -349,7 +364,7 @@ impl Broker {
                 stream.mark_used();
                 return Some(Arc::clone(stream));
             }
-            state.catalog.lookup(EntityKind::Stream, name)?;
+            self.store.catalog().lookup(EntityKind::Stream, name)?;
         }
         let mut state = self.write();
         match self.open_stream(&mut state, name) {
@@ -370,10 +385,9 @@ impl Broker {
         if let Some(stream) = state.streams.get(name) {
             return Ok(Some(Arc::clone(stream)));
         }
-        let Some(entry) = state.catalog.lookup(EntityKind::Stream, name) else {
+        let Some((id, name)) = self.lookup(EntityKind::Stream, name) else {
             return Ok(None);
         };
-        let (id, name) = (entry.id, entry.name.clone());
         let replay = state.replay.remove(&id).unwrap_or_default();
         let stream = Stream::open(
             Arc::clone(&self.store),
@@ -404,7 +418,7 @@ impl Broker {
             return Ok(stream);
         }
         let name = Bytes::copy_from_slice(name);
-        let id = self.create_entity(state, EntityKind::Stream, &name)?;
+        let id = self.create_entity(EntityKind::Stream, &name)?;
         let stream = Arc::new(Stream::open(
             Arc::clone(&self.store),
             id,
@@ -420,22 +434,16 @@ impl Broker {
         Ok(stream)
     }
 
+    /// The id and stored name of the entity of `kind` called `name`.
+    fn lookup(&self, kind: EntityKind, name: &[u8]) -> Option<(u64, Bytes)> {
+        let catalog = self.store.catalog();
+        let entry = catalog.lookup(kind, name)?;
+        Some((entry.id, entry.name.clone()))
+    }
+
     /// Record a new entity in the catalog (through the write-ahead log); returns its id.
-    fn create_entity(
-        &self,
-        state: &mut State,
-        kind: EntityKind,
-        name: &Bytes,
-    ) -> Result<u64, BrokerError> {
-        let id = state.catalog.reserve_id();
-        let op = CatalogOp::Create {
-            kind,
-            name: name.clone(),
-            config: Bytes::new(),
-        };
-        let commit = self.store.commit_op(id, domain::CATALOG, &op.encode())?;
-        state.catalog.apply(id, commit.lsn(), op);
-        Ok(id)
+    fn create_entity(&self, kind: EntityKind, name: &Bytes) -> Result<u64, BrokerError> {
+        Ok(catalog::create(&self.store, kind, name, Bytes::new())?.0)
     }
 
     /// The Pub/Sub topic for `channel`, if anything was ever published to it (and kept).
@@ -446,7 +454,7 @@ impl Broker {
                 topic.mark_used();
                 return Some(Arc::clone(topic));
             }
-            state.catalog.lookup(EntityKind::Topic, channel)?;
+            self.store.catalog().lookup(EntityKind::Topic, channel)?;
         }
         match self.open_topic(&mut self.write(), channel) {
             Ok(topic) => topic,
@@ -465,10 +473,9 @@ impl Broker {
         if let Some(topic) = state.topics.get(channel) {
             return Ok(Some(Arc::clone(topic)));
         }
-        let Some(entry) = state.catalog.lookup(EntityKind::Topic, channel) else {
+        let Some((id, name)) = self.lookup(EntityKind::Topic, channel) else {
             return Ok(None);
         };
-        let (id, name) = (entry.id, entry.name.clone());
         let replay = state.replay.remove(&id).unwrap_or_default();
         let topic = Arc::new(Topic::open(
             Arc::clone(&self.store),
@@ -496,7 +503,7 @@ impl Broker {
             return Ok(topic);
         }
         let name = Bytes::copy_from_slice(channel);
-        let id = self.create_entity(state, EntityKind::Topic, &name)?;
+        let id = self.create_entity(EntityKind::Topic, &name)?;
         let topic = Arc::new(Topic::open(
             Arc::clone(&self.store),
             id,
@@ -516,8 +523,8 @@ impl Broker {
 
     /// Channels with stored messages, sorted.
     pub fn topic_names(&self) -> Vec<Bytes> {
-        self.read()
-            .catalog
+        self.store
+            .catalog()
             .names(EntityKind::Topic)
             .map(|(n, _)| n.clone())
             .collect()
@@ -545,23 +552,23 @@ impl Broker {
 
     /// Names of every stream with its kind, sorted (the Redis keyspace).
     pub fn names(&self) -> Vec<(Bytes, EntityKind)> {
-        self.read()
-            .catalog
+        self.store
+            .catalog()
             .names(EntityKind::Stream)
             .map(|(n, _)| (n.clone(), EntityKind::Stream))
             .collect()
     }
 
     pub fn kind_of(&self, name: &[u8]) -> Option<EntityKind> {
-        self.read()
-            .catalog
+        self.store
+            .catalog()
             .lookup(EntityKind::Stream, name)
             .map(|e| e.kind)
     }
 
     /// Streams in the keyspace.
     pub fn len(&self) -> usize {
-        self.read().catalog.len(EntityKind::Stream)
+        self.store.catalog().len(EntityKind::Stream)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -581,13 +588,15 @@ impl Broker {
         kind: EntityKind,
         name: &[u8],
     ) -> Result<(bool, Commit), BrokerError> {
-        let Some(id) = state.catalog.lookup(kind, name).map(|e| e.id) else {
+        let Some((id, _)) = self.lookup(kind, name) else {
             return Ok((false, Commit::NONE));
         };
         let mut txn = WalTxn::new();
         txn.op(id, op_bytes(domain::CATALOG, &CatalogOp::Delete.encode()));
         let commit = self.store.commit(txn)?.commit;
-        state.catalog.apply(id, commit.lsn(), CatalogOp::Delete);
+        self.store
+            .catalog()
+            .apply(id, commit.lsn(), CatalogOp::Delete);
         self.forget_entity(state, kind, name, id, commit);
         Ok((true, commit))
     }
@@ -610,16 +619,9 @@ impl Broker {
             EntityKind::Topic => state.topics.remove(name).map(|t| t.log().clone()),
             EntityKind::Queue => None,
         };
-        if let Some(log) = &log {
-            log.mark_deleted();
-        }
         state.replay.remove(&id);
         state.stream_snapshots.remove(&id);
-        state.doomed.push(Doomed {
-            commit,
-            dir: self.entity_dir(kind, id),
-            log,
-        });
+        self.store.doom(commit, self.entity_dir(kind, id), log);
     }
 
     /// Rename a stream, replacing any stream already called `to` (one commit for both).
@@ -629,7 +631,7 @@ impl Broker {
             return Err(BrokerError::NameTooLong);
         }
         let mut state = self.write();
-        let Some(from_id) = state.catalog.lookup(EntityKind::Stream, from).map(|e| e.id) else {
+        let Some((from_id, _)) = self.lookup(EntityKind::Stream, from) else {
             return Ok((false, Commit::NONE));
         };
         if from == to {
@@ -638,7 +640,7 @@ impl Broker {
         // Both open (or both not), so the rename can move the handle.
         self.open_stream(&mut state, from)?;
         let to = Bytes::copy_from_slice(to);
-        let replaced = state.catalog.lookup(EntityKind::Stream, &to).map(|e| e.id);
+        let replaced = self.lookup(EntityKind::Stream, &to).map(|(id, _)| id);
         let rename = CatalogOp::Rename { name: to.clone() };
         let mut txn = WalTxn::new();
         if let Some(replaced) = replaced {
@@ -650,12 +652,12 @@ impl Broker {
         txn.op(from_id, op_bytes(domain::CATALOG, &rename.encode()));
         let commit = self.store.commit(txn)?.commit;
         if let Some(replaced) = replaced {
-            state
-                .catalog
+            self.store
+                .catalog()
                 .apply(replaced, commit.lsn(), CatalogOp::Delete);
             self.forget_entity(&mut state, EntityKind::Stream, &to, replaced, commit);
         }
-        state.catalog.apply(from_id, commit.lsn(), rename);
+        self.store.catalog().apply(from_id, commit.lsn(), rename);
         if let Some(stream) = state.streams.remove(from) {
             state.streams.insert(to.clone(), stream);
         }
@@ -669,31 +671,26 @@ impl Broker {
     pub fn delete_all(&self) -> Result<Commit, BrokerError> {
         let mut commit = Commit::NONE;
         loop {
-            let names: Vec<Bytes> = self
-                .read()
-                .catalog
+            let ids: Vec<(Bytes, u64)> = self
+                .store
+                .catalog()
                 .names(EntityKind::Stream)
                 .take(1000)
-                .map(|(n, _)| n.clone())
+                .map(|(n, id)| (n.clone(), id))
                 .collect();
-            if names.is_empty() {
+            if ids.is_empty() {
                 return Ok(commit);
             }
             let mut state = self.write();
-            let ids: Vec<(Bytes, u64)> = names
-                .into_iter()
-                .filter_map(|n| {
-                    let id = state.catalog.lookup(EntityKind::Stream, &n)?.id;
-                    Some((n, id))
-                })
-                .collect();
             let mut txn = WalTxn::new();
             for (_, id) in &ids {
                 txn.op(*id, op_bytes(domain::CATALOG, &CatalogOp::Delete.encode()));
             }
             let done = self.store.commit(txn)?.commit;
             for (name, id) in ids {
-                state.catalog.apply(id, done.lsn(), CatalogOp::Delete);
+                self.store
+                    .catalog()
+                    .apply(id, done.lsn(), CatalogOp::Delete);
                 self.forget_entity(&mut state, EntityKind::Stream, &name, id, done);
             }
             commit = commit.max(done);

@@ -7,13 +7,14 @@
 //! definitions.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::catalog::Catalog;
 use crate::storage::io::Vfs;
 use crate::storage::wal::{Committed, WalTxn};
-use crate::storage::{self, Commit, Durability, LogShared, MetaStore, Wal};
+use crate::storage::{self, Commit, Durability, EntityLog, LogShared, MetaStore, Wal};
 
 /// Whose encoding an operation's body is in.
 pub mod domain {
@@ -27,6 +28,13 @@ pub mod domain {
     pub const AMQP: u8 = 4;
 }
 
+/// An entity deleted in memory whose files go once its deletion is durable.
+pub struct Doomed {
+    pub commit: Commit,
+    pub dir: PathBuf,
+    pub log: Option<EntityLog>,
+}
+
 /// The shared durable machinery of one data directory.
 pub struct Store {
     vfs: Arc<dyn Vfs>,
@@ -34,6 +42,9 @@ pub struct Store {
     wal: Wal,
     logs: Arc<LogShared>,
     meta: MetaStore,
+    /// Every named entity of every kind. A leaf lock: nothing else is locked while it is held.
+    catalog: Mutex<Catalog>,
+    doomed: Mutex<Vec<Doomed>>,
 }
 
 /// `domain | body`, as an operation's bytes in the write-ahead log.
@@ -57,6 +68,7 @@ impl Store {
         wal: Wal,
         logs: Arc<LogShared>,
         meta: MetaStore,
+        catalog: Catalog,
     ) -> Store {
         Store {
             vfs,
@@ -64,7 +76,31 @@ impl Store {
             wal,
             logs,
             meta,
+            catalog: Mutex::new(catalog),
+            doomed: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        super::lock(&self.catalog)
+    }
+
+    /// Remove `dir` (and forget `log`) once `commit`, the entity's deletion, is durable.
+    pub fn doom(&self, commit: Commit, dir: PathBuf, log: Option<EntityLog>) {
+        if let Some(log) = &log {
+            log.mark_deleted();
+        }
+        super::lock(&self.doomed).push(Doomed { commit, dir, log });
+    }
+
+    /// Take the deletions whose commits are durable (at or below `durable_lsn`).
+    pub fn take_doomed(&self, durable_lsn: u64) -> Vec<Doomed> {
+        let mut doomed = super::lock(&self.doomed);
+        let (due, keep) = std::mem::take(&mut *doomed)
+            .into_iter()
+            .partition(|d| d.commit.lsn() <= durable_lsn);
+        *doomed = keep;
+        due
     }
 
     pub fn vfs(&self) -> &Arc<dyn Vfs> {

@@ -1,6 +1,7 @@
-//! The durable AMQP definitions: exchanges, queues and bindings that survive a restart. One
-//! small file (`amqp/definitions`), rewritten atomically on every change (declarations are rare
-//! next to messages). Format (little endian; `storage-format.md` § AMQP definitions):
+//! The durable AMQP definitions: exchanges, queues and bindings that survive a restart, in one
+//! encoding used for the definitions snapshot in the metadata store, for a queue's declaration
+//! in the catalog, and for the definition operations in the write-ahead log (see
+//! [`super::vhost`]). Format (little endian; `storage-format.md` § AMQP definitions):
 //!
 //! ```text
 //! magic u32 "PTKA" | version u8 | reserved [u8; 3] | next_queue_id u64 |
@@ -15,7 +16,6 @@
 //! Destination kind: 1 queue, 2 exchange.
 
 use std::io;
-use std::path::Path;
 
 use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
@@ -23,9 +23,6 @@ use amq_protocol::types::FieldTable;
 use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::exchange::{Binding, Destination, ExchangeKind};
-use crate::storage::io::{write_atomically, OpenMode, Vfs};
-
-pub const DEFINITIONS_FILE: &str = "definitions";
 const MAGIC: u32 = u32::from_le_bytes(*b"PTKA");
 const VERSION: u8 = 1;
 
@@ -236,21 +233,6 @@ impl Definitions {
             return Err(invalid("trailing bytes"));
         }
         Ok(defs)
-    }
-
-    /// Load from `dir`; a missing file is empty definitions, a damaged one an error (starting
-    /// empty would silently forget durable queues and their messages).
-    pub fn load(vfs: &dyn Vfs, dir: &Path) -> io::Result<Definitions> {
-        let path = dir.join(DEFINITIONS_FILE);
-        if !vfs.exists(&path) {
-            return Ok(Definitions::default());
-        }
-        let bytes = (*vfs.open(&path, OpenMode::Read)?).read_all()?;
-        Definitions::decode(&bytes)
-    }
-
-    pub fn save(&self, vfs: &dyn Vfs, dir: &Path) -> io::Result<()> {
-        write_atomically(vfs, &dir.join(DEFINITIONS_FILE), &self.encode()?)
     }
 }
 

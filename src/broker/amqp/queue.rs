@@ -7,12 +7,17 @@
 //! once everything below an offset is acknowledged (`ack_floor`) the log may drop whole
 //! segments below it, so disk use follows the backlog.
 //!
-//! Acknowledgements of a durable queue go to a small journal (`acks/`) without waiting for its
-//! fsync: after a crash an acknowledged message may be delivered again (at-least-once), but a
-//! published, confirmed message is never lost. Only persistent messages (delivery mode 2)
-//! survive a restart, as in RabbitMQ.
+//! A durable queue's log and its acknowledgement state ([`super::acks`]) change through the
+//! write-ahead log: every operation that changes them commits its appends and operations
+//! together and returns the [`Commit`], which the caller awaits before any reply that reports
+//! the change (a confirm, `purge-ok`, `get-ok` of an auto-acknowledged message). A removal
+//! never comes back once reported; a dead-lettered message reaches its dead-letter exchange at
+//! least once (see [`super::acks`]). Only persistent messages (delivery mode 2) survive a
+//! restart, as in RabbitMQ. A non-durable queue's log never goes through the write-ahead log:
+//! its messages stay in memory (written to its files only under memory pressure) and are gone
+//! after a restart.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,12 +28,14 @@ use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 
+use super::acks::{self, AckRecord};
 use super::args::{Overflow, QueueArgs};
 use super::message::Message;
 use super::ranges::RangeSet;
-use crate::broker::journal::Journal;
-use crate::storage::io::Vfs;
-use crate::storage::{self, Log, LogConfig};
+use crate::broker::store::{domain, op_bytes, split_op, Store};
+use crate::storage::meta_store::MetaItem;
+use crate::storage::wal::{WalEntry, WalTxn};
+use crate::storage::{self, Commit, EntityLog, LogConfig, Record, Visibility};
 
 /// Deliveries queued for a connection but not yet written; past this a consumer gets no more
 /// until its connection catches up (a slow or no-ack consumer cannot make the server buffer
@@ -75,6 +82,9 @@ pub struct Delivery {
     pub redelivered: bool,
     pub no_ack: bool,
     pub message: Message,
+    /// Wait for this before sending: an automatically acknowledged delivery reports its
+    /// message's removal, so the removal must be durable first.
+    pub commit: Commit,
 }
 
 /// A consumer as the queue sees it.
@@ -136,7 +146,8 @@ struct QueueState {
     unacked: HashMap<u64, (u64, u64)>,
     /// Body bytes of the ready messages (for `x-max-length-bytes`).
     ready_bytes: u64,
-    /// One past the highest offset handed out, and how far the journal has recorded that.
+    /// One past the highest offset handed out, and how far the write-ahead log has recorded
+    /// that.
     delivered_high: u64,
     delivered_journaled: u64,
     /// Acknowledged offsets at or above `ack_floor`.
@@ -156,6 +167,14 @@ struct QueueState {
     /// Messages dropped with a dead-letter exchange configured, for the caller to route
     /// ([`Queue::take_dead_letters`]).
     dead_letters: Vec<DeadLetter>,
+    /// Dead letters recorded but not yet routed (durable queues): offset → reason.
+    intents: BTreeMap<u64, DeadReason>,
+    /// Operations applied in memory that the next commit records (durable queues only).
+    ops: Vec<Vec<u8>>,
+    /// LSN of the last commit applied (replay skips older operations).
+    lsn: u64,
+    /// Changed since the last checkpoint.
+    dirty: bool,
 }
 
 /// Why a message left a queue without being acknowledged.
@@ -176,8 +195,13 @@ impl DeadReason {
     }
 }
 
+/// What `basic.get` took: offset, redelivered, the message, how many remain.
+pub type Got = (u64, bool, Message, u64);
+
 #[derive(Debug)]
 pub struct DeadLetter {
+    /// Where it was in its queue.
+    pub offset: u64,
     pub message: Message,
     pub reason: DeadReason,
 }
@@ -192,15 +216,13 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// The arguments Potok acts on, parsed.
     pub args: QueueArgs,
-    log: Log,
-    journal: Option<Journal>,
+    log: EntityLog,
+    store: Arc<Store>,
     state: Mutex<QueueState>,
     /// Woken when deliveries may be possible (new messages, credit, consumers).
     dispatch_wanted: Arc<Notify>,
     /// A dispatcher task is running for this queue.
     pub dispatcher_running: AtomicBool,
-    /// A background fsync of the acknowledgement journal is scheduled.
-    pub ack_sync_scheduled: AtomicBool,
     deleted: AtomicBool,
     /// When the queue was last used (declared, consumed from, read with basic.get), for
     /// `x-expires`.
@@ -223,45 +245,73 @@ pub struct QueueOptions {
     pub arguments: FieldTable,
 }
 
-const OP_ACKED: u8 = 1;
-const OP_SNAPSHOT: u8 = 2;
-const OP_DELIVERED: u8 = 3;
-
-/// What the acknowledgement journal records.
-#[derive(Default)]
-struct AckRecord {
-    acked: RangeSet,
-    floor: u64,
-    /// Every offset below this may have been delivered (for the redelivered flag after a
-    /// restart).
-    delivered_high: u64,
+/// The metadata store key of queue `id`'s acknowledgement state.
+pub fn meta_key(id: u64) -> Bytes {
+    let mut key = Vec::with_capacity(9);
+    key.push(b'q');
+    key.extend_from_slice(&id.to_be_bytes());
+    Bytes::from(key)
 }
 
 impl Queue {
-    /// Open (or create) the queue's log in `dir` and recover its acknowledgement state.
+    /// Open queue `id` from its directory, its acknowledgement snapshot (the metadata store's
+    /// value) and what the write-ahead log holds for it since the checkpoint, in order. A
+    /// non-durable queue starts empty.
     pub fn open(
-        vfs: Arc<dyn Vfs>,
+        store: Arc<Store>,
         dir: &Path,
         log_config: LogConfig,
         options: QueueOptions,
+        snapshot: Option<&Bytes>,
+        replay: Vec<(u64, WalEntry)>,
     ) -> storage::Result<Queue> {
-        let log = Log::open_with(Arc::clone(&vfs), dir.join("messages"), log_config)?;
+        let visibility = if options.durable {
+            Visibility::for_durability(log_config.durability)
+        } else {
+            Visibility::Immediate
+        };
+        let log = EntityLog::open(
+            Arc::clone(store.logs()),
+            options.id,
+            dir,
+            log_config,
+            visibility,
+        )?;
         let args = QueueArgs::parse(&options.name, &options.arguments).unwrap_or_default();
         let mut record = AckRecord::default();
-        // A stream's messages are never removed by acknowledgements: no journal.
-        let journal = if options.durable && !args.stream {
-            let (journal, ops) = Journal::open(vfs, &dir.join("acks"))?;
-            for op in ops {
-                apply_op(&op, &mut record);
+        let mut lsn = 0;
+        if let Some(value) = snapshot {
+            if value.len() >= 8 && record.apply(&value[8..]) {
+                lsn = LE::read_u64(value);
+            } else {
+                tracing::error!(queue = %options.name, "damaged acknowledgement snapshot; messages may be delivered again");
             }
-            Some(journal)
-        } else {
-            None
-        };
+        }
+        let replayed = !replay.is_empty();
+        for (entry_lsn, entry) in replay {
+            match entry {
+                WalEntry::Append { batch, .. } => {
+                    log.replay_batch(batch)?;
+                }
+                WalEntry::Op { op, .. } if entry_lsn > lsn => {
+                    match split_op(&op).filter(|(d, _)| *d == domain::QUEUE) {
+                        Some((_, body)) => {
+                            record.apply(&body);
+                        }
+                        None => {
+                            tracing::error!(queue = %options.name, "skipping an operation of another kind")
+                        }
+                    }
+                    lsn = entry_lsn;
+                }
+                WalEntry::Op { .. } => {}
+            }
+        }
         let AckRecord {
             mut acked,
             floor: mut ack_floor,
             delivered_high,
+            intents,
         } = record;
         ack_floor = ack_floor.max(log.start_offset());
         acked.remove_below(ack_floor);
@@ -296,7 +346,7 @@ impl Queue {
             args,
             arguments: options.arguments,
             log,
-            journal,
+            store,
             state: Mutex::new(QueueState {
                 next_ready: ack_floor,
                 requeued: BTreeSet::new(),
@@ -309,13 +359,18 @@ impl Queue {
                 next_consumer: 0,
                 had_consumer: false,
                 dead_letters: Vec::new(),
+                intents,
+                ops: Vec::new(),
+                lsn,
+                // Transient messages dropped above, and anything replayed, reach the next
+                // snapshot.
+                dirty: true,
                 ready_bytes,
                 delivered_high: 0,
                 delivered_journaled: 0,
             }),
             dispatch_wanted: Arc::new(Notify::new()),
             dispatcher_running: AtomicBool::new(false),
-            ack_sync_scheduled: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             last_used_ms: std::sync::atomic::AtomicI64::new(crate::storage::recovery::now_ms()),
         };
@@ -339,6 +394,7 @@ impl Queue {
         queue
             .log
             .set_visibility_listener(Arc::new(move || wake.notify_one()));
+        let _ = replayed;
         Ok(queue)
     }
 
@@ -346,30 +402,96 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn log(&self) -> &Log {
+    pub fn log(&self) -> &EntityLog {
         &self.log
     }
 
-    /// Append a message without waiting for durability; returns the offset to wait for, or
-    /// `None` if a full queue with `x-overflow` `reject-publish` refused it. A full queue with
-    /// `drop-head` (the default) drops its oldest ready messages to make room (dead-lettered
-    /// if configured).
-    pub fn publish(&self, message: &Message) -> storage::Result<Option<u64>> {
+    /// Whether changes go through the write-ahead log (durable queues; a stream queue's
+    /// acknowledgements change nothing durable).
+    fn journaled(&self) -> bool {
+        self.durable
+    }
+
+    /// Commit what the operation under way changed: the operations it applied in memory and
+    /// `txn` (its appends). The caller holds the state lock, so commits follow the order the
+    /// changes were applied in.
+    fn commit(&self, state: &mut QueueState, mut txn: WalTxn) -> storage::Result<Commit> {
+        for op in state.ops.drain(..) {
+            txn.op(self.id, op_bytes(domain::QUEUE, &op));
+        }
+        if txn.is_empty() {
+            return Ok(Commit::NONE);
+        }
+        let commit = self.store.commit(txn)?.commit;
+        state.lsn = commit.lsn();
+        state.dirty = true;
+        Ok(commit)
+    }
+
+    /// The metadata store item a checkpoint writes, if the state changed since the last one.
+    pub fn take_snapshot(&self) -> Option<MetaItem> {
+        if !self.journaled() {
+            return None;
+        }
+        let mut state = self.lock();
+        if !state.dirty {
+            return None;
+        }
+        state.dirty = false;
+        let record = AckRecord {
+            acked: state.acked.clone(),
+            floor: state.ack_floor,
+            delivered_high: state.delivered_journaled,
+            intents: state.intents.clone(),
+        };
+        let mut value = state.lsn.to_le_bytes().to_vec();
+        value.extend_from_slice(&record.encode_snapshot());
+        Some((meta_key(self.id), Some(Bytes::from(value))))
+    }
+
+    /// Mark the state changed (a checkpoint that took it failed).
+    pub fn mark_dirty(&self) {
+        self.lock().dirty = true;
+    }
+
+    /// Drop whole segments every message of which is removed (a checkpoint calls it once the
+    /// removals are durable). Pending dead letters are kept: recovery may need to read them.
+    pub fn free_acked(&self) -> storage::Result<()> {
+        if self.args.stream {
+            return Ok(());
+        }
+        let floor = {
+            let state = self.lock();
+            let pending = state.intents.keys().next().copied().unwrap_or(u64::MAX);
+            state.ack_floor.min(pending)
+        };
+        self.log
+            .truncate_before(floor.min(self.log.next_offset()))?;
+        Ok(())
+    }
+
+    /// Append a message; returns the commit to wait for before confirming it, or `None` if a
+    /// full queue with `x-overflow` `reject-publish` refused it. A full queue with `drop-head`
+    /// (the default) drops its oldest ready messages to make room (dead-lettered if
+    /// configured; the caller then routes [`Queue::take_dead_letters`]), in the same commit.
+    pub fn publish(&self, message: &Message) -> storage::Result<Option<Commit>> {
         let limited = self.args.max_length.is_some() || self.args.max_length_bytes.is_some();
         if self.args.stream || !limited {
-            // (A stream's x-max-length-bytes is retention, applied by the log.)
-            return self.append(message).map(Some);
+            // Nothing but the append: no state to lock. (A stream's x-max-length-bytes is
+            // retention, applied by the log.)
+            let record = message.to_record();
+            if !self.journaled() {
+                self.log.append_volatile(std::slice::from_ref(&record))?;
+                return Ok(Some(Commit::NONE));
+            }
+            let mut txn = WalTxn::new();
+            txn.append(&self.log, vec![record]);
+            return Ok(Some(self.store.commit(txn)?.commit));
         }
         let mut state = self.lock();
         let size = message.body.len() as u64;
         loop {
-            let count = self.backlog_count(&state);
-            let full = self.args.max_length.is_some_and(|max| count + 1 > max)
-                || self
-                    .args
-                    .max_length_bytes
-                    .is_some_and(|max| state.ready_bytes + size > max);
-            if !full {
+            if !self.over_limit(&state, 1, size) {
                 break;
             }
             match self.args.overflow {
@@ -378,24 +500,85 @@ impl Queue {
                         break;
                     }
                 }
-                Overflow::RejectPublish => return Ok(None),
+                Overflow::RejectPublish => {
+                    self.commit(&mut state, WalTxn::new())?;
+                    return Ok(None);
+                }
                 Overflow::RejectPublishDlx => {
-                    self.dead_letter(&mut state, message.clone(), DeadReason::Maxlen);
+                    // Never enqueued: dead-lettered straight from the publish.
+                    state.dead_letters.push(DeadLetter {
+                        offset: u64::MAX,
+                        message: message.clone(),
+                        reason: DeadReason::Maxlen,
+                    });
+                    self.commit(&mut state, WalTxn::new())?;
                     return Ok(None);
                 }
             }
         }
-        let offset = self.append(message)?;
+        let commit = self.append(&mut state, message)?;
         state.ready_bytes += size;
-        Ok(Some(offset))
+        Ok(Some(commit))
     }
 
-    fn append(&self, message: &Message) -> storage::Result<u64> {
+    /// Append a message and commit, with whatever else the operation changed.
+    fn append(&self, state: &mut QueueState, message: &Message) -> storage::Result<Commit> {
         let record = message.to_record();
-        Ok(self
-            .log
-            .append_without_waiting(std::slice::from_ref(&record))?
-            .next_offset)
+        if !self.journaled() {
+            self.log.append_volatile(std::slice::from_ref(&record))?;
+            return self.commit(state, WalTxn::new());
+        }
+        let mut txn = WalTxn::new();
+        txn.append(&self.log, vec![record]);
+        self.commit(state, txn)
+    }
+
+    /// Add messages another queue dead-lettered here (the caller commits `txn`, with its own
+    /// queue's DeadLettered mark); [`Queue::received`] settles the accounting after.
+    pub fn append_dead_letters(
+        &self,
+        txn: &mut WalTxn,
+        records: Vec<Record>,
+    ) -> storage::Result<()> {
+        if self.journaled() {
+            txn.append(&self.log, records);
+        } else {
+            self.log.append_volatile(&records)?;
+        }
+        Ok(())
+    }
+
+    /// Messages of `bytes` body bytes arrived through [`Queue::append_dead_letters`]: count
+    /// them, enforce the length limits, wake the consumers.
+    pub fn received(&self, bytes: u64) -> storage::Result<Commit> {
+        let mut state = self.lock();
+        state.ready_bytes += bytes;
+        let mut commit = Commit::NONE;
+        if !self.args.stream
+            && (self.args.max_length.is_some() || self.args.max_length_bytes.is_some())
+        {
+            while self.over_limit(&state, 0, 0) {
+                if !self.drop_head(&mut state)? {
+                    break;
+                }
+            }
+            commit = self.commit(&mut state, WalTxn::new())?;
+        }
+        drop(state);
+        self.wake_dispatcher();
+        Ok(commit)
+    }
+
+    /// Whether adding `messages` messages of `bytes` body bytes would pass a length limit.
+    fn over_limit(&self, state: &QueueState, messages: u64, bytes: u64) -> bool {
+        let count = self.backlog_count(state);
+        self.args
+            .max_length
+            .is_some_and(|max| count + messages > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| state.ready_bytes + bytes > max)
     }
 
     /// Ready messages counting those appended but not yet durable (for length limits).
@@ -407,9 +590,9 @@ impl Queue {
             + state.by_priority.len() as u64
     }
 
-    /// Drop the oldest ready message (dead-lettered as `maxlen` if configured). Its content
-    /// is needed only for dead-lettering or byte accounting; if it is not durable yet, this
-    /// waits for the fsync that makes it readable. Returns false if nothing is ready.
+    /// Drop the oldest ready message (dead-lettered as `maxlen` if configured), whether or not
+    /// its append is durable yet (its removal is committed after it). Returns false if nothing
+    /// is ready.
     fn drop_head(&self, state: &mut QueueState) -> storage::Result<bool> {
         let next = state.requeued.first().copied().or_else(|| {
             skip_acked(state);
@@ -418,16 +601,35 @@ impl Queue {
         let Some(offset) = next else {
             return Ok(false);
         };
-        if offset >= self.log.visible_next_offset() {
-            self.log.wait_until_durable(offset + 1)?;
-        }
-        let Some((taken, _, message)) = self.take_next(state)? else {
+        let taken = if offset >= self.log.visible_next_offset() {
+            // Still in memory, waiting for its commit: take it from there.
+            let message = self.read_written(offset)?;
+            state.next_ready = offset + 1;
+            skip_acked(state);
+            message.map(|m| {
+                state.ready_bytes = state.ready_bytes.saturating_sub(m.body.len() as u64);
+                (offset, false, m)
+            })
+        } else {
+            self.take_next(state)?
+        };
+        let Some((taken, _, message)) = taken else {
             return Ok(false);
         };
         debug_assert_eq!(taken, offset);
         self.acknowledge(state, taken);
-        self.dead_letter(state, message, DeadReason::Maxlen);
+        self.dead_letter(state, taken, message, DeadReason::Maxlen);
         Ok(true)
+    }
+
+    /// The message at `offset` whether or not it is visible yet.
+    fn read_written(&self, offset: u64) -> storage::Result<Option<Message>> {
+        let read = self.log.read_written(offset, 1)?;
+        let message = read
+            .records()
+            .find(|r| r.offset == offset)
+            .and_then(|r| Message::from_record(&r));
+        Ok(message)
     }
 
     /// Messages ready for delivery (not counting unacknowledged ones).
@@ -504,22 +706,35 @@ impl Queue {
         if self.args.stream {
             return self.dispatch_stream(&mut state);
         }
-        let dispatched = self.dispatch_classic(&mut state);
+        let mut outgoing = Vec::new();
+        let dispatched = self.dispatch_classic(&mut state, &mut outgoing);
         self.journal_delivered(&mut state);
-        dispatched
+        let commit = self.commit(&mut state, WalTxn::new());
+        self.send_deliveries(
+            &mut state,
+            outgoing,
+            commit.as_ref().copied().unwrap_or_default(),
+        );
+        dispatched.and(commit.map(|_| ()))
     }
 
-    /// Record (lazily, like acknowledgements) how far messages have been handed out.
+    /// Record (without anyone waiting: losing it only loses a redelivered flag) how far
+    /// messages have been handed out.
     fn journal_delivered(&self, state: &mut QueueState) {
         if state.delivered_high > state.delivered_journaled {
             state.delivered_journaled = state.delivered_high;
-            let mut op = vec![OP_DELIVERED];
-            op.extend_from_slice(&state.delivered_high.to_le_bytes());
-            self.journal_op(op);
+            let op = acks::encode_delivered(state.delivered_high);
+            self.journal_op(state, op);
         }
     }
 
-    fn dispatch_classic(self: &Arc<Self>, state: &mut QueueState) -> storage::Result<()> {
+    /// Hand ready messages to consumers with room, round-robin; the deliveries go out once the
+    /// removals of automatically acknowledged ones are committed ([`Queue::send_deliveries`]).
+    fn dispatch_classic(
+        self: &Arc<Self>,
+        state: &mut QueueState,
+        outgoing: &mut Vec<(usize, Delivery)>,
+    ) -> storage::Result<()> {
         loop {
             if state.consumers.is_empty() {
                 return Ok(());
@@ -541,35 +756,59 @@ impl Queue {
                 redelivered,
                 no_ack,
                 message,
+                commit: Commit::NONE,
             };
             consumer.spec.backlog.fetch_add(1, Ordering::Relaxed);
-            if !no_ack {
+            let id = consumer.spec.id;
+            if no_ack {
+                self.acknowledge(state, offset);
+            } else {
                 consumer.unacked += 1;
                 consumer
                     .spec
                     .channel_limit
                     .unacked
                     .fetch_add(1, Ordering::Relaxed);
+                state.unacked.insert(offset, (id, size));
+                state.delivered_high = state.delivered_high.max(offset + 1);
             }
-            let id = consumer.spec.id;
+            outgoing.push((pick, delivery));
+        }
+    }
+
+    /// Send what [`Queue::dispatch_classic`] picked. A delivery whose connection is gone goes
+    /// back (an automatically acknowledged one is lost with its connection, as in RabbitMQ).
+    fn send_deliveries(
+        &self,
+        state: &mut QueueState,
+        outgoing: Vec<(usize, Delivery)>,
+        commit: Commit,
+    ) {
+        let mut gone = Vec::new();
+        for (pick, mut delivery) in outgoing {
+            let Some(consumer) = state.consumers.get(pick) else {
+                continue;
+            };
+            let (offset, no_ack, id) = (delivery.offset, delivery.no_ack, consumer.spec.id);
+            if no_ack {
+                delivery.commit = commit;
+            }
             if consumer
                 .spec
                 .sink
                 .send(QueueEvent::Deliver(delivery))
                 .is_err()
             {
-                // The connection is gone; it will remove the consumer. Put the message back.
                 consumer.spec.backlog.fetch_sub(1, Ordering::Relaxed);
-                state.requeued.insert(offset);
-                state.consumers.retain(|c| c.spec.id != id);
-                continue;
+                if !no_ack {
+                    state.unacked.remove(&offset);
+                    state.requeued.insert(offset);
+                }
+                gone.push(id);
             }
-            if no_ack {
-                self.acknowledge(state, offset);
-            } else {
-                state.unacked.insert(offset, (id, size));
-                state.delivered_high = state.delivered_high.max(offset + 1);
-            }
+        }
+        if !gone.is_empty() {
+            state.consumers.retain(|c| !gone.contains(&c.spec.id));
         }
     }
 
@@ -601,6 +840,7 @@ impl Queue {
                         redelivered: false,
                         no_ack: false,
                         message,
+                        commit: Commit::NONE,
                     };
                     consumer.spec.backlog.fetch_add(1, Ordering::Relaxed);
                     consumer.unacked += 1;
@@ -739,7 +979,7 @@ impl Queue {
                 return Ok(Some((offset, redelivered, message)));
             }
             self.acknowledge(state, offset);
-            self.dead_letter(state, message, DeadReason::Expired);
+            self.dead_letter(state, offset, message, DeadReason::Expired);
         }
     }
 
@@ -755,11 +995,27 @@ impl Queue {
             <= now_ms
     }
 
-    /// Keep a dropped message for dead-lettering if the queue has a dead-letter exchange.
-    fn dead_letter(&self, state: &mut QueueState, message: Message, reason: DeadReason) {
-        if self.args.dead_letter_exchange.is_some() {
-            state.dead_letters.push(DeadLetter { message, reason });
+    /// Keep a removed message for dead-lettering if the queue has a dead-letter exchange; a
+    /// durable queue records the intent in the same commit as the removal.
+    fn dead_letter(
+        &self,
+        state: &mut QueueState,
+        offset: u64,
+        message: Message,
+        reason: DeadReason,
+    ) {
+        if self.args.dead_letter_exchange.is_none() {
+            return;
         }
+        if self.journaled() {
+            state.intents.insert(offset, reason);
+            self.journal_op(state, acks::encode_dead_letter(offset, reason));
+        }
+        state.dead_letters.push(DeadLetter {
+            offset,
+            message,
+            reason,
+        });
     }
 
     /// Drop expired messages at the head even with no consumer (a TTL queue feeding a
@@ -775,19 +1031,67 @@ impl Queue {
         while let Some((offset, redelivered, message)) = self.take_next(&mut state)? {
             if self.expired(&message, now) {
                 self.acknowledge(&mut state, offset);
-                self.dead_letter(&mut state, message, DeadReason::Expired);
+                self.dead_letter(&mut state, offset, message, DeadReason::Expired);
                 continue;
             }
             // Not expired: put it back where it was.
             self.put_back(&mut state, offset, message, redelivered);
             break;
         }
+        self.commit(&mut state, WalTxn::new())?;
         Ok(())
     }
 
-    /// Messages dropped since the last call that should go to the dead-letter exchange.
+    /// Messages removed since the last call that should go to the dead-letter exchange. The
+    /// caller routes them and commits their arrival with [`Queue::dead_lettered_op`].
     pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.lock().dead_letters)
+    }
+
+    /// Record in `txn` that these dead letters reached their targets (nothing for a queue
+    /// that records no intents).
+    pub fn dead_lettered_op(&self, txn: &mut WalTxn, offsets: &[u64]) {
+        let recorded: Vec<u64> = offsets.iter().copied().filter(|&o| o != u64::MAX).collect();
+        if self.journaled() && !recorded.is_empty() {
+            txn.op(
+                self.id,
+                op_bytes(domain::QUEUE, &acks::encode_dead_lettered(&recorded)),
+            );
+        }
+    }
+
+    /// The commit of [`Queue::dead_lettered_op`] is made: forget the intents.
+    pub fn dead_letters_done(&self, offsets: &[u64], commit: Commit) {
+        let mut state = self.lock();
+        for offset in offsets {
+            state.intents.remove(offset);
+        }
+        state.lsn = state.lsn.max(commit.lsn());
+        state.dirty = true;
+    }
+
+    /// Dead letters recorded before a restart but never routed: read back from the log, to
+    /// route again (recovery).
+    pub fn recover_dead_letters(&self) -> storage::Result<()> {
+        let pending: Vec<(u64, DeadReason)> = {
+            let state = self.lock();
+            state.intents.iter().map(|(o, r)| (*o, *r)).collect()
+        };
+        let mut letters = Vec::new();
+        for (offset, reason) in pending {
+            match self.read_written(offset)? {
+                Some(message) => letters.push(DeadLetter {
+                    offset,
+                    message,
+                    reason,
+                }),
+                None => {
+                    tracing::warn!(queue = %self.name, offset, "a pending dead letter is no longer stored")
+                }
+            }
+        }
+        self.lock().dead_letters.extend(letters);
+        Ok(())
     }
 
     fn take_next(&self, state: &mut QueueState) -> storage::Result<Option<(u64, bool, Message)>> {
@@ -900,15 +1204,14 @@ impl Queue {
         Ok(message)
     }
 
-    /// `basic.get`: the next ready message, and how many remain after it.
-    pub fn get(
-        self: &Arc<Self>,
-        no_ack: bool,
-    ) -> storage::Result<Option<(u64, bool, Message, u64)>> {
+    /// `basic.get`: the next ready message, how many remain after it, and the commit to wait
+    /// for before answering (the removal, with `no_ack`; expired messages met on the way).
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> storage::Result<(Option<Got>, Commit)> {
         self.touch();
         let mut state = self.lock();
         let Some((offset, redelivered, message)) = self.take_ready(&mut state)? else {
-            return Ok(None);
+            let commit = self.commit(&mut state, WalTxn::new())?;
+            return Ok((None, commit));
         };
         if no_ack {
             self.acknowledge(&mut state, offset);
@@ -918,30 +1221,35 @@ impl Queue {
             self.journal_delivered(&mut state);
         }
         let remaining = self.ready_count(&state);
-        Ok(Some((offset, redelivered, message, remaining)))
+        let commit = self.commit(&mut state, WalTxn::new())?;
+        Ok((Some((offset, redelivered, message, remaining)), commit))
     }
 
-    /// Acknowledge a delivered message.
-    /// `consumer_id` is the consumer it went to (0 for `basic.get`); only streams need it.
-    pub fn ack(&self, offset: u64, consumer_id: u64) {
+    /// Acknowledge a delivered message. `consumer_id` is the consumer it went to (0 for
+    /// `basic.get`); only streams need it. Nothing waits for the commit (a lost
+    /// acknowledgement means a redelivery), except `tx.commit-ok`.
+    pub fn ack(&self, offset: u64, consumer_id: u64) -> storage::Result<Commit> {
         if self.args.stream {
-            return self.stream_credit(consumer_id);
+            self.stream_credit(consumer_id);
+            return Ok(Commit::NONE);
         }
         let mut state = self.lock();
         if let Some((consumer_id, _)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
             self.acknowledge(&mut state, offset);
         }
+        let commit = self.commit(&mut state, WalTxn::new())?;
         drop(state);
         self.wake_dispatcher();
+        Ok(commit)
     }
 
     /// Drop a delivered message without requeueing it (reject or nack): dead-lettered if the
     /// queue has a dead-letter exchange (see [`Queue::take_dead_letters`]).
-    pub fn reject(&self, offset: u64, consumer_id: u64) -> storage::Result<()> {
+    pub fn reject(&self, offset: u64, consumer_id: u64) -> storage::Result<Commit> {
         if self.args.stream {
             self.stream_credit(consumer_id);
-            return Ok(());
+            return Ok(Commit::NONE);
         }
         let mut state = self.lock();
         if let Some((consumer_id, _)) = state.unacked.remove(&offset) {
@@ -949,13 +1257,14 @@ impl Queue {
             self.acknowledge(&mut state, offset);
             if self.args.dead_letter_exchange.is_some() {
                 if let Some(message) = self.read_one(offset)? {
-                    self.dead_letter(&mut state, message, DeadReason::Rejected);
+                    self.dead_letter(&mut state, offset, message, DeadReason::Rejected);
                 }
             }
         }
+        let commit = self.commit(&mut state, WalTxn::new())?;
         drop(state);
         self.wake_dispatcher();
-        Ok(())
+        Ok(commit)
     }
 
     /// Put a delivered message back where it was; it goes out again marked redelivered.
@@ -983,8 +1292,9 @@ impl Queue {
         self.wake_dispatcher();
     }
 
-    /// Remove every ready message (not the unacknowledged ones); returns how many.
-    pub fn purge(&self) -> u64 {
+    /// Remove every ready message (not the unacknowledged ones); returns how many, and the
+    /// commit to wait for before answering `purge-ok`.
+    pub fn purge(&self) -> storage::Result<(u64, Commit)> {
         let mut state = self.lock();
         let count = self.ready_count(&state);
         let end = self.log.visible_next_offset();
@@ -1002,64 +1312,40 @@ impl Queue {
         let start = state.next_ready;
         if start < end {
             state.acked.insert_range(start, end);
-            self.journal_op(encode_acked(start, end));
+            self.journal_op(&mut state, acks::encode_acked(start, end));
         }
         state.ahead.clear();
         state.next_ready = end;
         state.ready_bytes = 0;
         self.advance_floor(&mut state);
-        count
+        let commit = self.commit(&mut state, WalTxn::new())?;
+        Ok((count, commit))
     }
 
     fn acknowledge(&self, state: &mut QueueState, offset: u64) {
         state.acked.insert(offset);
-        self.journal_op(encode_acked(offset, offset + 1));
+        self.journal_op(state, acks::encode_acked(offset, offset + 1));
         self.advance_floor(state);
     }
 
-    /// Move the floor over acknowledged runs; drop log segments wholly below it and compact
-    /// the journal now and then.
+    /// Move the floor over acknowledged runs. The log's segments wholly below it go at the
+    /// next checkpoint ([`Queue::free_acked`]), once the acknowledgements are durable.
     fn advance_floor(&self, state: &mut QueueState) {
-        let before = state.ack_floor;
         while let Some(end) = state.acked.run_from(state.ack_floor) {
             state.ack_floor = end;
         }
-        if state.ack_floor == before {
-            return;
-        }
         state.acked.remove_below(state.ack_floor);
-        if let Err(e) = self.log.truncate_before(state.ack_floor) {
-            tracing::warn!(queue = %self.name, error = %e, "dropping acknowledged segments failed");
-        }
-        if let Some(journal) = &self.journal {
-            if journal.wants_snapshot() {
-                let snapshot = encode_snapshot(state.ack_floor, &state.acked, state.delivered_high);
-                if let Err(e) = journal.snapshot(snapshot) {
-                    tracing::warn!(queue = %self.name, error = %e, "ack journal snapshot failed");
-                }
-            }
+    }
+
+    /// Note an operation for the next commit (durable queues only).
+    fn journal_op(&self, state: &mut QueueState, op: Vec<u8>) {
+        if self.journaled() && !self.args.stream {
+            state.ops.push(op);
         }
     }
 
-    /// The acknowledgement journal's log and the offset that makes every acknowledgement so
-    /// far durable, if some are not yet: callers ask for that fsync in the background, so
-    /// acknowledgements reach disk soon without anyone waiting for them.
-    pub fn ack_sync_target(&self) -> Option<(Log, u64)> {
-        let log = self.journal.as_ref()?.log();
-        let next = log.next_offset();
-        (next > log.visible_next_offset()).then(|| (log.clone(), next))
-    }
-
-    fn journal_op(&self, op: Vec<u8>) {
-        if let Some(journal) = &self.journal {
-            // Lazily durable: losing it means a redelivery, never a loss.
-            if let Err(e) = journal.append_without_waiting(op) {
-                tracing::warn!(queue = %self.name, error = %e, "recording an ack failed");
-            }
-        }
-    }
-
-    /// Mark deleted, tell every consumer, close the logs. The caller removes the files.
+    /// Mark deleted, tell every consumer. The caller removes the files once the deletion is
+    /// durable.
     pub fn delete(&self) {
         self.deleted.store(true, Ordering::Release);
         let consumers = std::mem::take(&mut self.lock().consumers);
@@ -1073,13 +1359,10 @@ impl Queue {
         self.wake_dispatcher();
     }
 
+    /// Let go of the log's cached descriptor (server shutdown). Nothing needs writing: the
+    /// write-ahead log holds every change.
     pub fn close(&self) {
-        if let Err(e) = self.log.close() {
-            tracing::warn!(queue = %self.name, error = %e, "closing queue log failed");
-        }
-        if let Some(journal) = &self.journal {
-            let _ = journal.close();
-        }
+        self.log.release_files();
     }
 
     /// Whether a connection other than `connection` owns this exclusive queue.
@@ -1132,66 +1415,12 @@ fn skip_acked(state: &mut QueueState) {
     }
 }
 
-fn encode_acked(start: u64, end: u64) -> Vec<u8> {
-    let mut op = vec![OP_ACKED; 17];
-    LE::write_u64(&mut op[1..9], start);
-    LE::write_u64(&mut op[9..17], end);
-    op
-}
-
-fn encode_snapshot(floor: u64, acked: &RangeSet, delivered_high: u64) -> Vec<u8> {
-    let mut op = vec![OP_SNAPSHOT];
-    op.extend_from_slice(&floor.to_le_bytes());
-    let ranges: Vec<(u64, u64)> = acked.iter().collect();
-    op.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
-    for (s, e) in ranges {
-        op.extend_from_slice(&s.to_le_bytes());
-        op.extend_from_slice(&e.to_le_bytes());
-    }
-    op.extend_from_slice(&delivered_high.to_le_bytes());
-    op
-}
-
-/// Apply one journal operation; anything malformed is ignored (it can only make a message be
-/// delivered again).
-fn apply_op(op: &Bytes, record: &mut AckRecord) {
-    match op.first() {
-        Some(&OP_ACKED) if op.len() == 17 => {
-            record
-                .acked
-                .insert_range(LE::read_u64(&op[1..9]), LE::read_u64(&op[9..17]));
-        }
-        Some(&OP_DELIVERED) if op.len() == 9 => {
-            record.delivered_high = record.delivered_high.max(LE::read_u64(&op[1..9]));
-        }
-        Some(&OP_SNAPSHOT) if op.len() >= 13 => {
-            let count = LE::read_u32(&op[9..13]) as usize;
-            let ranges_end = 13 + count * 16;
-            // Snapshots may end with the delivered mark (8 bytes).
-            if op.len() != ranges_end && op.len() != ranges_end + 8 {
-                return;
-            }
-            record.floor = LE::read_u64(&op[1..9]);
-            record.acked = RangeSet::default();
-            for i in 0..count {
-                let at = 13 + i * 16;
-                record
-                    .acked
-                    .insert_range(LE::read_u64(&op[at..]), LE::read_u64(&op[at + 8..]));
-            }
-            if op.len() == ranges_end + 8 {
-                let high = LE::read_u64(&op[ranges_end..]);
-                record.delivered_high = record.delivered_high.max(high);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::io::OsVfs;
+    use crate::broker::amqp::QueueDeclare;
+    use crate::broker::{Broker, BrokerConfig};
+    use crate::storage::io::{CrashMode, FaultVfs};
     use amq_protocol::protocol::basic::AMQPProperties;
 
     fn message(body: &str, persistent: bool) -> Message {
@@ -1212,78 +1441,88 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path, segment_bytes_max: u64) -> Arc<Queue> {
-        let options = QueueOptions {
+    /// A broker on `vfs` with a durable queue `q` whose log rolls every `segment_bytes_max`.
+    fn open(vfs: &FaultVfs, segment_bytes_max: u64) -> (Broker, Arc<Queue>) {
+        let mut config = BrokerConfig::default();
+        config.stream_log.segment_bytes_max = segment_bytes_max;
+        let broker =
+            Broker::open_with(Arc::new(vfs.clone()), std::path::Path::new("/data"), config)
+                .unwrap();
+        let declare = QueueDeclare {
             name: "q".into(),
-            id: 1,
             durable: true,
-            auto_delete: false,
-            exclusive_owner: None,
-            arguments: FieldTable::default(),
+            ..QueueDeclare::default()
         };
-        let config = LogConfig {
-            segment_bytes_max,
-            ..LogConfig::default()
-        };
-        Arc::new(Queue::open(Arc::new(OsVfs), dir, config, options).unwrap())
+        let (_, commit) = broker.vhost().declare_queue(declare, 1).unwrap();
+        broker.wait(commit).unwrap();
+        let queue = broker.vhost().queue("q").unwrap();
+        (broker, queue)
     }
 
-    fn publish_durably(queue: &Queue, message: &Message) {
-        let offset = queue.publish(message).unwrap().unwrap();
-        queue.log().wait_until_durable(offset).unwrap();
+    fn publish_durably(broker: &Broker, queue: &Queue, message: &Message) {
+        let commit = queue.publish(message).unwrap().unwrap();
+        broker.wait(commit).unwrap();
     }
 
     #[test]
-    fn acks_survive_a_restart_and_transient_messages_do_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path(), 1 << 20);
+    fn acks_survive_a_crash_and_transient_messages_do_not() {
+        let vfs = FaultVfs::new(1);
+        let (broker, queue) = open(&vfs, 1 << 20);
         for i in 0..5 {
-            publish_durably(&queue, &message(&format!("m{i}"), i != 3));
+            publish_durably(&broker, &queue, &message(&format!("m{i}"), i != 3));
         }
         assert_eq!(queue.message_count(), 5);
-        let (first, _, m, remaining) = queue.get(false).unwrap().unwrap();
+        let (got, _) = queue.get(false).unwrap();
+        let (first, _, m, remaining) = got.unwrap();
         assert_eq!((&m.body[..], remaining), (&b"m0"[..], 4));
-        let (second, ..) = queue.get(true).unwrap().unwrap();
-        queue.ack(first, 0);
-        assert_eq!(second, 1);
-        queue.close();
-        drop(queue);
-        let queue = open(dir.path(), 1 << 20);
+        let (got, commit) = queue.get(true).unwrap();
+        broker.wait(commit).unwrap();
+        let commit = queue.ack(first, 0).unwrap();
+        broker.wait(commit).unwrap();
+        assert_eq!(got.unwrap().0, 1);
+        drop((broker, queue));
+        vfs.crash(CrashMode::DropUnsynced);
+        let (broker, queue) = open(&vfs, 1 << 20);
         // m0 acked, m1 auto-acked, m3 transient: m2 and m4 remain.
         assert_eq!(queue.message_count(), 2);
         let bodies: Vec<_> =
-            std::iter::from_fn(|| queue.get(true).unwrap().map(|g| g.2.body)).collect();
+            std::iter::from_fn(|| queue.get(true).unwrap().0.map(|g| g.2.body)).collect();
         assert_eq!(
             bodies,
             [Bytes::from_static(b"m2"), Bytes::from_static(b"m4")]
         );
+        drop(broker);
     }
 
     #[test]
     fn acknowledged_segments_are_deleted_so_disk_follows_the_backlog() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = open(dir.path(), 4096);
+        let vfs = FaultVfs::new(2);
+        let (broker, queue) = open(&vfs, 4096);
         let body = "x".repeat(500);
         for _ in 0..100 {
-            publish_durably(&queue, &message(&body, true));
+            publish_durably(&broker, &queue, &message(&body, true));
         }
+        broker.checkpoint().unwrap();
         let full = queue.log_bytes();
         assert!(queue.log().segment_count() > 5);
         let mut offsets = Vec::new();
-        while let Some((offset, ..)) = queue.get(false).unwrap() {
+        while let (Some((offset, ..)), _) = queue.get(false).unwrap() {
             offsets.push(offset);
         }
-        // Requeue one in the middle: nothing at or after it can be dropped yet.
         for &offset in &offsets[..90] {
-            queue.ack(offset, 0);
+            let commit = queue.ack(offset, 0).unwrap();
+            broker.wait(commit).unwrap();
         }
+        // Acknowledged segments go once the acknowledgements are durable: at a checkpoint.
+        broker.checkpoint().unwrap();
         assert!(
             queue.log_bytes() < full / 5,
             "{} of {full}",
             queue.log_bytes()
         );
+        // Requeue one in the middle: it comes back, marked redelivered.
         queue.requeue(offsets[95], 0);
-        let (again, redelivered, ..) = queue.get(false).unwrap().unwrap();
+        let (again, redelivered, ..) = queue.get(false).unwrap().0.unwrap();
         assert_eq!((again, redelivered), (offsets[95], true));
     }
 }

@@ -1,11 +1,13 @@
 //! One AMQP channel: its methods carried out on the broker's AMQP model, content assembly for
 //! publishes, delivery tags, prefetch, publisher confirms and transactions.
 //!
-//! Durability: a publish is appended to each target queue's log without waiting. Under confirm
-//! mode the channel's waiter task acks a round's publishes once every log they went to is
-//! durable (group commit shared with everything else); in a transaction `tx.commit-ok` waits
-//! the same way. Without either, the connection still asks for the fsync in the background so
-//! that the messages become visible and are delivered.
+//! Durability: every broker operation returns a commit. Under confirm mode the channel's waiter
+//! task acks a round's publishes once the round's latest commit is durable (group commit shared
+//! with everything else); in a transaction `tx.commit-ok` waits the same way. Replies that
+//! report a change (`declare-ok`, `bind-ok`, `purge-ok`, `delete-ok`, `get-ok` of an
+//! automatically acknowledged message) wait for theirs through [`Ctx::pending`]: the
+//! connection writes a round's output once it is durable. The broker makes commits durable
+//! (and the messages visible) whether or not anyone waits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +25,7 @@ use crate::broker::amqp::{
     code, AmqpError, ChannelLimit, ConsumerSpec, Destination, ExchangeDeclare, Message, Queue,
     QueueDeclare, QueueEvent,
 };
-use crate::storage::Log;
+use crate::broker::Commit;
 
 /// Largest message body accepted (RabbitMQ's default `max_message_size`).
 pub const MESSAGE_BYTES_MAX: u64 = 128 * 1024 * 1024;
@@ -40,6 +42,16 @@ pub struct Ctx<'a> {
     pub consumer_channels: &'a mut HashMap<u64, u16>,
     /// Where channel waiter tasks report confirms and commits.
     pub done: &'a UnboundedSender<WaitDone>,
+    /// The latest commit the output written so far depends on: the connection writes it
+    /// once that is durable.
+    pub pending: &'a mut Commit,
+}
+
+impl Ctx<'_> {
+    /// The output written from now on reports `commit`'s change.
+    fn depends_on(&mut self, commit: Commit) {
+        *self.pending = (*self.pending).max(commit);
+    }
 }
 
 /// A publish waiting for its content.
@@ -74,10 +86,10 @@ pub enum WaitItem {
         first: u64,
         seq: u64,
         nacked: Vec<u64>,
-        waits: Vec<(Log, u64)>,
+        commit: Commit,
     },
-    /// Answer `tx.commit-ok` once `waits` are durable.
-    Commit { waits: Vec<(Log, u64)> },
+    /// Answer `tx.commit-ok` once `commit` is durable.
+    Commit { commit: Commit },
 }
 
 /// What a waiter task reports back to the connection.
@@ -131,10 +143,8 @@ pub struct Channel {
     confirm: bool,
     next_publish_seq: u64,
     tx: Option<Transaction>,
-    /// Logs written this round, with the offset to wait for.
-    round_waits: Vec<(Log, u64)>,
-    /// Queues whose acknowledgements changed this round (their journals get synced).
-    round_acked: Vec<Arc<Queue>>,
+    /// The latest commit of this round's publishes.
+    round_commit: Commit,
     /// Confirm sequence numbers published this round: first, last, and those to nack.
     round_first_seq: Option<u64>,
     round_seq: Option<u64>,
@@ -157,13 +167,6 @@ fn precondition(text: String) -> AmqpError {
     AmqpError::new(code::PRECONDITION_FAILED, text)
 }
 
-fn note_wait(waits: &mut Vec<(Log, u64)>, log: &Log, offset: u64) {
-    match waits.iter_mut().find(|(l, _)| l.same_log(log)) {
-        Some((_, o)) => *o = (*o).max(offset),
-        None => waits.push((log.clone(), offset)),
-    }
-}
-
 impl Channel {
     pub fn new(id: u16) -> Channel {
         Channel {
@@ -179,8 +182,7 @@ impl Channel {
             confirm: false,
             next_publish_seq: 1,
             tx: None,
-            round_waits: Vec::new(),
-            round_acked: Vec::new(),
+            round_commit: Commit::NONE,
             round_first_seq: None,
             round_seq: None,
             round_nacked: Vec::new(),
@@ -269,7 +271,7 @@ impl Channel {
         let id = self.id;
         match m {
             exchange::AMQPMethod::Declare(d) => {
-                vhost.declare_exchange(ExchangeDeclare {
+                let commit = vhost.declare_exchange(ExchangeDeclare {
                     name: d.exchange.to_string(),
                     kind: d.kind.to_string(),
                     passive: d.passive,
@@ -278,6 +280,7 @@ impl Channel {
                     internal: d.internal,
                     arguments: d.arguments,
                 })?;
+                ctx.depends_on(commit);
                 reply_unless(
                     d.nowait,
                     ctx.out,
@@ -286,7 +289,8 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Delete(d) => {
-                vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                let commit = vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                ctx.depends_on(commit);
                 reply_unless(
                     d.nowait,
                     ctx.out,
@@ -295,12 +299,13 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Bind(b) => {
-                vhost.bind(
+                let commit = vhost.bind(
                     b.source.as_str(),
                     Destination::Exchange(b.destination.to_string()),
                     b.routing_key.as_str(),
                     b.arguments,
                 )?;
+                ctx.depends_on(commit);
                 reply_unless(
                     b.nowait,
                     ctx.out,
@@ -309,12 +314,13 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Unbind(b) => {
-                vhost.unbind(
+                let commit = vhost.unbind(
                     b.source.as_str(),
                     Destination::Exchange(b.destination.to_string()),
                     b.routing_key.as_str(),
                     b.arguments,
                 )?;
+                ctx.depends_on(commit);
                 reply_unless(
                     b.nowait,
                     ctx.out,
@@ -342,7 +348,7 @@ impl Channel {
         let id = self.id;
         match m {
             queue::AMQPMethod::Declare(d) => {
-                let declared = vhost.declare_queue(
+                let (declared, commit) = vhost.declare_queue(
                     QueueDeclare {
                         name: d.queue.to_string(),
                         passive: d.passive,
@@ -353,6 +359,7 @@ impl Channel {
                     },
                     ctx.connection_id,
                 )?;
+                ctx.depends_on(commit);
                 self.last_queue = Some(declared.name.clone());
                 reply_unless(
                     d.nowait,
@@ -373,12 +380,13 @@ impl Channel {
                 } else {
                     b.routing_key.to_string()
                 };
-                vhost.bind(
+                let commit = vhost.bind(
                     b.exchange.as_str(),
                     Destination::Queue(name),
                     &key,
                     b.arguments,
                 )?;
+                ctx.depends_on(commit);
                 reply_unless(
                     b.nowait,
                     ctx.out,
@@ -389,12 +397,13 @@ impl Channel {
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(&b.queue)?;
                 vhost.queue_for(&name, ctx.connection_id)?;
-                vhost.unbind(
+                let commit = vhost.unbind(
                     b.exchange.as_str(),
                     Destination::Queue(name),
                     b.routing_key.as_str(),
                     b.arguments,
                 )?;
+                ctx.depends_on(commit);
                 ok(
                     ctx.out,
                     id,
@@ -406,7 +415,8 @@ impl Channel {
                 if vhost.queue_for(&name, ctx.connection_id)?.is_stream() {
                     return Err(not_for_streams("queue.purge", &name));
                 }
-                let count = vhost.purge_queue(&name, ctx.connection_id)?;
+                let (count, commit) = vhost.purge_queue(&name, ctx.connection_id)?;
+                ctx.depends_on(commit);
                 reply_unless(
                     p.nowait,
                     ctx.out,
@@ -418,8 +428,9 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(&d.queue)?;
-                let count =
+                let (count, commit) =
                     vhost.delete_queue(&name, ctx.connection_id, d.if_unused, d.if_empty)?;
+                ctx.depends_on(commit);
                 reply_unless(
                     d.nowait,
                     ctx.out,
@@ -617,11 +628,11 @@ impl Channel {
         if queue.is_stream() {
             return Err(not_for_streams("basic.get", &name));
         }
-        let got = queue
+        let (got, commit) = queue
             .get(g.no_ack)
             .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
+        ctx.depends_on(commit);
         route_dead_letters(ctx.shared, &queue);
-        sync_acks_soon(&queue);
         let Some((offset, redelivered, message, remaining)) = got else {
             ok(
                 ctx.out,
@@ -687,6 +698,7 @@ impl Channel {
             }
             return;
         }
+        ctx.depends_on(delivery.commit);
         let tag = self.next_tag;
         self.next_tag += 1;
         let message = &delivery.message;
@@ -763,12 +775,16 @@ impl Channel {
         }
         match &mut self.tx {
             Some(tx) => tx.settlements.push(settlement),
-            None => self.settle(settlement, shared)?,
+            None => {
+                // No reply reports it: a lost acknowledgement only means a redelivery.
+                self.settle(settlement, shared)?;
+            }
         }
         Ok(())
     }
 
-    fn settle(&mut self, settlement: Settlement, shared: &AmqpShared) -> Result<(), AmqpError> {
+    /// Carry out a settlement; returns the commit of the changes it made.
+    fn settle(&mut self, settlement: Settlement, shared: &AmqpShared) -> Result<Commit, AmqpError> {
         let (tag, multiple, action) = match settlement {
             Settlement::Ack { tag, multiple } => (tag, multiple, None),
             Settlement::Reject {
@@ -785,6 +801,9 @@ impl Channel {
         } else {
             return Err(precondition(format!("unknown delivery tag {tag}")));
         };
+        let internal =
+            |e: crate::storage::Error| AmqpError::new(code::INTERNAL_ERROR, e.to_string());
+        let mut commit = Commit::NONE;
         for t in tags {
             let Some(u) = self.unacked.remove(&t) else {
                 continue;
@@ -792,21 +811,20 @@ impl Channel {
             if u.counted {
                 self.limit.unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            if !self.round_acked.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
-                self.round_acked.push(Arc::clone(&u.queue));
-            }
-            match action {
-                Some(true) => u.queue.requeue(u.offset, u.consumer_id),
-                Some(false) => {
-                    u.queue
-                        .reject(u.offset, u.consumer_id)
-                        .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
-                    route_dead_letters(shared, &u.queue);
+            let done = match action {
+                Some(true) => {
+                    u.queue.requeue(u.offset, u.consumer_id);
+                    Commit::NONE
                 }
-                None => u.queue.ack(u.offset, u.consumer_id),
-            }
+                Some(false) => {
+                    let rejected = u.queue.reject(u.offset, u.consumer_id).map_err(internal)?;
+                    rejected.max(route_dead_letters(shared, &u.queue))
+                }
+                None => u.queue.ack(u.offset, u.consumer_id).map_err(internal)?,
+            };
+            commit = commit.max(done);
         }
-        Ok(())
+        Ok(commit)
     }
 
     fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
@@ -847,22 +865,21 @@ impl Channel {
                 let Some(tx) = self.tx.replace(Transaction::default()) else {
                     return Err(precondition("channel is not transactional".into()));
                 };
-                let mut waits = Vec::new();
+                let mut commit = Commit::NONE;
                 for (queues, message) in tx.publishes {
                     for queue in queues {
-                        let offset = queue
+                        let published = queue
                             .publish(&message)
                             .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
-                        if let Some(offset) = offset {
-                            note_wait(&mut waits, queue.log(), offset);
-                        }
+                        commit = commit.max(published.unwrap_or_default());
+                        commit = commit.max(route_dead_letters(ctx.shared, &queue));
                     }
                 }
                 for s in tx.settlements {
-                    self.settle(s, ctx.shared)?;
+                    commit = commit.max(self.settle(s, ctx.shared)?);
                 }
                 if let Some(waiter) = &self.waiter {
-                    let _ = waiter.send(WaitItem::Commit { waits });
+                    let _ = waiter.send(WaitItem::Commit { commit });
                 }
             }
             tx::AMQPMethod::Rollback(_) => {
@@ -889,15 +906,11 @@ impl Channel {
         let (tx, mut rx) = mpsc::unbounded_channel::<WaitItem>();
         let done = ctx.done.clone();
         let channel = self.id;
+        let broker = Arc::clone(&ctx.shared.broker);
         tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
-                let (WaitItem::Confirm { waits, .. } | WaitItem::Commit { waits }) = &item;
-                let mut ok = true;
-                for (log, offset) in waits {
-                    if log.wait_until_durable_async(*offset).await.is_err() {
-                        ok = false;
-                    }
-                }
+                let (WaitItem::Confirm { commit, .. } | WaitItem::Commit { commit }) = &item;
+                let ok = broker.wait_async(*commit).await.is_ok();
                 let report = match item {
                     WaitItem::Confirm {
                         first, seq, nacked, ..
@@ -1027,15 +1040,16 @@ impl Channel {
         }
         let mut refused = false;
         for queue in &queues {
-            let offset = queue
+            let published = queue
                 .publish(&message)
                 .map_err(|e| AmqpError::new(code::INTERNAL_ERROR, e.to_string()))?;
-            match offset {
-                Some(offset) => note_wait(&mut self.round_waits, queue.log(), offset),
+            match published {
+                Some(commit) => self.round_commit = self.round_commit.max(commit),
                 // A full queue with reject-publish: the publisher gets a nack.
                 None => refused = true,
             }
-            route_dead_letters(ctx.shared, queue);
+            let routed = route_dead_letters(ctx.shared, queue);
+            self.round_commit = self.round_commit.max(routed);
         }
         if self.confirm {
             let seq = self.next_publish_seq;
@@ -1049,13 +1063,10 @@ impl Channel {
         Ok(())
     }
 
-    /// End of a round of input: hand this round's confirms to the waiter task, or (without
-    /// confirms) just ask for the fsync so the messages become visible.
+    /// End of a round of input: hand this round's confirms to the waiter task. (Without
+    /// confirms nothing waits: the broker makes the messages durable and visible.)
     pub fn end_round(&mut self) {
-        for queue in std::mem::take(&mut self.round_acked) {
-            sync_acks_soon(&queue);
-        }
-        let waits = std::mem::take(&mut self.round_waits);
+        let commit = std::mem::take(&mut self.round_commit);
         if let Some(seq) = self.round_seq.take() {
             let first = self.round_first_seq.take().unwrap_or(seq);
             let nacked = std::mem::take(&mut self.round_nacked);
@@ -1064,15 +1075,9 @@ impl Channel {
                     first,
                     seq,
                     nacked,
-                    waits,
+                    commit,
                 });
             }
-            return;
-        }
-        for (log, offset) in waits {
-            tokio::spawn(async move {
-                let _ = log.wait_until_durable_async(offset).await;
-            });
         }
     }
 
@@ -1135,43 +1140,19 @@ fn spawn_dispatcher(queue: &Arc<Queue>, shared: &Arc<AmqpShared>) {
                 tracing::error!(queue = %queue.name, error = %e, "dispatch failed");
             }
             route_dead_letters(&shared, &queue);
-            // No-ack consumers acknowledge at dispatch.
-            sync_acks_soon(&queue);
             queue.dispatch_wanted().await;
         }
     });
 }
 
-/// How long acknowledgements gather before their journal is synced: one fsync per queue per
-/// interval at most, instead of one per round of every consumer.
-const ACK_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Ask for the fsync of `queue`'s acknowledgement journal soon, in the background (nobody
-/// waits: an acknowledgement lost in a crash only means a redelivery).
-fn sync_acks_soon(queue: &Arc<Queue>) {
-    if queue.ack_sync_target().is_none() || queue.ack_sync_scheduled.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let queue = Arc::clone(queue);
-    tokio::spawn(async move {
-        tokio::time::sleep(ACK_SYNC_DELAY).await;
-        queue.ack_sync_scheduled.store(false, Ordering::Release);
-        if let Some((log, offset)) = queue.ack_sync_target() {
-            let _ = log.wait_until_durable_async(offset).await;
+/// Route what `queue` dropped to its dead-letter exchange; returns the commit (nothing needs
+/// to wait for it unless a reply reports the drop).
+pub fn route_dead_letters(shared: &AmqpShared, queue: &Arc<Queue>) -> Commit {
+    match shared.broker.vhost().route_dead_letters(queue) {
+        Ok(commit) => commit,
+        Err(e) => {
+            tracing::warn!(queue = %queue.name, error = %e.text, "dead-lettering failed");
+            Commit::NONE
         }
-    });
-}
-
-/// Publish what `queue` dropped to its dead-letter exchange, and ask for the fsync so the
-/// dead letters become visible.
-pub fn route_dead_letters(shared: &AmqpShared, queue: &Queue) {
-    let letters = queue.take_dead_letters();
-    if letters.is_empty() {
-        return;
-    }
-    for (log, offset) in shared.broker.vhost().dead_letter(queue, letters) {
-        tokio::spawn(async move {
-            let _ = log.wait_until_durable_async(offset).await;
-        });
     }
 }

@@ -24,6 +24,7 @@ use super::frame::{
 };
 use super::AmqpShared;
 use crate::broker::amqp::{code, AmqpError, QueueEvent};
+use crate::broker::Commit;
 
 /// Channels a connection may open (RabbitMQ's default `channel_max`).
 const CHANNEL_MAX: u16 = 2047;
@@ -53,6 +54,8 @@ struct Connection {
     consumer_channels: HashMap<u64, u16>,
     last_received: Instant,
     last_sent: Instant,
+    /// The latest commit the output buffered so far reports: written once it is durable.
+    pending_commit: Commit,
 }
 
 /// Why the main loop ended.
@@ -97,6 +100,7 @@ pub async fn serve(
         consumer_channels: HashMap::new(),
         last_received: Instant::now(),
         last_sent: Instant::now(),
+        pending_commit: Commit::NONE,
     };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.handshake(peer)).await;
     let end = match handshake {
@@ -153,6 +157,13 @@ impl Connection {
     async fn flush(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
+        }
+        let commit = std::mem::take(&mut self.pending_commit);
+        if let Err(e) = self.shared.broker.wait_async(commit).await {
+            // What the output reports may not be stored: say nothing rather than something
+            // false, and let the client reconnect.
+            tracing::error!(connection = self.id, error = %e, "a change is not durable; closing the connection");
+            return false;
         }
         let written = self.writer.write_all(&self.out).await.is_ok();
         self.out.clear();
@@ -406,6 +417,7 @@ impl Connection {
                 events: &self.events_tx,
                 consumer_channels: &mut self.consumer_channels,
                 done: &self.done_tx,
+                pending: &mut self.pending_commit,
             },
             &mut self.channels,
         )

@@ -75,12 +75,22 @@ impl EntityLog {
     /// Read visible batches holding offsets from `from` on (from the start if `from` precedes
     /// it), up to about `max_bytes` (at least one batch when any is visible).
     pub fn read(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {
+        self.read_to(from, max_bytes, false)
+    }
+
+    /// [`EntityLog::read`] including appends not yet visible (still waiting for their commit):
+    /// for the owner's own bookkeeping, never for consumers.
+    pub fn read_written(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {
+        self.read_to(from, max_bytes, true)
+    }
+
+    fn read_to(&self, from: u64, max_bytes: u64, unsettled: bool) -> Result<ReadResult> {
         let mut result = ReadResult::default();
         let mut cursor = from;
         let mut budget = max_bytes.max(1);
         while budget > 0 {
             let before = result.batches.len();
-            let added = match self.locate(cursor, budget) {
+            let added = match self.locate(cursor, budget, unsettled) {
                 Located::End => break,
                 Located::Sealed(segment) => {
                     cursor = cursor.max(segment.base_offset);
@@ -149,9 +159,14 @@ impl EntityLog {
         Ok(result)
     }
 
-    fn locate(&self, cursor: u64, budget: u64) -> Located {
+    fn locate(&self, cursor: u64, budget: u64, unsettled: bool) -> Located {
         let shared = self.read_shared();
-        if cursor >= shared.visible_next {
+        let end = if unsettled {
+            shared.written_next
+        } else {
+            shared.visible_next
+        };
+        if cursor >= end {
             return Located::End;
         }
         let cursor = cursor.max(shared.start_offset());
@@ -160,7 +175,7 @@ impl EntityLog {
             let mut chunks = Vec::new();
             let mut bytes = 0;
             for chunk in &shared.tail {
-                if chunk.header.base_offset >= shared.visible_next || bytes >= budget {
+                if chunk.header.base_offset >= end || bytes >= budget {
                     break;
                 }
                 if chunk.header.next_offset() > cursor {
