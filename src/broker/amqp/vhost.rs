@@ -53,6 +53,9 @@ pub const PREDECLARED: &[(&str, ExchangeKind)] = &[
     ("amq.match", ExchangeKind::Headers),
 ];
 
+/// A queue that dead letters reached, with their body bytes.
+type Arrival = (Arc<Queue>, u64);
+
 /// Most dead-lettering rounds one call follows (a dead letter can make its target drop a
 /// message, which is dead-lettered in turn).
 const DEAD_LETTER_ROUNDS_MAX: usize = 64;
@@ -843,11 +846,11 @@ impl VirtualHost {
         &self,
         from: &Arc<Queue>,
         letters: Vec<DeadLetter>,
-    ) -> Result<(Commit, Vec<(Arc<Queue>, u64)>), AmqpError> {
+    ) -> Result<(Commit, Vec<Arrival>), AmqpError> {
         let now = crate::storage::recovery::now_ms();
         let offsets: Vec<u64> = letters.iter().map(|l| l.offset).collect();
         let mut txn = WalTxn::new();
-        let mut targets: Vec<(Arc<Queue>, u64)> = Vec::new();
+        let mut targets: Vec<Arrival> = Vec::new();
         if let Some(exchange) = from.args.dead_letter_exchange.clone() {
             let state = self.lock();
             for letter in letters {
