@@ -109,6 +109,7 @@ impl Broker {
     /// One round of background work (the maintenance thread runs it every 100 ms).
     pub fn tick(&self) {
         self.remove_doomed();
+        self.vhost.sweep();
         if let Err(e) = self.enforce_tail_budget() {
             tracing::warn!(error = %e, "writing entity logs out failed");
         }

@@ -42,8 +42,15 @@ use bytes::Bytes;
 
 use crate::storage::io::{OsVfs, Vfs};
 use crate::storage::wal::{WalEntry, WalTxn};
-pub use crate::storage::Commit;
-use crate::storage::{Durability, FileCache, LogConfig, LogShared, MetaStore, Wal};
+pub use crate::storage::{Commit, Durability};
+/// What storage operations of the broker's API fail with.
+pub type StorageError = crate::storage::Error;
+
+/// The wall clock in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    crate::storage::recovery::now_ms()
+}
+use crate::storage::{FileCache, LogConfig, LogShared, MetaStore, Wal};
 use catalog::{Applied, Catalog, CatalogOp, EntityKind, NAME_BYTES_MAX};
 use store::{domain, op_bytes, split_op, Store};
 pub use stream::{Added, Entry, IdSpec, Stream, StreamError, StreamInfo, TrimStrategy};
@@ -168,7 +175,7 @@ pub struct Broker {
     /// stays the same (see [`Broker::generation`]).
     generation: AtomicU64,
     /// The AMQP model (exchanges, queues, bindings) under `<data>/amqp/`.
-    vhost: amqp::VirtualHost,
+    vhost: Arc<amqp::VirtualHost>,
     maintenance: maintenance::Maintenance,
     /// Held for the broker's life: one process per data directory.
     _lock: Option<File>,
@@ -284,7 +291,11 @@ impl Broker {
             }
         }
         let store = Arc::new(Store::new(Arc::clone(&vfs), dir, wal, logs, meta, catalog));
-        let vhost = amqp::VirtualHost::open(Arc::clone(&store), config.stream_log.clone(), amqp)?;
+        let vhost = Arc::new(amqp::VirtualHost::open(
+            Arc::clone(&store),
+            config.stream_log.clone(),
+            amqp,
+        )?);
         vhost.recover_dead_letters()?;
         Ok(Broker {
             dir: dir.to_path_buf(),
@@ -337,7 +348,7 @@ impl Broker {
     }
 
     /// The AMQP virtual host `/`.
-    pub fn vhost(&self) -> &amqp::VirtualHost {
+    pub fn vhost(&self) -> &Arc<amqp::VirtualHost> {
         &self.vhost
     }
 

@@ -3,8 +3,9 @@
 //! Live subscribers are fed by the front end right after each append, under the topic's publish
 //! lock, so "subscribe, then replay up to the offset noted when subscribing" has no gap.
 //!
-//! Appends go through the write-ahead log like every other entity's, but nobody waits for them
-//! (Pub/Sub is fire-and-forget in Redis) and they are visible at once. Retention (by default 64
+//! Appends go through the write-ahead log like every other entity's and are visible at once:
+//! live subscribers get a message before it is durable; the publisher's reply waits for its
+//! commit, so the history a reply reported survives a crash. Retention (by default 64
 //! MiB or 24 hours) drops old segments, and the broker deletes a topic whose newest message has
 //! passed the age limit.
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 
 use super::store::Store;
 use crate::storage::wal::{WalEntry, WalTxn};
-use crate::storage::{self, EntityLog, LogConfig, Record, Visibility};
+use crate::storage::{self, Commit, EntityLog, LogConfig, Record, Visibility};
 
 /// One stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,12 +78,13 @@ impl Topic {
     }
 
     /// Append a message (the caller holds [`Topic::lock`] and fans out after); returns its
-    /// offset. Nothing waits for its durability.
-    pub fn append(&self, payload: Bytes) -> storage::Result<u64> {
+    /// offset and the commit that stores it.
+    pub fn append(&self, payload: Bytes) -> storage::Result<(u64, Commit)> {
         let record = Record::new(crate::storage::recovery::now_ms(), payload);
         let mut txn = WalTxn::new();
         txn.append(&self.log, vec![record]);
-        Ok(self.store.commit(txn)?.appends[0].base_offset)
+        let committed = self.store.commit(txn)?;
+        Ok((committed.appends[0].base_offset, committed.commit))
     }
 
     /// One past the newest message.

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::broker::Durability;
 use crate::broker::{Broker, BrokerConfig};
 use crate::protocol::amqp::AmqpShared;
 use crate::protocol::resp::request::RequestLimits;
 use crate::protocol::resp::shared::{RespShared, ServerFacts, Settings};
-use crate::storage::Durability;
 
 /// Everything `potok serve` can be told.
 #[derive(Clone, Debug)]
@@ -133,7 +133,6 @@ pub async fn run(
         config.amqp_user.clone(),
         config.amqp_password.clone(),
     ));
-    crate::protocol::amqp::spawn_expiry_sweeper(Arc::clone(&amqp_shared));
     let amqp_accept_loop = async {
         loop {
             let socket = match amqp_listener.accept().await {

@@ -14,6 +14,7 @@ pub mod exchange;
 pub mod message;
 pub mod queue;
 pub mod ranges;
+pub mod runtime;
 pub mod vhost;
 
 use amq_protocol::types::{AMQPValue, FieldTable};

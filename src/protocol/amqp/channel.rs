@@ -596,7 +596,7 @@ impl Channel {
                 )
             })?;
         ctx.consumer_channels.insert(consumer_id, self.id);
-        spawn_dispatcher(&queue, ctx.shared);
+        ctx.shared.broker.vhost().ensure_dispatcher(&queue);
         self.consumers.insert(
             tag,
             ConsumerEntry {
@@ -802,7 +802,7 @@ impl Channel {
             return Err(precondition(format!("unknown delivery tag {tag}")));
         };
         let internal =
-            |e: crate::storage::Error| AmqpError::new(code::INTERNAL_ERROR, e.to_string());
+            |e: crate::broker::StorageError| AmqpError::new(code::INTERNAL_ERROR, e.to_string());
         let mut commit = Commit::NONE;
         for t in tags {
             let Some(u) = self.unacked.remove(&t) else {
@@ -1013,7 +1013,7 @@ impl Channel {
             raw_properties,
             properties,
             body: pending.body.freeze(),
-            enqueued_ms: crate::storage::recovery::now_ms(),
+            enqueued_ms: crate::broker::now_ms(),
         };
         if queues.is_empty() && pending.mandatory {
             ok(
@@ -1122,27 +1122,6 @@ fn server_method(method: AMQPClass) -> AmqpError {
             method.get_amqp_method_id()
         ),
     )
-}
-
-/// One task per queue moves ready messages to consumers whenever something changes.
-fn spawn_dispatcher(queue: &Arc<Queue>, shared: &Arc<AmqpShared>) {
-    if queue.dispatcher_running.swap(true, Ordering::AcqRel) {
-        queue.wake_dispatcher();
-        return;
-    }
-    let (queue, shared) = (Arc::clone(queue), Arc::clone(shared));
-    tokio::spawn(async move {
-        loop {
-            if queue.is_deleted() {
-                return;
-            }
-            if let Err(e) = queue.dispatch() {
-                tracing::error!(queue = %queue.name, error = %e, "dispatch failed");
-            }
-            route_dead_letters(&shared, &queue);
-            queue.dispatch_wanted().await;
-        }
-    });
 }
 
 /// Route what `queue` dropped to its dead-letter exchange; returns the commit (nothing needs

@@ -23,26 +23,6 @@ pub struct AmqpShared {
     pub next_consumer_id: AtomicU64,
 }
 
-/// How often queues with a TTL or a dead-letter exchange drop expired messages at their head.
-const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Expire messages at queue heads in the background, dead-lettering them where configured.
-pub fn spawn_expiry_sweeper(shared: Arc<AmqpShared>) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(EXPIRY_SWEEP);
-        loop {
-            ticker.tick().await;
-            shared.broker.vhost().expire_idle_queues();
-            for queue in shared.broker.vhost().queues() {
-                if let Err(e) = queue.expire_head() {
-                    tracing::warn!(queue = %queue.name, error = %e, "expiring messages failed");
-                }
-                channel::route_dead_letters(&shared, &queue);
-            }
-        }
-    });
-}
-
 impl AmqpShared {
     pub fn new(broker: Arc<Broker>, user: String, password: String) -> AmqpShared {
         AmqpShared {

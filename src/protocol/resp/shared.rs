@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::request::RequestLimits;
 use crate::broker::Broker;
-use crate::storage::Durability;
+use crate::broker::Durability;
 
 /// Settings CONFIG SET may change at run time.
 #[derive(Clone, Debug)]

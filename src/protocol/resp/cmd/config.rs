@@ -2,10 +2,10 @@
 //! `CONFIG RESETSTAT`, `CONFIG HELP`, for the settings that exist.
 
 use super::{Context, Reply};
+use crate::broker::Durability;
 use crate::protocol::glob::glob_match;
 use crate::protocol::resp::args::Args;
 use crate::protocol::resp::shared::RespShared;
-use crate::storage::Durability;
 
 /// Every parameter CONFIG GET knows, with its current value. Redis names are used where a Potok
 /// setting means the same thing.

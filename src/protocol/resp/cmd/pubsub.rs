@@ -130,9 +130,11 @@ pub fn publish(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Repl
         .topic_or_create(&channel)
         .map_err(|e| Reply::error(format!("ERR {e}")))?;
     let _turn = topic.lock();
-    topic
+    let (_, commit) = topic
         .append(payload.clone())
         .map_err(|e| Reply::error(format!("ERR {e}")))?;
+    // Subscribers get it at once; the reply waits until the history holding it is stored.
+    context.pending.add(commit, context.reply_index);
     Ok(Reply::Integer(
         context.shared.pubsub.publish(&channel, &payload) as i64,
     ))
