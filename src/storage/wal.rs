@@ -115,6 +115,16 @@ impl WalTxn {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// Add `other`'s changes after this transaction's.
+    pub fn extend(&mut self, other: WalTxn) {
+        for item in other.items {
+            match item {
+                Item::Append(log, records) => self.append(&log, records),
+                op @ Item::Op(..) => self.items.push(op),
+            }
+        }
+    }
 }
 
 /// What a commit did: its LSN and the offsets each append got, in the order they were added.

@@ -1043,14 +1043,14 @@ impl Queue {
     }
 
     /// Messages removed since the last call that should go to the dead-letter exchange. The
-    /// caller routes them and commits their arrival with [`Queue::dead_lettered_op`].
+    /// caller routes them and commits their arrival with [`Queue::commit_dead_letters`].
     pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.lock().dead_letters)
     }
 
     /// Record in `txn` that these dead letters reached their targets (nothing for a queue
     /// that records no intents).
-    pub fn dead_lettered_op(&self, txn: &mut WalTxn, offsets: &[u64]) {
+    fn dead_lettered_op(&self, txn: &mut WalTxn, offsets: &[u64]) {
         let recorded: Vec<u64> = offsets.iter().copied().filter(|&o| o != u64::MAX).collect();
         if self.journaled() && !recorded.is_empty() {
             txn.op(
@@ -1058,16 +1058,6 @@ impl Queue {
                 op_bytes(domain::QUEUE, &acks::encode_dead_lettered(&recorded)),
             );
         }
-    }
-
-    /// The commit of [`Queue::dead_lettered_op`] is made: forget the intents.
-    pub fn dead_letters_done(&self, offsets: &[u64], commit: Commit) {
-        let mut state = self.lock();
-        for offset in offsets {
-            state.intents.remove(offset);
-        }
-        state.lsn = state.lsn.max(commit.lsn());
-        state.dirty = true;
     }
 
     /// Dead letters recorded before a restart but never routed: read back from the log, to
@@ -1226,21 +1216,49 @@ impl Queue {
     }
 
     /// Acknowledge a delivered message. `consumer_id` is the consumer it went to (0 for
-    /// `basic.get`); only streams need it. Nothing waits for the commit (a lost
-    /// acknowledgement means a redelivery), except `tx.commit-ok`.
-    pub fn ack(&self, offset: u64, consumer_id: u64) -> storage::Result<Commit> {
+    /// `basic.get`); only streams need it. The acknowledgement is recorded by the queue's next
+    /// commit: the caller makes one with [`Queue::flush`] once per round of acknowledgements
+    /// (nothing waits for it, except `tx.commit-ok`: a lost acknowledgement means a
+    /// redelivery, never a loss).
+    pub fn ack(&self, offset: u64, consumer_id: u64) {
         if self.args.stream {
-            self.stream_credit(consumer_id);
-            return Ok(Commit::NONE);
+            return self.stream_credit(consumer_id);
         }
         let mut state = self.lock();
         if let Some((consumer_id, _)) = state.unacked.remove(&offset) {
             release_credit(&mut state, consumer_id);
             self.acknowledge(&mut state, offset);
         }
-        let commit = self.commit(&mut state, WalTxn::new())?;
         drop(state);
         self.wake_dispatcher();
+    }
+
+    /// Commit the changes recorded since the last commit (acknowledgements).
+    pub fn flush(&self) -> storage::Result<Commit> {
+        let mut state = self.lock();
+        self.commit(&mut state, WalTxn::new())
+    }
+
+    /// Commit `txn` (dead letters' arrival at their targets) with this queue's pending changes
+    /// (the dead letters' removal and intents, if not yet committed) and the mark that the
+    /// dead letters at `offsets` arrived: one commit, in that order.
+    pub fn commit_dead_letters(&self, txn: WalTxn, offsets: &[u64]) -> storage::Result<Commit> {
+        let mut state = self.lock();
+        let mut pending = WalTxn::new();
+        for op in state.ops.drain(..) {
+            pending.op(self.id, op_bytes(domain::QUEUE, &op));
+        }
+        pending.extend(txn);
+        self.dead_lettered_op(&mut pending, offsets);
+        if pending.is_empty() {
+            return Ok(Commit::NONE);
+        }
+        let commit = self.store.commit(pending)?.commit;
+        for offset in offsets {
+            state.intents.remove(offset);
+        }
+        state.lsn = commit.lsn();
+        state.dirty = true;
         Ok(commit)
     }
 
@@ -1477,8 +1495,8 @@ mod tests {
         assert_eq!((&m.body[..], remaining), (&b"m0"[..], 4));
         let (got, commit) = queue.get(true).unwrap();
         broker.wait(commit).unwrap();
-        let commit = queue.ack(first, 0).unwrap();
-        broker.wait(commit).unwrap();
+        queue.ack(first, 0);
+        broker.wait(queue.flush().unwrap()).unwrap();
         assert_eq!(got.unwrap().0, 1);
         drop((broker, queue));
         vfs.crash(CrashMode::DropUnsynced);
@@ -1510,9 +1528,10 @@ mod tests {
             offsets.push(offset);
         }
         for &offset in &offsets[..90] {
-            let commit = queue.ack(offset, 0).unwrap();
-            broker.wait(commit).unwrap();
+            queue.ack(offset, 0);
         }
+        broker.wait(queue.flush().unwrap()).unwrap();
+        {}
         // Acknowledged segments go once the acknowledgements are durable: at a checkpoint.
         broker.checkpoint().unwrap();
         assert!(

@@ -884,9 +884,7 @@ impl VirtualHost {
                 }
             }
         }
-        from.dead_lettered_op(&mut txn, &offsets);
-        let commit = self.store.commit(txn).map_err(internal)?.commit;
-        from.dead_letters_done(&offsets, commit);
+        let commit = from.commit_dead_letters(txn, &offsets).map_err(internal)?;
         Ok((commit, targets))
     }
 

@@ -145,6 +145,8 @@ pub struct Channel {
     tx: Option<Transaction>,
     /// The latest commit of this round's publishes.
     round_commit: Commit,
+    /// Queues acknowledged this round: each commits its acknowledgements once at its end.
+    round_acked: Vec<Arc<Queue>>,
     /// Confirm sequence numbers published this round: first, last, and those to nack.
     round_first_seq: Option<u64>,
     round_seq: Option<u64>,
@@ -183,6 +185,7 @@ impl Channel {
             next_publish_seq: 1,
             tx: None,
             round_commit: Commit::NONE,
+            round_acked: Vec::new(),
             round_first_seq: None,
             round_seq: None,
             round_nacked: Vec::new(),
@@ -820,7 +823,13 @@ impl Channel {
                     let rejected = u.queue.reject(u.offset, u.consumer_id).map_err(internal)?;
                     rejected.max(route_dead_letters(shared, &u.queue))
                 }
-                None => u.queue.ack(u.offset, u.consumer_id).map_err(internal)?,
+                None => {
+                    u.queue.ack(u.offset, u.consumer_id);
+                    if !self.round_acked.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
+                        self.round_acked.push(Arc::clone(&u.queue));
+                    }
+                    Commit::NONE
+                }
             };
             commit = commit.max(done);
         }
@@ -878,6 +887,7 @@ impl Channel {
                 for s in tx.settlements {
                     commit = commit.max(self.settle(s, ctx.shared)?);
                 }
+                commit = commit.max(self.flush_acks());
                 if let Some(waiter) = &self.waiter {
                     let _ = waiter.send(WaitItem::Commit { commit });
                 }
@@ -1066,6 +1076,7 @@ impl Channel {
     /// End of a round of input: hand this round's confirms to the waiter task. (Without
     /// confirms nothing waits: the broker makes the messages durable and visible.)
     pub fn end_round(&mut self) {
+        self.flush_acks();
         let commit = std::mem::take(&mut self.round_commit);
         if let Some(seq) = self.round_seq.take() {
             let first = self.round_first_seq.take().unwrap_or(seq);
@@ -1079,6 +1090,20 @@ impl Channel {
                 });
             }
         }
+    }
+
+    /// Commit the acknowledgements of this round, once per queue; returns the latest commit.
+    fn flush_acks(&mut self) -> Commit {
+        let mut commit = Commit::NONE;
+        for queue in std::mem::take(&mut self.round_acked) {
+            match queue.flush() {
+                Ok(done) => commit = commit.max(done),
+                Err(e) => {
+                    tracing::warn!(queue = %queue.name, error = %e, "recording acknowledgements failed")
+                }
+            }
+        }
+        commit
     }
 
     /// The channel is going away: unacknowledged deliveries return to their queues and its
