@@ -107,6 +107,9 @@ pub struct BrokerConfig {
     pub tail_bytes_max: u64,
     /// Evict entities unused this long (their memory and descriptors go; 60 s).
     pub idle_eviction: Duration,
+    /// Fault injection (see [`LogConfig::sync_delay`]): every write-ahead log sync waits this
+    /// long first. Zero in production; the server reads `POTOK_FAILPOINT_SYNC_DELAY_MS`.
+    pub wal_sync_delay: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -131,6 +134,7 @@ impl BrokerConfig {
             checkpoint_interval: Duration::from_secs(30),
             tail_bytes_max: 256 * 1024 * 1024,
             idle_eviction: Duration::from_secs(60),
+            wal_sync_delay: Duration::ZERO,
         }
     }
 
@@ -234,7 +238,11 @@ impl Broker {
                 amqp.definitions = Some(value);
             }
         }
-        let wal = Wal::open(Arc::clone(&vfs), dir, config.durability)?;
+        let wal_config = LogConfig {
+            sync_delay: config.wal_sync_delay,
+            ..crate::storage::wal::wal_log_config(config.durability)
+        };
+        let wal = Wal::open_with(Arc::clone(&vfs), dir, wal_config)?;
         let mut replay: HashMap<u64, Vec<(u64, WalEntry)>> = HashMap::new();
         let mut deleted = Vec::new();
         for entry in wal.replay(wal.checkpoint_lsn()) {

@@ -56,7 +56,15 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let broker_config = BrokerConfig::with_durability(config.durability);
+    let mut broker_config = BrokerConfig::with_durability(config.durability);
+    // A failpoint for the crash-semantics tests (storage-format.md § Write-ahead log).
+    if let Some(ms) = std::env::var("POTOK_FAILPOINT_SYNC_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(ms, "failpoint: every write-ahead log sync is delayed");
+        broker_config.wal_sync_delay = std::time::Duration::from_millis(ms);
+    }
     let data_dir = config.data_dir.clone();
     let broker: Arc<Broker> =
         tokio::task::spawn_blocking(move || Broker::open(data_dir, broker_config)).await??;

@@ -84,6 +84,10 @@ pub struct LogConfig {
     /// (a device round trip, and on a virtual machine an exit per request and per completion);
     /// under load, fewer and larger rounds leave more CPU to the appenders.
     pub group_commit_delay: Duration,
+    /// Fault injection: the sync leader waits this long before it writes and fsyncs, widening
+    /// the window in which appended data is neither written nor durable (tests use it to show
+    /// that replies wait for durability). Zero (the default) in production.
+    pub sync_delay: Duration,
 }
 
 impl Default for LogConfig {
@@ -97,6 +101,7 @@ impl Default for LogConfig {
             retention: Retention::default(),
             preallocate_bytes_max: 4 * 1024 * 1024,
             group_commit_delay: Duration::from_micros(100),
+            sync_delay: Duration::ZERO,
         }
     }
 }

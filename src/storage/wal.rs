@@ -177,11 +177,13 @@ impl Wal {
     /// Open (or create) `<data_dir>/wal` and read the checkpoint. `durability` is the server's
     /// policy: under `always` a commit is durable once the sync thread's fsync covers it.
     pub fn open(vfs: Arc<dyn Vfs>, data_dir: &Path, durability: Durability) -> Result<Wal> {
-        let log = Log::open_with(
-            Arc::clone(&vfs),
-            data_dir.join(WAL_DIR),
-            wal_log_config(durability),
-        )?;
+        Wal::open_with(vfs, data_dir, wal_log_config(durability))
+    }
+
+    /// [`Wal::open`] with the write-ahead log's own log settings (see [`wal_log_config`]).
+    pub fn open_with(vfs: Arc<dyn Vfs>, data_dir: &Path, config: LogConfig) -> Result<Wal> {
+        let durability = config.durability;
+        let log = Log::open_with(Arc::clone(&vfs), data_dir.join(WAL_DIR), config)?;
         let checkpoint = read_checkpoint(&*vfs, data_dir)
             .unwrap_or_else(|| log.start_offset())
             .max(log.start_offset());

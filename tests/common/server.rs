@@ -15,7 +15,17 @@ pub struct Spawned {
 /// Start `potok serve` on free RESP and AMQP ports with `data_dir` and `extra` flags. `Err`
 /// carries the server's stderr if it exits before listening (a refused configuration).
 pub fn spawn_server(data_dir: &Path, extra: &[&str]) -> Result<Spawned, String> {
+    spawn_server_env(data_dir, extra, &[])
+}
+
+/// [`spawn_server`] with extra environment variables (failpoints).
+pub fn spawn_server_env(
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Spawned, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_potok"))
+        .envs(env.iter().copied())
         .args([
             "serve",
             "--resp-addr",

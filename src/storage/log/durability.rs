@@ -323,6 +323,9 @@ impl LogInner {
     /// below which everything is durable. The buffered batches are written outside the writer
     /// lock, so appenders keep encoding meanwhile.
     pub(super) fn sync_active(&self) -> Result<u64> {
+        if !self.config.sync_delay.is_zero() {
+            std::thread::sleep(self.config.sync_delay);
+        }
         let (file, base, written, taken) = {
             let mut writer = lock(&self.writer);
             let taken = self.take_pending(&mut writer);
