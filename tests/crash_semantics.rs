@@ -96,6 +96,9 @@ fn pending(con: &mut redis::Connection, key: &str, group: &str) -> Vec<(String, 
     rows.into_iter().map(|(id, c, _, n)| (id, c, n)).collect()
 }
 
+/// One stream's entries in an XREAD reply: (key, [(id, [(field, value)])]).
+type StreamEntries = (String, Vec<(String, Vec<(String, String)>)>);
+
 /// A stream `s` with entries 1-1 .. n-1, durable.
 fn stream_with(con: &mut redis::Connection, n: u64) {
     for i in 1..=n {
@@ -137,7 +140,7 @@ fn consumer_group_deliveries_survive_kill_9() {
         "the delivery's pending entries"
     );
     // The last delivered ID moved: the next read gets the third entry.
-    let next: Vec<(String, Vec<(String, Vec<(String, String)>)>)> = redis::cmd("XREADGROUP")
+    let next: Vec<StreamEntries> = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("g")
         .arg("bob")
