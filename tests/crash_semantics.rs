@@ -106,154 +106,196 @@ fn stream_with(con: &mut redis::Connection, n: u64) {
     }
 }
 
-#[test]
-fn consumer_group_deliveries_survive_kill_9() {
+/// Run `setup` (each reply awaited), then `last`, kill -9 at once, restart, and `check`.
+/// `last` is the only change whose reply has not been followed by another commit.
+fn scenario(setup: &[&[&str]], last: &[&str], check: impl FnOnce(&mut redis::Connection)) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let mut con = server.redis();
-    stream_with(&mut con, 3);
-    cmd(&mut con, &["XGROUP", "CREATE", "s", "g", "0"]);
-    let read = cmd(
-        &mut con,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "g",
-            "alice",
-            "COUNT",
-            "2",
-            "STREAMS",
-            "s",
-            ">",
-        ],
-    );
-    assert!(matches!(read, Value::Array(_)), "{read:?}");
+    for command in setup {
+        cmd(&mut con, command);
+    }
+    cmd(&mut con, last);
     server.kill_9();
     let server = Server::start(dir.path());
-    let mut con = server.redis();
-    assert_eq!(
-        pending(&mut con, "s", "g"),
-        vec![
-            ("1-1".to_string(), "alice".to_string(), 1),
-            ("2-1".to_string(), "alice".to_string(), 1)
-        ],
-        "the delivery's pending entries"
-    );
-    // The last delivered ID moved: the next read gets the third entry.
-    let next: Vec<StreamEntries> = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("bob")
-        .arg("STREAMS")
-        .arg("s")
-        .arg(">")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(next[0].1[0].0, "3-1");
+    check(&mut server.redis());
+}
+
+const STREAM: &[&[&str]] = &[
+    &["XADD", "s", "1-1", "f", "1"],
+    &["XADD", "s", "2-1", "f", "2"],
+    &["XADD", "s", "3-1", "f", "3"],
+    &["XADD", "s", "4-1", "f", "4"],
+];
+
+fn with(
+    base: &[&'static [&'static str]],
+    more: &[&'static [&'static str]],
+) -> Vec<&'static [&'static str]> {
+    base.iter().chain(more).copied().collect()
+}
+
+fn owners(con: &mut redis::Connection) -> Vec<(String, String, i64)> {
+    pending(con, "s", "g")
+}
+
+fn p(id: &str, consumer: &str, count: i64) -> (String, String, i64) {
+    (id.to_string(), consumer.to_string(), count)
+}
+
+#[test]
+fn consumer_group_deliveries_survive_kill_9() {
+    let setup = with(STREAM, &[&["XGROUP", "CREATE", "s", "g", "0"]]);
+    let read = [
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "alice",
+        "COUNT",
+        "2",
+        "STREAMS",
+        "s",
+        ">",
+    ];
+    scenario(&setup, &read, |con| {
+        assert_eq!(
+            owners(con),
+            vec![p("1-1", "alice", 1), p("2-1", "alice", 1)]
+        );
+        // The last delivered ID moved: the next read gets the third entry.
+        let next: Vec<StreamEntries> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("bob")
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">")
+            .query(con)
+            .unwrap();
+        assert_eq!(next[0].1[0].0, "3-1");
+    });
 }
 
 #[test]
 fn claims_and_acknowledgements_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    stream_with(&mut con, 4);
-    cmd(&mut con, &["XGROUP", "CREATE", "s", "g", "0"]);
-    cmd(
-        &mut con,
-        &["XREADGROUP", "GROUP", "g", "alice", "STREAMS", "s", ">"],
+    let setup = with(
+        STREAM,
+        &[
+            &["XGROUP", "CREATE", "s", "g", "0"],
+            &["XREADGROUP", "GROUP", "g", "alice", "STREAMS", "s", ">"],
+        ],
     );
-    assert_eq!(int(&mut con, &["XACK", "s", "g", "1-1"]), 1);
-    cmd(&mut con, &["XCLAIM", "s", "g", "bob", "0", "2-1"]);
-    cmd(
-        &mut con,
-        &["XAUTOCLAIM", "s", "g", "carol", "0", "3-1", "COUNT", "1"],
-    );
-    server.kill_9();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    assert_eq!(
-        pending(&mut con, "s", "g"),
-        vec![
-            ("2-1".to_string(), "bob".to_string(), 2),
-            ("3-1".to_string(), "carol".to_string(), 2),
-            ("4-1".to_string(), "alice".to_string(), 1)
-        ]
-    );
+    scenario(&setup, &["XACK", "s", "g", "1-1"], |con| {
+        assert_eq!(owners(con).len(), 3, "acknowledged: no longer pending");
+    });
+    scenario(&setup, &["XCLAIM", "s", "g", "bob", "0", "2-1"], |con| {
+        assert!(owners(con).contains(&p("2-1", "bob", 2)));
+    });
+    let autoclaim = ["XAUTOCLAIM", "s", "g", "carol", "0", "3-1", "COUNT", "1"];
+    scenario(&setup, &autoclaim, |con| {
+        assert!(owners(con).contains(&p("3-1", "carol", 2)));
+    });
+}
+
+fn groups(con: &mut redis::Connection) -> Vec<std::collections::HashMap<String, Value>> {
+    redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("s")
+        .query(con)
+        .unwrap()
 }
 
 #[test]
 fn group_and_consumer_changes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    stream_with(&mut con, 2);
-    cmd(&mut con, &["XGROUP", "CREATE", "s", "keep", "0"]);
-    cmd(&mut con, &["XGROUP", "CREATE", "s", "gone", "0"]);
-    cmd(&mut con, &["XGROUP", "SETID", "s", "keep", "1-1"]);
-    assert_eq!(
-        int(&mut con, &["XGROUP", "CREATECONSUMER", "s", "keep", "zed"]),
-        1
+    let setup = with(STREAM, &[&["XGROUP", "CREATE", "s", "g", "0"]]);
+    scenario(&setup, &["XGROUP", "CREATE", "s", "h", "$"], |con| {
+        assert_eq!(groups(con).len(), 2);
+    });
+    scenario(&setup, &["XGROUP", "SETID", "s", "g", "2-1"], |con| {
+        assert_eq!(
+            groups(con)[0]["last-delivered-id"],
+            Value::BulkString(b"2-1".to_vec())
+        );
+    });
+    scenario(
+        &setup,
+        &["XGROUP", "CREATECONSUMER", "s", "g", "zed"],
+        |con| {
+            assert_eq!(groups(con)[0]["consumers"], Value::Int(1));
+        },
     );
-    assert_eq!(int(&mut con, &["XGROUP", "DESTROY", "s", "gone"]), 1);
-    server.kill_9();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    let groups: Vec<std::collections::HashMap<String, Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg("s")
-        .query(&mut con)
+    let read = with(
+        &setup,
+        &[&["XREADGROUP", "GROUP", "g", "alice", "STREAMS", "s", ">"]],
+    );
+    scenario(
+        &read,
+        &["XGROUP", "DELCONSUMER", "s", "g", "alice"],
+        |con| {
+            assert_eq!(groups(con)[0]["consumers"], Value::Int(0));
+            assert!(owners(con).is_empty(), "its pending entries went with it");
+        },
+    );
+    scenario(&setup, &["XGROUP", "DESTROY", "s", "g"], |con| {
+        assert!(groups(con).is_empty());
+    });
+}
+
+fn ids(con: &mut redis::Connection, key: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(con)
         .unwrap();
-    assert_eq!(groups.len(), 1, "{groups:?}");
-    assert_eq!(
-        groups[0]["last-delivered-id"],
-        Value::BulkString(b"1-1".to_vec())
-    );
-    assert_eq!(groups[0]["consumers"], Value::Int(1));
+    entries.into_iter().map(|(id, _)| id).collect()
 }
 
 #[test]
 fn deletions_trims_and_key_changes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    stream_with(&mut con, 6);
-    assert_eq!(int(&mut con, &["XDEL", "s", "5-1"]), 1);
-    assert_eq!(int(&mut con, &["XTRIM", "s", "MAXLEN", "3"]), 2);
-    cmd(&mut con, &["XADD", "doomed", "*", "f", "v"]);
-    cmd(&mut con, &["XADD", "old", "*", "f", "v"]);
-    assert_eq!(int(&mut con, &["DEL", "doomed"]), 1);
-    cmd(&mut con, &["RENAME", "old", "new"]);
-    server.kill_9();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg("s")
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
-    let ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids, vec!["3-1", "4-1", "6-1"]);
-    assert_eq!(int(&mut con, &["EXISTS", "doomed", "old", "new"]), 1);
+    scenario(STREAM, &["XDEL", "s", "2-1"], |con| {
+        assert_eq!(ids(con, "s"), vec!["1-1", "3-1", "4-1"]);
+    });
+    scenario(STREAM, &["XTRIM", "s", "MAXLEN", "1"], |con| {
+        assert_eq!(ids(con, "s"), vec!["4-1"]);
+    });
+    scenario(STREAM, &["XSETID", "s", "9-9"], |con| {
+        let added: String = redis::cmd("XADD")
+            .arg("s")
+            .arg("*")
+            .arg("f")
+            .arg("v")
+            .query(con)
+            .unwrap();
+        let ms: u64 = added.split('-').next().unwrap().parse().unwrap();
+        assert!(ms > 9, "XSETID moved the last ID: {added}");
+    });
+    scenario(STREAM, &["DEL", "s"], |con| {
+        assert_eq!(int(con, &["EXISTS", "s"]), 0);
+    });
+    scenario(STREAM, &["RENAME", "s", "t"], |con| {
+        assert_eq!(int(con, &["EXISTS", "s"]), 0);
+        assert_eq!(ids(con, "t").len(), 4);
+    });
+    scenario(STREAM, &["FLUSHALL"], |con| {
+        assert_eq!(int(con, &["DBSIZE"]), 0);
+    });
 }
 
 #[test]
-fn published_history_survives_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    int(&mut con, &["PUBLISH", "news", "first"]);
-    server.kill_9();
-    let server = Server::start(dir.path());
-    let mut con = server.redis();
-    let history: Vec<(i64, i64, String)> = redis::cmd("TOPIC.READ")
-        .arg("news")
-        .arg("-")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(history.len(), 1);
-    assert_eq!(history[0].2, "first");
+fn appends_and_published_history_survive_kill_9() {
+    scenario(STREAM, &["XADD", "s", "5-1", "f", "5"], |con| {
+        assert_eq!(ids(con, "s").len(), 5);
+    });
+    scenario(&[], &["PUBLISH", "news", "first"], |con| {
+        let history: Vec<(i64, i64, String)> = redis::cmd("TOPIC.READ")
+            .arg("news")
+            .arg("-")
+            .query(con)
+            .unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].2, "first");
+    });
 }
 
 // AMQP
@@ -335,106 +377,102 @@ fn int_arg(name: &str, value: i64) -> FieldTable {
     table
 }
 
-#[test]
-fn amqp_removals_survive_kill_9() {
+/// What an AMQP scenario's last step is.
+#[derive(Clone, Copy, Debug)]
+enum Last {
+    Purge,
+    DeleteQueue,
+    GetNoAck,
+    DropHead,
+    DeclareExchange,
+    DeclareQueue,
+    Bind,
+    Unbind,
+    TxCommitAck,
+}
+
+/// Declare durable queues `q` (two persistent messages) and `bounded` (x-max-length 1, one
+/// message), a durable topic exchange `events` bound to `q` with `user.*`, each awaited; then
+/// the `last` step, kill -9, restart, and check that step's effect.
+fn amqp_scenario(last: Last) {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let server = Server::start(dir.path());
     rt.block_on(async {
-        let (_connection, channel) = channel(&server).await;
+        let (connection, channel) = channel(&server).await;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        for name in ["purged", "deleted", "got"] {
-            declare(&channel, name, FieldTable::default()).await;
-        }
+        declare(&channel, "q", FieldTable::default()).await;
         declare(&channel, "bounded", int_arg("x-max-length", 1)).await;
-        for name in ["purged", "deleted", "got", "got"] {
-            publish(&channel, "", name, name).await;
-        }
-        // purge-ok and delete-ok report removals.
-        let purged = channel
-            .queue_purge(s("purged"), QueuePurgeOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(purged, 1);
-        channel
-            .queue_delete(s("deleted"), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-        // get-ok of an automatically acknowledged message reports its removal.
-        let got = channel
-            .basic_get(s("got"), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap();
-        assert!(got.is_some());
-        // The second publish's confirm reports that the first was dropped from the head.
+        publish(&channel, "", "q", "m0").await;
+        publish(&channel, "", "q", "m1").await;
         publish(&channel, "", "bounded", "old").await;
-        publish(&channel, "", "bounded", "new").await;
-    });
-    server.kill_9();
-    let server = Server::start(dir.path());
-    rt.block_on(async {
-        let (_connection, channel) = channel(&server).await;
-        assert_eq!(count(&channel, "purged").await, Some(0));
-        assert_eq!(drain(&channel, "got").await, vec!["got"]);
-        assert_eq!(drain(&channel, "bounded").await, vec!["new"]);
-        // Last: the 404 closes the channel.
-        assert_eq!(count(&channel, "deleted").await, None, "stays deleted");
-    });
-}
-
-#[test]
-fn amqp_declarations_and_transactions_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    let server = Server::start(dir.path());
-    rt.block_on(async {
-        let (_connection, channel) = channel(&server).await;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        channel
-            .exchange_declare(
-                s("events"),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        declare(&channel, "audit", FieldTable::default()).await;
-        channel
-            .queue_bind(
-                s("audit"),
+        let topic = |name: &'static str| {
+            channel.exchange_declare(s(name), ExchangeKind::Topic, durable, FieldTable::default())
+        };
+        topic("events").await.unwrap();
+        let bind = || {
+            channel.queue_bind(
+                s("q"),
                 s("events"),
                 s("user.*"),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await
-            .unwrap();
-        declare(&channel, "work", FieldTable::default()).await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        publish(&channel, "", "work", "done").await;
-        publish(&channel, "", "work", "todo").await;
-        // Acknowledge inside a transaction: commit-ok reports the removal.
-        let tx = _connection.create_channel().await.unwrap();
-        tx.tx_select().await.unwrap();
-        let got = tx
-            .basic_get(s("work"), BasicGetOptions { no_ack: false })
-            .await
-            .unwrap()
-            .unwrap();
-        tx.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
-            .await
-            .unwrap();
-        tx.tx_commit().await.unwrap();
+        };
+        if !matches!(last, Last::Bind) {
+            bind().await.unwrap();
+        }
+        match last {
+            Last::Purge => {
+                let purged = channel
+                    .queue_purge(s("q"), QueuePurgeOptions::default())
+                    .await
+                    .unwrap();
+                assert_eq!(purged, 2);
+            }
+            Last::DeleteQueue => {
+                channel
+                    .queue_delete(s("q"), QueueDeleteOptions::default())
+                    .await
+                    .unwrap();
+            }
+            Last::GetNoAck => {
+                let got = channel
+                    .basic_get(s("q"), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap();
+                assert!(got.is_some());
+            }
+            // Its confirm reports that the old message was dropped from the head.
+            Last::DropHead => publish(&channel, "", "bounded", "new").await,
+            Last::DeclareExchange => topic("audit").await.unwrap(),
+            Last::DeclareQueue => declare(&channel, "fresh", FieldTable::default()).await,
+            Last::Bind => bind().await.unwrap(),
+            Last::Unbind => channel
+                .queue_unbind(s("q"), s("events"), s("user.*"), FieldTable::default())
+                .await
+                .unwrap(),
+            Last::TxCommitAck => {
+                let tx = connection.create_channel().await.unwrap();
+                tx.tx_select().await.unwrap();
+                let got = tx
+                    .basic_get(s("q"), BasicGetOptions { no_ack: false })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                tx.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                tx.tx_commit().await.unwrap();
+            }
+        }
     });
     server.kill_9();
     let server = Server::start(dir.path());
@@ -444,11 +482,60 @@ fn amqp_declarations_and_transactions_survive_kill_9() {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        // The exchange, queue and binding are all there: this reaches `audit`.
-        publish(&channel, "events", "user.created", "hello").await;
-        assert_eq!(drain(&channel, "audit").await, vec!["hello"]);
-        assert_eq!(drain(&channel, "work").await, vec!["todo"]);
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        match last {
+            Last::Purge => assert_eq!(count(&channel, "q").await, Some(0)),
+            Last::DeleteQueue => assert_eq!(count(&channel, "q").await, None),
+            Last::GetNoAck => assert_eq!(drain(&channel, "q").await, vec!["m1"]),
+            Last::DropHead => assert_eq!(drain(&channel, "bounded").await, vec!["new"]),
+            Last::DeclareExchange => {
+                channel
+                    .exchange_declare(
+                        s("audit"),
+                        ExchangeKind::Topic,
+                        passive,
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("the exchange exists");
+            }
+            Last::DeclareQueue => assert_eq!(count(&channel, "fresh").await, Some(0)),
+            Last::Bind | Last::Unbind => {
+                publish(&channel, "events", "user.created", "routed?").await;
+                let routed = drain(&channel, "q").await.contains(&"routed?".to_string());
+                assert_eq!(routed, matches!(last, Last::Bind), "{last:?}");
+            }
+            Last::TxCommitAck => assert_eq!(drain(&channel, "q").await, vec!["m1"]),
+        }
     });
+}
+
+#[test]
+fn amqp_removals_survive_kill_9() {
+    for last in [
+        Last::Purge,
+        Last::DeleteQueue,
+        Last::GetNoAck,
+        Last::DropHead,
+    ] {
+        amqp_scenario(last);
+    }
+}
+
+#[test]
+fn amqp_declarations_and_transactions_survive_kill_9() {
+    for last in [
+        Last::DeclareExchange,
+        Last::DeclareQueue,
+        Last::Bind,
+        Last::Unbind,
+        Last::TxCommitAck,
+    ] {
+        amqp_scenario(last);
+    }
 }
 
 #[test]
