@@ -99,13 +99,6 @@ fn pending(con: &mut redis::Connection, key: &str, group: &str) -> Vec<(String, 
 /// One stream's entries in an XREAD reply: (key, [(id, [(field, value)])]).
 type StreamEntries = (String, Vec<(String, Vec<(String, String)>)>);
 
-/// A stream `s` with entries 1-1 .. n-1, durable.
-fn stream_with(con: &mut redis::Connection, n: u64) {
-    for i in 1..=n {
-        cmd(con, &["XADD", "s", &format!("{i}-1"), "f", &i.to_string()]);
-    }
-}
-
 /// Run `setup` (each reply awaited), then `last`, kill -9 at once, restart, and `check`.
 /// `last` is the only change whose reply has not been followed by another commit.
 fn scenario(setup: &[&[&str]], last: &[&str], check: impl FnOnce(&mut redis::Connection)) {
