@@ -1,11 +1,11 @@
 //! The broker's background work, on one thread (`potok-maintenance`), every 100 ms:
 //!
 //! - **Deleted entities' files** go once their deletion is durable.
-//! - **Tail memory**: a log whose tail passed 4 MiB is written to its segment files; when all
-//!   tails together pass [`BrokerConfig::tail_bytes_max`], the largest are written until they
-//!   hold half of it.
-//! - **Checkpoints**, once the write-ahead log holds [`BrokerConfig::checkpoint_wal_bytes`] or
-//!   [`BrokerConfig::checkpoint_interval`] passed with changes ([`Broker::checkpoint`]).
+//! - **Tail memory**: a log whose tail passed 4 MiB is written to its segment files.
+//! - **Checkpoints**, once the write-ahead log holds [`BrokerConfig::checkpoint_wal_bytes`], or
+//!   all tails together hold [`BrokerConfig::tail_bytes_max`], or
+//!   [`BrokerConfig::checkpoint_interval`] passed with changes ([`Broker::checkpoint`]): a
+//!   checkpoint writes every tail out, so it is also what bounds their memory.
 //! - **Eviction**: streams and topics unused for [`BrokerConfig::idle_eviction`], with nothing
 //!   in memory that a checkpoint still needs, are closed (their memory and descriptor go; the
 //!   next use opens them again).
@@ -30,6 +30,8 @@ const TOPICS_PER_ROUND: usize = 256;
 
 struct Clock {
     last_checkpoint: Instant,
+    /// The write-ahead log's size right after the last checkpoint (what it could not drop).
+    wal_bytes_after_checkpoint: u64,
     last_eviction: Instant,
     /// Where the expiry sweep over topics goes on from.
     topic_cursor: Option<Bytes>,
@@ -56,6 +58,7 @@ impl Maintenance {
             thread: Mutex::new(None),
             clock: Mutex::new(Clock {
                 last_checkpoint: now,
+                wal_bytes_after_checkpoint: 0,
                 last_eviction: now,
                 topic_cursor: None,
             }),
@@ -139,8 +142,12 @@ impl Broker {
         if wal.next_lsn() <= wal.checkpoint_lsn() {
             return false;
         }
-        let elapsed = lock(&self.maintenance.clock).last_checkpoint.elapsed();
-        wal.size_bytes() >= self.config.checkpoint_wal_bytes
+        let (elapsed, base) = {
+            let clock = lock(&self.maintenance.clock);
+            (clock.last_checkpoint.elapsed(), clock.wal_bytes_after_checkpoint)
+        };
+        wal.size_bytes().saturating_sub(base) >= self.config.checkpoint_wal_bytes
+            || self.store.logs().tail_bytes() >= self.config.tail_bytes_max
             || elapsed >= self.config.checkpoint_interval
     }
 
@@ -161,28 +168,9 @@ impl Broker {
         }
     }
 
-    /// Write out the tails that asked for it, and the largest ones while all together hold
-    /// more than the budget.
+    /// Write out the tails that grew past 4 MiB.
     fn enforce_tail_budget(&self) -> Result<(), BrokerError> {
-        let logs = self.store.logs();
-        for log in logs.take_wanting_write() {
-            log.materialize()?;
-        }
-        if logs.tail_bytes() <= self.config.tail_bytes_max {
-            return Ok(());
-        }
-        let mut tails: Vec<_> = {
-            let state = self.read();
-            let streams = state.streams.values().map(|s| s.log().clone());
-            let topics = state.topics.values().map(|t| t.log().clone());
-            streams.chain(topics).collect()
-        };
-        tails.extend(self.vhost.queues().iter().map(|q| q.log().clone()));
-        tails.sort_by_key(|log| std::cmp::Reverse(log.tail_bytes()));
-        for log in tails {
-            if logs.tail_bytes() <= self.config.tail_bytes_max / 2 {
-                break;
-            }
+        for log in self.store.logs().take_wanting_write() {
             log.materialize()?;
         }
         Ok(())
@@ -243,7 +231,11 @@ impl Broker {
             self.vhost.mark_dirty();
             return written;
         }
-        lock(&self.maintenance.clock).last_checkpoint = Instant::now();
+        {
+            let mut clock = lock(&self.maintenance.clock);
+            clock.last_checkpoint = Instant::now();
+            clock.wal_bytes_after_checkpoint = wal.size_bytes();
+        }
         if self.store.meta().wants_compaction() {
             self.store.meta().compact()?;
         }

@@ -102,8 +102,8 @@ pub struct BrokerConfig {
     pub checkpoint_wal_bytes: u64,
     /// ... or this long after the last checkpoint, if anything changed (30 s).
     pub checkpoint_interval: Duration,
-    /// Bytes the entity logs may hold in memory before the largest tails are written out
-    /// (256 MiB); one log's tail is written once it reaches 4 MiB.
+    /// Bytes the entity logs may hold in memory before a checkpoint writes them all out (256
+    /// MiB); one log's tail is written once it reaches 4 MiB.
     pub tail_bytes_max: u64,
     /// Evict entities unused this long (their memory and descriptors go; 60 s).
     pub idle_eviction: Duration,

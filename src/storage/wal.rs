@@ -383,21 +383,27 @@ impl WalInner {
         }
     }
 
-    /// Tell every log whose appends the durable point now covers.
+    /// Tell every log whose appends the durable point now covers (each once: one call shows
+    /// all of a log's appends up to that point).
     fn drain_touched(&self) {
         let durable = self.log.visible_next_offset();
-        loop {
-            let next = {
-                let mut touched = lock(&self.touched);
-                match touched.front() {
-                    Some((lsn, _)) if *lsn <= durable => touched.pop_front(),
-                    _ => None,
+        let covered: Vec<EntityLog> = {
+            let mut touched = lock(&self.touched);
+            let mut covered: Vec<EntityLog> = Vec::new();
+            while touched.front().is_some_and(|(lsn, _)| *lsn <= durable) {
+                let Some((_, log)) = touched.pop_front() else {
+                    break;
+                };
+                // Commits to one log tend to come in runs: skip the repeats of the last few.
+                let recent = covered.len().saturating_sub(8);
+                if !covered[recent..].iter().any(|l| l.same_log(&log)) {
+                    covered.push(log);
                 }
-            };
-            match next {
-                Some((_, log)) => log.mark_durable(durable),
-                None => return,
             }
+            covered
+        };
+        for log in covered {
+            log.mark_durable(durable);
         }
     }
 }
