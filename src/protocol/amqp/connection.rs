@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use super::channel::{Channel, Ctx, WaitDone};
 use super::frame::{
-    self, next_frame, put_heartbeat, put_method, Frame, FRAME_MAX, FRAME_MIN_SIZE, PROTOCOL_HEADER,
+    next_frame, put_heartbeat, put_method, reply_text, skip_frame, Frame, FrameError, Skipped,
+    FRAME_MAX, FRAME_MIN_SIZE, PROTOCOL_HEADER,
 };
 use super::AmqpShared;
 use crate::broker::amqp::{code, AmqpError, QueueEvent};
@@ -161,7 +162,7 @@ impl Connection {
     }
 
     /// Read until one frame is complete (handshake only).
-    async fn read_frame(&mut self) -> Result<Option<Frame>, AmqpError> {
+    async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             if let Some(frame) = next_frame(&mut self.input, self.frame_max)? {
                 return Ok(Some(frame));
@@ -178,14 +179,18 @@ impl Connection {
         &mut self,
     ) -> Result<Option<connection::AMQPMethod>, (AmqpError, u16, u16)> {
         loop {
-            match self.read_frame().await.map_err(|e| (e, 0, 0))? {
+            let frame = self
+                .read_frame()
+                .await
+                .map_err(|e| (e.error, e.class_id, e.method_id))?;
+            match frame {
                 None => return Ok(None),
                 Some(Frame::Heartbeat(_)) => continue,
                 Some(Frame::Method(0, AMQPClass::Connection(m))) => return Ok(Some(m)),
                 Some(other) => {
                     let error = AmqpError::new(
                         code::COMMAND_INVALID,
-                        format!("unexpected frame during the handshake: {other:?}"),
+                        format!("unexpected {} during the handshake", describe(&other)),
                     );
                     return Err((error, 0, 0));
                 }
@@ -418,8 +423,8 @@ impl Connection {
             let frame = match next_frame(&mut self.input, self.frame_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(error) => {
-                    end = Some(End::Error(error, 0, 0));
+                Err(e) => {
+                    end = Some(End::Error(e.error, e.class_id, e.method_id));
                     break;
                 }
             };
@@ -607,7 +612,7 @@ impl Connection {
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
                         reply_code: error.code,
-                        reply_text: error.text.into(),
+                        reply_text: reply_text(&error.text),
                         class_id: class,
                         method_id: method,
                     })),
@@ -714,7 +719,9 @@ impl Connection {
         }
     }
 
-    /// Send connection.close and wait (briefly) for close-ok, ignoring anything else.
+    /// Send connection.close and wait (briefly) for close-ok. Frames meanwhile are dropped
+    /// without being decoded (under the connection's own frame_max), so nothing sent after an
+    /// error, such as the rest of a frame refused for its size, is ever parsed.
     async fn close_with(&mut self, error: AmqpError, class: u16, method: u16) {
         tracing::debug!(connection = self.id, code = error.code, text = %error.text, "closing AMQP connection");
         put_method(
@@ -722,7 +729,7 @@ impl Connection {
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
                 reply_code: error.code,
-                reply_text: error.text.into(),
+                reply_text: reply_text(&error.text),
                 class_id: class,
                 method_id: method,
             })),
@@ -730,16 +737,13 @@ impl Connection {
         if !self.flush().await {
             return;
         }
+        let frame_max = self.frame_max;
         let wait = async {
             loop {
-                match next_frame(&mut self.input, frame::FRAME_MAX) {
-                    Ok(Some(Frame::Method(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
-                    ))) => return,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {}
-                    Err(_) => return,
+                match skip_frame(&mut self.input, frame_max) {
+                    Skipped::CloseOk | Skipped::Broken => return,
+                    Skipped::Other => continue,
+                    Skipped::Incomplete => {}
                 }
                 match self.reader.read_buf(&mut self.input).await {
                     Ok(n) if n > 0 => {}
@@ -765,6 +769,20 @@ impl Connection {
     }
 }
 
+/// A frame named for an error message (never its contents: a body may be 128 KiB).
+fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::Method(channel, class) => format!(
+            "method {}.{} on channel {channel}",
+            class.get_amqp_class_id(),
+            class.get_amqp_method_id()
+        ),
+        Frame::Header { channel, .. } => format!("content header on channel {channel}"),
+        Frame::Body(channel, _) => format!("content body on channel {channel}"),
+        Frame::Heartbeat(channel) => format!("heartbeat on channel {channel}"),
+    }
+}
+
 /// SASL PLAIN: `authzid NUL authcid NUL password`.
 fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
     let mut parts = response.split(|&b| b == 0);
@@ -774,8 +792,10 @@ fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
     Some((user, password))
 }
 
-/// AMQPLAIN: a field table (without its length prefix) with LOGIN and PASSWORD.
+/// AMQPLAIN: a field table (without its length prefix) with LOGIN and PASSWORD. A table
+/// nesting too deep to decode safely is no credentials.
 fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+    super::nesting::check_table_entries(response).ok()?;
     let mut framed = (response.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(response);
     let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;

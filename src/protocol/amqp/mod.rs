@@ -6,6 +6,7 @@
 pub mod channel;
 pub mod connection;
 pub mod frame;
+pub mod nesting;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
