@@ -39,8 +39,9 @@ impl Server {
         );
     }
 
-    /// A well-behaved AMQP client gets its work done: declare, publish with a confirm, get.
-    fn assert_serves_amqp(&mut self) {
+    /// Well-behaved clients get their work done: over AMQP declare, publish with a confirm and
+    /// get; over RESP a PING.
+    fn assert_serves_clients(&mut self) {
         self.assert_running();
         let uri = format!("amqp://guest:guest@{}/%2f", self.amqp);
         runtime().block_on(async {
@@ -206,5 +207,24 @@ fn deeply_nested_tables_are_refused_without_hurting_the_server() {
     socket.write_all(&frame(2, 1, &header)).unwrap();
     assert_eq!(connection_close(&mut socket).map(|c| c.0), Some(501));
 
-    server.assert_serves_amqp();
+    server.assert_serves_clients();
+}
+
+/// RESP arrays nested 100,000 deep (a recursive decoder overflows on far fewer): Redis's
+/// protocol error, the connection closes, and the server serves others.
+#[test]
+fn deeply_nested_resp_arrays_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let nested = b"*1\r\n".repeat(100_000);
+    let mut echo_nested = b"*2\r\n$4\r\nECHO\r\n".to_vec();
+    echo_nested.extend_from_slice(&nested);
+    for request in [nested, echo_nested] {
+        let mut socket = TcpStream::connect(&server.resp).unwrap();
+        assert_eq!(
+            resp_call(&mut socket, &request),
+            "-ERR Protocol error: expected '$', got '*'\r\n"
+        );
+    }
+    server.assert_serves_clients();
 }
