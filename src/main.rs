@@ -47,7 +47,7 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// A TOML file with any of: data_dir, resp_addr, amqp_addr, fsync, password,
-    /// amqp_user, amqp_password.
+    /// amqp_user, amqp_password, maxclients, amqp_connection_max.
     #[arg(long, env = "POTOK_CONFIG")]
     config: Option<PathBuf>,
     /// Where data lives [default: ./data].
@@ -71,6 +71,13 @@ struct ServeArgs {
     /// Require clients to AUTH with this password (Redis's requirepass).
     #[arg(long, env = "POTOK_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// RESP clients served at once (Redis's maxclients) [default: 10000].
+    #[arg(long, env = "POTOK_MAXCLIENTS")]
+    maxclients: Option<usize>,
+    /// AMQP connections served at once (RabbitMQ's connection_max); more wait unaccepted
+    /// [default: 10000].
+    #[arg(long, env = "POTOK_AMQP_CONNECTION_MAX")]
+    amqp_connection_max: Option<usize>,
 }
 
 /// The config file's keys; unknown keys are an error, so typos do not pass silently.
@@ -84,6 +91,8 @@ struct FileConfig {
     password: Option<String>,
     amqp_user: Option<String>,
     amqp_password: Option<String>,
+    maxclients: Option<usize>,
+    amqp_connection_max: Option<usize>,
 }
 
 fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
@@ -97,6 +106,16 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
     };
     let defaults = ServerConfig::default();
     let file_fsync = file.fsync.map(|f| f.parse::<Durability>()).transpose()?;
+    let counts = [
+        ("maxclients", args.maxclients.or(file.maxclients)),
+        (
+            "amqp_connection_max",
+            args.amqp_connection_max.or(file.amqp_connection_max),
+        ),
+    ];
+    if let Some((name, _)) = counts.iter().find(|(_, value)| *value == Some(0)) {
+        return Err(format!("{name} must be at least 1"));
+    }
     Ok(ServerConfig {
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         resp_addr: args
@@ -117,6 +136,14 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
             .unwrap_or(defaults.amqp_password),
         durability: args.fsync.or(file_fsync).unwrap_or(defaults.durability),
         password: args.password.or(file.password),
+        clients_max: args
+            .maxclients
+            .or(file.maxclients)
+            .unwrap_or(defaults.clients_max),
+        amqp_connections_max: args
+            .amqp_connection_max
+            .or(file.amqp_connection_max)
+            .unwrap_or(defaults.amqp_connections_max),
         ..defaults
     })
 }

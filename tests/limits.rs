@@ -228,3 +228,109 @@ fn deeply_nested_resp_arrays_are_refused() {
     }
     server.assert_serves_clients();
 }
+
+/// One line of reply (up to its CRLF), or what came before the socket closed or `wait` passed.
+fn read_line(socket: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    socket.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n") {
+        match socket.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// `CONFIG SET maxclients 100`, then 110 sockets opened in a tight loop (and 300 more): with
+/// the admin connection still counted, exactly 99 new ones get PONG, as from Redis; the rest
+/// are told the limit is reached. Closing connections frees their places.
+#[test]
+fn maxclients_is_exact_under_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut admin = TcpStream::connect(&server.resp).unwrap();
+    assert_eq!(
+        resp_call(&mut admin, b"CONFIG SET maxclients 0\r\n"),
+        "-ERR CONFIG SET failed (possibly related to argument 'maxclients') - argument must be between 1 and 4294967295 inclusive\r\n"
+    );
+    assert_eq!(
+        resp_call(&mut admin, b"CONFIG SET maxclients 100\r\n"),
+        "+OK\r\n"
+    );
+    for burst in [110, 400] {
+        let mut sockets: Vec<TcpStream> = (0..burst)
+            .map(|_| TcpStream::connect(&server.resp).unwrap())
+            .collect();
+        for socket in &mut sockets {
+            let _ = socket.write_all(b"PING\r\n");
+        }
+        let (mut pong, mut refused) = (0, 0);
+        for socket in &mut sockets {
+            match &read_line(socket, Duration::from_secs(5))[..] {
+                b"+PONG\r\n" => pong += 1,
+                b"-ERR max number of clients reached\r\n" => refused += 1,
+                other => panic!("unexpected {:?}", String::from_utf8_lossy(other)),
+            }
+        }
+        assert_eq!((pong, refused), (99, burst - 99));
+        drop(sockets);
+        // The places come back once the connection tasks have ended.
+        let mut again = None;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut probe = TcpStream::connect(&server.resp).unwrap();
+            if resp_call(&mut probe, b"PING\r\n") == "+PONG\r\n" {
+                again = Some(());
+                break;
+            }
+        }
+        assert!(again.is_some(), "places are freed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(resp_call(&mut admin, b"INFO stats\r\n").contains("rejected_connections:"));
+    server.assert_serves_clients();
+}
+
+/// Whether the server's connection.start has arrived on `socket` (looked at without waiting).
+fn got_start(socket: &TcpStream) -> bool {
+    socket.set_nonblocking(true).unwrap();
+    let mut first = [0u8; 1];
+    let started = matches!(socket.peek(&mut first), Ok(1) if first[0] == 1);
+    socket.set_nonblocking(false).unwrap();
+    started
+}
+
+/// RabbitMQ's connection_max: with `--amqp-connection-max 5`, of 30 sockets opened at once
+/// exactly 5 are served (connection.start); the others wait unaccepted, and one is served as
+/// soon as a served connection closes.
+#[test]
+fn amqp_connection_max_is_exact_under_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--amqp-connection-max", "5"]);
+    let sockets: Vec<TcpStream> = (0..30).map(|_| raw_connect(&server.amqp)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut served, mut waiting): (Vec<TcpStream>, Vec<TcpStream>) =
+        sockets.into_iter().partition(got_start);
+    assert_eq!(served.len(), 5, "exactly connection_max are served");
+    // One served connection goes: exactly one waiting connection is served next.
+    drop(served.remove(0));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(waiting.iter_mut().filter(|s| got_start(s)).count(), 1);
+    drop((served, waiting));
+    // Once the burst is gone, well-behaved clients are served again.
+    let mut served_again = false;
+    for _ in 0..50 {
+        let mut socket = raw_connect(&server.amqp);
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        if read_frame_type(&mut socket) == Some(1) {
+            served_again = true;
+            break;
+        }
+    }
+    assert!(served_again);
+    server.assert_serves_clients();
+}

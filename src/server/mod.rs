@@ -28,7 +28,12 @@ pub struct ServerConfig {
     pub amqp_user: String,
     pub amqp_password: String,
     pub durability: Durability,
+    /// RESP `maxclients`: connections served at once; the next is told
+    /// `-ERR max number of clients reached` and closed, as by Redis (CONFIG SET changes it).
     pub clients_max: usize,
+    /// AMQP connections served at once (RabbitMQ's `connection_max`); further ones wait
+    /// unaccepted until one closes.
+    pub amqp_connections_max: usize,
     pub request_limits: RequestLimits,
     /// `requirepass`: clients must AUTH with it.
     pub password: Option<String>,
@@ -44,6 +49,7 @@ impl Default for ServerConfig {
             amqp_password: "guest".into(),
             durability: Durability::Always,
             clients_max: 10_000,
+            amqp_connections_max: 10_000,
             request_limits: RequestLimits::default(),
             password: None,
         }
@@ -108,7 +114,7 @@ pub async fn run(
                 .connections_received
                 .fetch_add(1, Ordering::Relaxed);
             // CONFIG SET maxclients applies to new connections.
-            if shared.clients().len() >= shared.settings().clients_max {
+            let Some(slot) = shared.admit() else {
                 use tokio::io::AsyncWriteExt;
                 shared
                     .stats
@@ -118,13 +124,14 @@ pub async fn run(
                     .write_all(b"-ERR max number of clients reached\r\n")
                     .await;
                 continue;
-            }
+            };
             let shared = Arc::clone(&shared);
             let shutdown_rx = notify_shutdown.subscribe();
             let done = tasks_done_tx.clone();
             let id = next_client_id.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 crate::protocol::resp::connection::serve(socket, shared, id, shutdown_rx).await;
+                drop(slot);
                 drop(done);
             });
         }
@@ -135,8 +142,19 @@ pub async fn run(
         config.amqp_password.clone(),
     ));
     crate::protocol::amqp::spawn_expiry_sweeper(Arc::clone(&amqp_shared));
+    // RabbitMQ's connection_max: at the limit no more connections are accepted (they wait in
+    // the listen backlog) until one closes. A permit is taken before each accept, so the
+    // count is exact under any burst (RabbitMQ's acceptor pool can overshoot it).
+    let amqp_slots = Arc::new(tokio::sync::Semaphore::new(
+        config
+            .amqp_connections_max
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let amqp_accept_loop = async {
         loop {
+            let Ok(slot) = Arc::clone(&amqp_slots).acquire_owned().await else {
+                return;
+            };
             let socket = match amqp_listener.accept().await {
                 Ok((socket, _)) => socket,
                 Err(e) => {
@@ -150,6 +168,7 @@ pub async fn run(
             let done = tasks_done_tx.clone();
             tokio::spawn(async move {
                 crate::protocol::amqp::connection::serve(socket, shared, shutdown_rx).await;
+                drop(slot);
                 drop(done);
             });
         }

@@ -39,6 +39,28 @@ fn parameters(shared: &RespShared) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// CONFIG SET's refusal of a value, in Redis's words.
+fn set_failed(name: &str, why: &str) -> Reply {
+    Reply::error(format!(
+        "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+    ))
+}
+
+/// `maxclients`: an integer from 1 to 4294967295, as Redis takes it.
+fn parse_maxclients(value: &[u8]) -> Result<usize, Reply> {
+    let value: i64 = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| set_failed("maxclients", "argument couldn't be parsed into an integer"))?;
+    if !(1..=i64::from(u32::MAX)).contains(&value) {
+        return Err(set_failed(
+            "maxclients",
+            "argument must be between 1 and 4294967295 inclusive",
+        ));
+    }
+    Ok(value as usize)
+}
+
 pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
     let typed = args.required()?;
     let sub = typed.to_ascii_uppercase();
@@ -76,11 +98,7 @@ pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
                         settings.password = (!pair[1].is_empty())
                             .then(|| String::from_utf8_lossy(&pair[1]).into_owned());
                     }
-                    "maxclients" => {
-                        settings.clients_max = std::str::from_utf8(&pair[1]).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
-                            Reply::error("ERR CONFIG SET failed (possibly related to argument 'maxclients') - argument couldn't be parsed into an integer")
-                        })?;
-                    }
+                    "maxclients" => settings.clients_max = parse_maxclients(&pair[1])?,
                     _ => {
                         return Err(Reply::error(format!(
                             "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
