@@ -334,3 +334,345 @@ fn amqp_connection_max_is_exact_under_a_burst() {
     assert!(served_again);
     server.assert_serves_clients();
 }
+
+/// The server's resident memory from /proc, in KiB: (VmRSS, RssAnon: the heap and other
+/// anonymous memory, without mapped log files).
+fn memory_kib(server: &Server) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+/// Read `count` CRLF-terminated lines of replies off `socket` (one line per integer or status
+/// reply; an array of bulk strings takes a line for its header and two per element).
+fn read_lines(socket: &mut TcpStream, count: usize) -> Vec<String> {
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    while replies.len() < count {
+        while let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = buf.drain(..end + 2).collect();
+            replies.push(String::from_utf8_lossy(&line[..end]).into_owned());
+        }
+        if replies.len() >= count {
+            break;
+        }
+        let n = socket.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed after {} replies", replies.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    replies
+}
+
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Whether the server closed `socket` (reading and discarding what was buffered for it).
+fn closed_by_server(socket: &mut TcpStream) -> bool {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match socket.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A subscriber that never reads while 10 KB messages are published: with Redis's default
+/// `pubsub 32mb 8mb 60` it is closed once about 32 MB is held for it (it held 1 GB before),
+/// leaves PUBSUB NUMSUB at once, and the memory goes back.
+#[test]
+fn a_subscriber_that_never_reads_is_closed_at_its_limit_and_its_memory_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut publisher = TcpStream::connect(&server.resp).unwrap();
+    let mut sleeper = TcpStream::connect(&server.resp).unwrap();
+    sleeper
+        .write_all(&command(&[b"SUBSCRIBE", b"news"]))
+        .unwrap();
+    assert_eq!(read_lines(&mut sleeper, 6)[5], ":1");
+    // Warm up (allocator arenas, the topic log) before the baseline.
+    let payload = vec![b'p'; 10 * 1024];
+    let batch: Vec<u8> = (0..100)
+        .flat_map(|_| command(&[b"PUBLISH", b"quiet", &payload]))
+        .collect();
+    publisher.write_all(&batch).unwrap();
+    read_lines(&mut publisher, 100);
+    let before = memory_kib(&server);
+    // Publish in batches of 100 until the subscriber stops receiving.
+    let batch: Vec<u8> = (0..100)
+        .flat_map(|_| command(&[b"PUBLISH", b"news", &payload]))
+        .collect();
+    let (mut published, mut peak) = (0, before);
+    loop {
+        publisher.write_all(&batch).unwrap();
+        let received = read_lines(&mut publisher, 100);
+        published += 100;
+        peak = peak.max(memory_kib(&server));
+        if received.iter().any(|r| r == ":0") {
+            break;
+        }
+        assert!(
+            published < 8000,
+            "still subscribed after {published} messages"
+        );
+    }
+    // Closed at once: gone from NUMSUB, and its memory released while it still reads
+    // nothing; then its socket turns out closed.
+    publisher
+        .write_all(&command(&[b"PUBSUB", b"NUMSUB", b"news"]))
+        .unwrap();
+    assert_eq!(read_lines(&mut publisher, 4)[3], ":0");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = memory_kib(&server);
+    assert!(closed_by_server(&mut sleeper));
+    eprintln!(
+        "slow subscriber: closed after {published} messages of 10 KB; RSS KiB before {:?} peak {:?} after {:?}",
+        before, peak, after
+    );
+    assert!(
+        published >= 3000,
+        "not before its 32 MB limit ({published})"
+    );
+    assert!(
+        after.1 < before.1 + 16 * 1024,
+        "anonymous memory back near its start: {before:?} -> {after:?}"
+    );
+    server.assert_serves_clients();
+}
+
+/// The most anonymous memory (KiB) the server uses while `work` runs, sampled every 2 ms.
+fn peak_anon_kib_during<T>(server: &Server, work: impl FnOnce() -> T) -> (T, u64) {
+    let pid = server.child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    let anon = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("RssAnon:"))
+                        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+                        .unwrap_or(0);
+                    peak = peak.max(anon);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let result = work();
+    std::thread::sleep(Duration::from_millis(20));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (result, sampler.join().unwrap())
+}
+
+/// XRANGE/XREVRANGE over a 40 MB stream with `maxmemory-clients 16mb`: refused with Redis-style
+/// error text, sized before it is built (the server's memory barely moves); a small read
+/// still works. With the client's own hard limit below the reply, the client is closed
+/// instead, as Redis closes it.
+#[test]
+fn a_range_reply_over_the_budget_is_refused_before_it_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        dir.path(),
+        &["--fsync", "never", "--maxmemory-clients", "16mb"],
+    );
+    let mut client = TcpStream::connect(&server.resp).unwrap();
+    let value = vec![b'v'; 64 * 1024];
+    let batch: Vec<u8> = (0..16)
+        .flat_map(|_| command(&[b"XADD", b"big", b"*", b"f", &value]))
+        .collect();
+    for _ in 0..40 {
+        client.write_all(&batch).unwrap();
+        read_lines(&mut client, 32); // 16 bulk IDs
+    }
+    client
+        .write_all(&command(&[b"XRANGE", b"big", b"-", b"+", b"COUNT", b"2"]))
+        .unwrap();
+    assert_eq!(read_lines(&mut client, 17)[0], "*2");
+    let before = memory_kib(&server).1;
+    for request in [
+        command(&[b"XRANGE", b"big", b"-", b"+"]),
+        command(&[b"XREVRANGE", b"big", b"+", b"-"]),
+        command(&[b"XREAD", b"STREAMS", b"big", b"0"]),
+    ] {
+        let (reply, peak) = peak_anon_kib_during(&server, || {
+            client.write_all(&request).unwrap();
+            read_lines(&mut client, 1).remove(0)
+        });
+        assert!(
+            reply.starts_with("-ERR reply would exceed "),
+            "refused: {reply}"
+        );
+        eprintln!("refused range read: RssAnon KiB before {before}, peak {peak}");
+        assert!(
+            peak < before + 8 * 1024,
+            "nothing big is built: {before} KiB -> {peak} KiB"
+        );
+    }
+    // Within its own hard limit of 4 MB, the reply closes the client, as in Redis.
+    client
+        .write_all(&command(&[
+            b"CONFIG",
+            b"SET",
+            b"client-output-buffer-limit",
+            b"normal 4mb 0 0",
+        ]))
+        .unwrap();
+    assert_eq!(read_lines(&mut client, 1)[0], "+OK");
+    client
+        .write_all(&command(&[b"XRANGE", b"big", b"-", b"+"]))
+        .unwrap();
+    assert!(closed_by_server(&mut client));
+    let mut other = TcpStream::connect(&server.resp).unwrap();
+    other
+        .write_all(&command(&[b"XRANGE", b"big", b"-", b"+", b"COUNT", b"1"]))
+        .unwrap();
+    assert_eq!(read_lines(&mut other, 1)[0], "*1");
+    server.assert_serves_clients();
+}
+
+/// `maxmemory-clients` bounds what all clients hold together: with per-client pubsub limits
+/// off and a total of 8 MB, the subscriber that never reads is evicted (it holds the most, as
+/// Redis 7 chooses) while a subscriber that keeps reading stays; nothing else is disturbed.
+#[test]
+fn the_total_over_all_clients_evicts_the_client_holding_the_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        dir.path(),
+        &[
+            "--client-output-buffer-limit",
+            "pubsub 0 0 0",
+            "--maxmemory-clients",
+            "8mb",
+        ],
+    );
+    let mut sleeper = TcpStream::connect(&server.resp).unwrap();
+    let mut reader = TcpStream::connect(&server.resp).unwrap();
+    for socket in [&mut sleeper, &mut reader] {
+        socket
+            .write_all(&command(&[b"SUBSCRIBE", b"feed"]))
+            .unwrap();
+        read_lines(socket, 6);
+    }
+    // The reader reads until it has what was published (told once publishing ends).
+    let expected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let reading = {
+        let expected = std::sync::Arc::clone(&expected);
+        std::thread::spawn(move || {
+            let mut chunk = vec![0u8; 256 * 1024];
+            let mut bytes = 0usize;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            reader
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            while bytes < expected.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                match reader.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => bytes += n,
+                    Err(_) => continue,
+                }
+            }
+            bytes
+        })
+    };
+    let mut publisher = TcpStream::connect(&server.resp).unwrap();
+    let payload = vec![b'p'; 10 * 1024];
+    let batch: Vec<u8> = (0..50)
+        .flat_map(|_| command(&[b"PUBLISH", b"feed", &payload]))
+        .collect();
+    let mut published = 0;
+    loop {
+        publisher.write_all(&batch).unwrap();
+        let received = read_lines(&mut publisher, 50);
+        published += 50;
+        if received.iter().any(|r| r == ":1") {
+            break;
+        }
+        assert!(published < 10_000, "nobody evicted after {published}");
+    }
+    publisher
+        .write_all(&command(&[b"PUBSUB", b"NUMSUB", b"feed"]))
+        .unwrap();
+    assert_eq!(read_lines(&mut publisher, 4)[3], ":1", "the reader stays");
+    assert!(closed_by_server(&mut sleeper), "the sleeper is evicted");
+    // The reader gets everything published.
+    expected.store(published * 10 * 1024, std::sync::atomic::Ordering::Relaxed);
+    let received = reading.join().unwrap();
+    assert!(
+        received >= published * 10 * 1024,
+        "{received} bytes for {published} messages"
+    );
+    server.assert_serves_clients();
+}
+
+/// CONFIG GET/SET of the output limits, byte for byte as Redis 7.0.15 answers.
+#[test]
+fn output_limits_are_configured_as_in_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut client = TcpStream::connect(&server.resp).unwrap();
+    let failed = |why: &str| {
+        format!("-ERR CONFIG SET failed (possibly related to argument 'client-output-buffer-limit') - {why}\r\n")
+    };
+    let set = |value: &str| {
+        command(&[
+            b"CONFIG",
+            b"SET",
+            b"client-output-buffer-limit",
+            value.as_bytes(),
+        ])
+    };
+    let cases: Vec<(Vec<u8>, String)> = vec![
+        (
+            command(&[b"CONFIG", b"GET", b"client-output-buffer-limit"]),
+            "*2\r\n$26\r\nclient-output-buffer-limit\r\n$67\r\nnormal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60\r\n".into(),
+        ),
+        (set("pubsub 32mb 8mb"), failed("Wrong number of arguments in buffer limit configuration.")),
+        (set("master 1 1 1"), failed("Invalid client class specified in buffer limit configuration.")),
+        (set("pubsub x 2 3"), failed("Error in hard, soft or soft_seconds setting in buffer limit configuration.")),
+        (set("normal 1gb 1gb 0 pubsub 1k 2KB 3"), "+OK\r\n".into()),
+        (set("replica 1gb 2mb 30"), "+OK\r\n".into()),
+        (
+            command(&[b"CONFIG", b"GET", b"client-output-buffer-limit"]),
+            "*2\r\n$26\r\nclient-output-buffer-limit\r\n$77\r\nnormal 1073741824 1073741824 0 slave 1073741824 2097152 30 pubsub 1000 2048 3\r\n".into(),
+        ),
+        (
+            command(&[b"CONFIG", b"SET", b"maxmemory-clients", b"64mb"]),
+            "+OK\r\n".into(),
+        ),
+        (
+            command(&[b"CONFIG", b"GET", b"maxmemory-clients"]),
+            "*2\r\n$17\r\nmaxmemory-clients\r\n$8\r\n67108864\r\n".into(),
+        ),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(resp_call(&mut client, &request), expected);
+    }
+}

@@ -10,6 +10,7 @@
 //! and keep only per-connection state.
 
 pub mod amqp;
+pub mod budget;
 pub mod catalog;
 pub mod group;
 pub mod journal;

@@ -13,11 +13,17 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::broker::budget::MemoryBudget;
 use crate::broker::{Broker, BrokerConfig};
 use crate::protocol::amqp::AmqpShared;
+use crate::protocol::resp::output::OutputLimits;
 use crate::protocol::resp::request::RequestLimits;
 use crate::protocol::resp::shared::{RespShared, ServerFacts, Settings};
 use crate::storage::Durability;
+
+/// Default `maxmemory-clients`: 1 GiB held for clients at most. (Redis has no total by
+/// default; one slow client per class is bounded by its own limit, but a thousand are not.)
+pub const CLIENTS_OUTPUT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
 /// Everything `potok serve` can be told.
 #[derive(Clone, Debug)]
@@ -34,6 +40,12 @@ pub struct ServerConfig {
     /// AMQP connections served at once (RabbitMQ's `connection_max`); further ones wait
     /// unaccepted until one closes.
     pub amqp_connections_max: usize,
+    /// Redis's `client-output-buffer-limit` (CONFIG SET changes it).
+    pub output_limits: OutputLimits,
+    /// Bytes held for all clients of both protocols and not yet written (RESP's
+    /// `maxmemory-clients`; 0 = no total). Past it the RESP client holding the most is
+    /// evicted and AMQP deliveries wait.
+    pub clients_output_bytes_max: u64,
     pub request_limits: RequestLimits,
     /// `requirepass`: clients must AUTH with it.
     pub password: Option<String>,
@@ -50,6 +62,8 @@ impl Default for ServerConfig {
             durability: Durability::Always,
             clients_max: 10_000,
             amqp_connections_max: 10_000,
+            output_limits: OutputLimits::default(),
+            clients_output_bytes_max: CLIENTS_OUTPUT_BYTES_MAX,
             request_limits: RequestLimits::default(),
             password: None,
         }
@@ -88,6 +102,7 @@ pub async fn run(
     let settings = Settings {
         password: config.password.clone(),
         clients_max: config.clients_max,
+        output_limits: config.output_limits,
     };
     let facts = ServerFacts {
         resp_addr: local,
@@ -95,7 +110,13 @@ pub async fn run(
         durability: config.durability,
         limits: config.request_limits,
     };
-    let shared = Arc::new(RespShared::new(Arc::clone(&broker), settings, facts));
+    let output_budget = Arc::new(MemoryBudget::new(config.clients_output_bytes_max));
+    let shared = Arc::new(RespShared::new(
+        Arc::clone(&broker),
+        settings,
+        facts,
+        Arc::clone(&output_budget),
+    ));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (tasks_done_tx, mut tasks_done_rx) = mpsc::channel::<()>(1);
     let next_client_id = AtomicU64::new(1);

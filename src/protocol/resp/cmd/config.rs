@@ -1,9 +1,13 @@
 //! `CONFIG GET pattern [pattern ...]`, `CONFIG SET parameter value [parameter value ...]`,
-//! `CONFIG RESETSTAT`, `CONFIG HELP`, for the settings that exist.
+//! `CONFIG RESETSTAT`, `CONFIG HELP`, for the settings that exist. Settable: `requirepass`,
+//! `maxclients`, `client-output-buffer-limit` (Redis's form and units) and
+//! `maxmemory-clients` (bytes with Redis's units; Redis's percent of maxmemory does not apply:
+//! Potok has no maxmemory). A CONFIG SET applies all its values or none.
 
 use super::{Context, Reply};
 use crate::protocol::glob::glob_match;
 use crate::protocol::resp::args::Args;
+use crate::protocol::resp::output::parse_memory;
 use crate::protocol::resp::shared::RespShared;
 use crate::storage::Durability;
 
@@ -22,12 +26,17 @@ fn parameters(shared: &RespShared) -> Vec<(&'static str, String)> {
         ("appendonly", "yes".to_string()),
         ("bind", facts.resp_addr.ip().to_string()),
         (
+            "client-output-buffer-limit",
+            settings.output_limits.to_config(),
+        ),
+        (
             "client-query-buffer-limit",
             facts.limits.request_bytes_max.to_string(),
         ),
         ("databases", "1".to_string()),
         ("dir", facts.data_dir.display().to_string()),
         ("maxclients", settings.clients_max.to_string()),
+        ("maxmemory-clients", shared.output_budget.max().to_string()),
         ("port", facts.resp_addr.port().to_string()),
         ("potok-fsync", facts.durability.to_string()),
         (
@@ -91,9 +100,22 @@ pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
                 ));
             }
             let mut settings = context.shared.settings();
+            let mut clients_output_max = None;
             for pair in pairs.chunks_exact(2) {
                 let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
                 match name.as_str() {
+                    "client-output-buffer-limit" => {
+                        settings.output_limits = settings
+                            .output_limits
+                            .with_config(&pair[1])
+                            .map_err(|why| set_failed(&name, why))?;
+                    }
+                    "maxmemory-clients" => {
+                        clients_output_max =
+                            Some(parse_memory(&pair[1]).ok_or_else(|| {
+                                set_failed(&name, "argument must be a memory value")
+                            })?);
+                    }
                     "requirepass" => {
                         settings.password = (!pair[1].is_empty())
                             .then(|| String::from_utf8_lossy(&pair[1]).into_owned());
@@ -111,6 +133,10 @@ pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
                 .settings
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = settings;
+            if let Some(max) = clients_output_max {
+                context.shared.output_budget.set_max(max);
+                context.shared.evict_over_budget();
+            }
             Ok(Reply::ok())
         }
         b"RESETSTAT" => Ok(Reply::ok()),

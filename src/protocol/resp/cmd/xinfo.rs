@@ -94,9 +94,10 @@ fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
         fields.push((Reply::bulk("last-entry"), entry(info.last_entry)));
         return Ok(Reply::Map(fields));
     }
+    let budget = context.reply_budget();
     let entries = stream
-        .range(StreamId::MIN, StreamId::MAX, Some(count))
-        .map_err(stream_error)?;
+        .range_within(StreamId::MIN, StreamId::MAX, Some(count), budget.bytes_max)
+        .map_err(|e| context.read_error(e, budget))?;
     fields.push((
         Reply::bulk("entries"),
         Reply::Array(entries.into_iter().map(entry_reply).collect()),
