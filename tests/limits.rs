@@ -463,8 +463,7 @@ fn a_subscriber_that_never_reads_is_closed_at_its_limit_and_its_memory_released(
 }
 
 /// The most anonymous memory (KiB) the server uses while `work` runs, sampled every 2 ms.
-fn peak_anon_kib_during<T>(server: &Server, work: impl FnOnce() -> T) -> (T, u64) {
-    let pid = server.child.id();
+fn peak_anon_kib_during<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let done = std::sync::Arc::clone(&done);
@@ -520,7 +519,7 @@ fn a_range_reply_over_the_budget_is_refused_before_it_is_built() {
         command(&[b"XREVRANGE", b"big", b"+", b"-"]),
         command(&[b"XREAD", b"STREAMS", b"big", b"0"]),
     ] {
-        let (reply, peak) = peak_anon_kib_during(&server, || {
+        let (reply, peak) = peak_anon_kib_during(server.child.id(), || {
             client.write_all(&request).unwrap();
             read_lines(&mut client, 1).remove(0)
         });
@@ -675,4 +674,70 @@ fn output_limits_are_configured_as_in_redis() {
     for (request, expected) in cases {
         assert_eq!(resp_call(&mut client, &request), expected);
     }
+}
+
+/// AMQP clients that do not read what they are sent: a consumer with no prefetch limit (its
+/// deliveries were bounded by count only: 1,024 of them, 64 MB of these) and a client
+/// pipelining basic.get (each round's output was unbounded). The server holds a few MB for
+/// them, not the messages, and others are served meanwhile and after.
+#[test]
+fn amqp_clients_that_never_read_hold_a_bounded_amount() {
+    use common::raw_amqp::{publish_frames, queue_declare_frame, read_until_method};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--fsync", "never"]);
+    let open_channel = |socket: &mut TcpStream| {
+        socket.write_all(&method_frame(1, 20, 10, &[0])).unwrap();
+        assert!(read_until_method(socket, 20, 11));
+        socket.write_all(&queue_declare_frame(1, "flood")).unwrap();
+        assert!(read_until_method(socket, 50, 11));
+    };
+    let mut consumer = raw_handshake_with(&server.amqp, 131_072, 0);
+    open_channel(&mut consumer);
+    let mut consume = vec![0, 0];
+    consume.extend_from_slice(&short_string("flood"));
+    consume.extend_from_slice(&short_string("sleeper"));
+    consume.extend_from_slice(&[0, 0, 0, 0, 0]);
+    consumer
+        .write_all(&method_frame(1, 60, 20, &consume))
+        .unwrap();
+    assert!(read_until_method(&mut consumer, 60, 21));
+    // From here on the consumer reads nothing.
+    let mut publisher = raw_handshake_with(&server.amqp, 131_072, 0);
+    open_channel(&mut publisher);
+    let body = vec![b'm'; 64 * 1024];
+    let batch: Vec<u8> = (0..50)
+        .flat_map(|_| publish_frames(1, "flood", &body))
+        .collect();
+    let before = memory_kib(&server).1;
+    let ((), peak) = peak_anon_kib_during(server.child.id(), || {
+        for _ in 0..40 {
+            publisher.write_all(&batch).unwrap();
+        }
+        // Everything published is in the queue once a later declare on the channel returns.
+        publisher
+            .write_all(&queue_declare_frame(1, "flood"))
+            .unwrap();
+        assert!(read_until_method(&mut publisher, 50, 11));
+        std::thread::sleep(Duration::from_millis(500));
+        // 1,000 basic.get pipelined, never read.
+        let mut getter = raw_handshake_with(&server.amqp, 131_072, 0);
+        open_channel(&mut getter);
+        let mut get = vec![0, 0];
+        get.extend_from_slice(&short_string("flood"));
+        get.push(1); // no-ack
+        let gets: Vec<u8> = (0..1000)
+            .flat_map(|_| method_frame(1, 60, 70, &get))
+            .collect();
+        getter.write_all(&gets).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        server.assert_serves_clients();
+        drop(getter);
+    });
+    eprintln!("non-reading AMQP clients: RssAnon KiB before {before}, peak {peak}");
+    assert!(
+        peak < before + 24 * 1024,
+        "bounded: {before} KiB -> {peak} KiB for 128 MB published"
+    );
+    drop(consumer);
+    server.assert_serves_clients();
 }

@@ -161,6 +161,7 @@ pub async fn run(
         Arc::clone(&broker),
         config.amqp_user.clone(),
         config.amqp_password.clone(),
+        output_budget,
     ));
     crate::protocol::amqp::spawn_expiry_sweeper(Arc::clone(&amqp_shared));
     // RabbitMQ's connection_max: at the limit no more connections are accepted (they wait in

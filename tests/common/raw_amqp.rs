@@ -166,3 +166,53 @@ pub fn raw_handshake_with(addr: &str, frame_max: u32, heartbeat: u16) -> TcpStre
     assert_eq!(read_frame_type(&mut socket), Some(1)); // open-ok
     socket
 }
+
+/// `basic.publish` to the default exchange with routing key `queue`, its content header
+/// (class 60, no properties) and one body frame (the body must fit the frame_max).
+pub fn publish_frames(channel: u16, queue: &str, body: &[u8]) -> Vec<u8> {
+    let mut args = vec![0, 0];
+    args.extend_from_slice(&short_string(""));
+    args.extend_from_slice(&short_string(queue));
+    args.push(0);
+    let mut out = method_frame(channel, 60, 40, &args);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&frame(2, channel, &header));
+    out.extend_from_slice(&frame(3, channel, body));
+    out
+}
+
+/// `queue.declare` (not passive, no flags, no arguments).
+pub fn queue_declare_frame(channel: u16, queue: &str) -> Vec<u8> {
+    let mut args = vec![0, 0];
+    args.extend_from_slice(&short_string(queue));
+    args.extend_from_slice(&[0, 0, 0, 0, 0]);
+    method_frame(channel, 50, 10, &args)
+}
+
+/// Read frames until a method frame `class`.`method` arrives; false if the socket closes.
+pub fn read_until_method(socket: &mut TcpStream, class: u16, method: u16) -> bool {
+    let mut header = [0u8; 7];
+    loop {
+        if socket.read_exact(&mut header).is_err() {
+            return false;
+        }
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        let mut rest = vec![0u8; size + 1];
+        if socket.read_exact(&mut rest).is_err() {
+            return false;
+        }
+        if header[0] == 1
+            && rest[..4]
+                == [
+                    (class >> 8) as u8,
+                    class as u8,
+                    (method >> 8) as u8,
+                    method as u8,
+                ]
+        {
+            return true;
+        }
+    }
+}

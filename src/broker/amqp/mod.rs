@@ -25,7 +25,8 @@ use definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::Message;
 pub use queue::{
-    ChannelLimit, ConsumerSpec, DeadLetter, DeadReason, Delivery, Queue, QueueError, QueueEvent,
+    Backlog, ChannelLimit, ConsumerSpec, DeadLetter, DeadReason, Delivery, Queue, QueueError,
+    QueueEvent,
 };
 
 /// AMQP reply codes (the spec's constants, as RabbitMQ uses them).

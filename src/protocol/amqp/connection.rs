@@ -24,7 +24,7 @@ use super::frame::{
     FRAME_MAX, FRAME_MIN_SIZE, PROTOCOL_HEADER,
 };
 use super::AmqpShared;
-use crate::broker::amqp::{code, AmqpError, QueueEvent};
+use crate::broker::amqp::{code, AmqpError, Backlog, QueueEvent};
 
 /// Channels a connection may open (RabbitMQ's default `channel_max`).
 const CHANNEL_MAX: u16 = 2047;
@@ -35,6 +35,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Input read per round before output is flushed.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Output a round may produce before it is flushed: a round of client frames stops here
+/// (the rest waits in the input buffer), and so does a round of queue deliveries. With one
+/// message always allowed, the output held is this plus at most one message (basic.get and
+/// mandatory returns carry whole messages too).
+const ROUND_OUTPUT_BYTES: usize = 256 * 1024;
 
 struct Connection {
     id: u64,
@@ -52,6 +57,11 @@ struct Connection {
     done_tx: mpsc::UnboundedSender<WaitDone>,
     done_rx: mpsc::UnboundedReceiver<WaitDone>,
     consumer_channels: HashMap<u64, u16>,
+    /// Deliveries queued for this connection and not yet handed to a channel.
+    backlog: Arc<Backlog>,
+    /// Complete frames wait in `input`: a round stopped once its output passed
+    /// [`ROUND_OUTPUT_BYTES`].
+    input_pending: bool,
     last_received: Instant,
     last_sent: Instant,
 }
@@ -80,6 +90,7 @@ pub async fn serve(
     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let backlog = Arc::new(Backlog::new(Arc::clone(&shared.output_budget)));
     let mut conn = Connection {
         id,
         shared,
@@ -96,6 +107,8 @@ pub async fn serve(
         done_tx,
         done_rx,
         consumer_channels: HashMap::new(),
+        backlog,
+        input_pending: false,
         last_received: Instant::now(),
         last_sent: Instant::now(),
     };
@@ -349,6 +362,17 @@ impl Connection {
             }
         }
         loop {
+            if std::mem::take(&mut self.input_pending) {
+                // The last round stopped at its output limit; that output is written.
+                let end = self.process_input();
+                if !self.flush().await {
+                    return End::Gone;
+                }
+                if let Some(end) = end {
+                    return end;
+                }
+                continue;
+            }
             let end = tokio::select! {
                 read = self.reader.read_buf(&mut self.input) => match read {
                     Ok(n) if n > 0 => {
@@ -359,11 +383,11 @@ impl Connection {
                 },
                 Some(event) = self.events_rx.recv() => {
                     self.handle_event(event);
-                    while let Ok(event) = self.events_rx.try_recv() {
-                        self.handle_event(event);
-                        if self.out.len() > READ_BUFFER_BYTES * 4 {
+                    while self.out.len() < ROUND_OUTPUT_BYTES {
+                        let Ok(event) = self.events_rx.try_recv() else {
                             break;
-                        }
+                        };
+                        self.handle_event(event);
                     }
                     None
                 }
@@ -411,6 +435,7 @@ impl Connection {
                 events: &self.events_tx,
                 consumer_channels: &mut self.consumer_channels,
                 done: &self.done_tx,
+                backlog: &self.backlog,
             },
             &mut self.channels,
         )
@@ -420,6 +445,10 @@ impl Connection {
     fn process_input(&mut self) -> Option<End> {
         let mut end = None;
         loop {
+            if self.out.len() >= ROUND_OUTPUT_BYTES {
+                self.input_pending = true;
+                break;
+            }
             let frame = match next_frame(&mut self.input, self.frame_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -625,6 +654,7 @@ impl Connection {
     fn handle_event(&mut self, event: QueueEvent) {
         match event {
             QueueEvent::Deliver(delivery) => {
+                self.backlog.remove(delivery.bytes());
                 let queue = Arc::clone(&delivery.queue);
                 let channel = self.consumer_channels.get(&delivery.consumer_id).copied();
                 let (mut ctx, channels) = self.ctx();
