@@ -533,6 +533,49 @@ fn a_range_reply_over_the_budget_is_refused_before_it_is_built() {
             "nothing big is built: {before} KiB -> {peak} KiB"
         );
     }
+    // XPENDING's rows are sized before they are built too: 640 pending, then a 16 KB total.
+    client
+        .write_all(&command(&[b"XGROUP", b"CREATE", b"big", b"g", b"0"]))
+        .unwrap();
+    assert_eq!(read_lines(&mut client, 1)[0], "+OK");
+    let read = command(&[
+        b"XREADGROUP",
+        b"GROUP",
+        b"g",
+        b"c",
+        b"COUNT",
+        b"64",
+        b"STREAMS",
+        b"big",
+        b">",
+    ]);
+    for _ in 0..10 {
+        client.write_all(&read).unwrap();
+        read_lines(&mut client, 5 + 64 * 8);
+    }
+    let pending = command(&[b"XPENDING", b"big", b"g", b"-", b"+", b"1000"]);
+    client.write_all(&pending).unwrap();
+    assert_eq!(read_lines(&mut client, 1)[0], "*640");
+    client
+        .write_all(&command(&[
+            b"CONFIG",
+            b"SET",
+            b"maxmemory-clients",
+            b"16kb",
+        ]))
+        .unwrap();
+    assert_eq!(read_lines(&mut client, 1)[0], "+OK");
+    client.write_all(&pending).unwrap();
+    assert!(read_lines(&mut client, 1)[0].starts_with("-ERR reply would exceed "));
+    client
+        .write_all(&command(&[
+            b"CONFIG",
+            b"SET",
+            b"maxmemory-clients",
+            b"16mb",
+        ]))
+        .unwrap();
+    assert_eq!(read_lines(&mut client, 1)[0], "+OK");
     // Within its own hard limit of 4 MB, the reply closes the client, as in Redis.
     client
         .write_all(&command(&[
