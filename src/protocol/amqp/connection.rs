@@ -822,9 +822,10 @@ fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
     Some((user, password))
 }
 
-/// AMQPLAIN: a field table (without its length prefix) with LOGIN and PASSWORD. A table
-/// nesting too deep to decode safely is no credentials.
-fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+/// The user and password in an AMQPLAIN response: a field table (without its length
+/// prefix) with LOGIN and PASSWORD, long or short strings. `None` if it has no such pair, does
+/// not decode, or nests too deep to decode safely (see [`super::nesting`]).
+pub fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
     super::nesting::check_table_entries(response).ok()?;
     let mut framed = (response.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(response);
