@@ -444,8 +444,13 @@ fn a_subscriber_that_never_reads_is_closed_at_its_limit_and_its_memory_released(
         .write_all(&command(&[b"PUBSUB", b"NUMSUB", b"news"]))
         .unwrap();
     assert_eq!(read_lines(&mut publisher, 4)[3], ":0");
-    std::thread::sleep(Duration::from_millis(500));
-    let after = memory_kib(&server);
+    let settled = |after: (u64, u64)| after.1 < before.1 + 16 * 1024;
+    let mut after = memory_kib(&server);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !settled(after) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = memory_kib(&server);
+    }
     assert!(closed_by_server(&mut sleeper));
     eprintln!(
         "slow subscriber: closed after {published} messages of 10 KB; RSS KiB before {:?} peak {:?} after {:?}",
@@ -456,7 +461,7 @@ fn a_subscriber_that_never_reads_is_closed_at_its_limit_and_its_memory_released(
         "not before its 32 MB limit ({published})"
     );
     assert!(
-        after.1 < before.1 + 16 * 1024,
+        settled(after),
         "anonymous memory back near its start: {before:?} -> {after:?}"
     );
     server.assert_serves_clients();
@@ -719,23 +724,21 @@ fn output_limits_are_configured_as_in_redis() {
     }
 }
 
-/// AMQP clients that do not read what they are sent: a consumer with no prefetch limit (its
-/// deliveries were bounded by count only: 1,024 of them, 64 MB of these) and a client
-/// pipelining basic.get (each round's output was unbounded). The server holds a few MB for
-/// them, not the messages, and others are served meanwhile and after.
-#[test]
-fn amqp_clients_that_never_read_hold_a_bounded_amount() {
+/// Open channel 1 and declare the queue "flood".
+fn open_flood_channel(socket: &mut TcpStream) {
+    use common::raw_amqp::{queue_declare_frame, read_until_method};
+    socket.write_all(&method_frame(1, 20, 10, &[0])).unwrap();
+    assert!(read_until_method(socket, 20, 11));
+    socket.write_all(&queue_declare_frame(1, "flood")).unwrap();
+    assert!(read_until_method(socket, 50, 11));
+}
+
+/// An AMQP consumer of "flood" (no prefetch limit) that reads nothing once consuming, and
+/// `messages` of 64 KB published to it (all in the queue when this returns).
+fn amqp_sleeper(addr: &str, messages: usize) -> TcpStream {
     use common::raw_amqp::{publish_frames, queue_declare_frame, read_until_method};
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--fsync", "never"]);
-    let open_channel = |socket: &mut TcpStream| {
-        socket.write_all(&method_frame(1, 20, 10, &[0])).unwrap();
-        assert!(read_until_method(socket, 20, 11));
-        socket.write_all(&queue_declare_frame(1, "flood")).unwrap();
-        assert!(read_until_method(socket, 50, 11));
-    };
-    let mut consumer = raw_handshake_with(&server.amqp, 131_072, 0);
-    open_channel(&mut consumer);
+    let mut consumer = raw_handshake_with(addr, 131_072, 0);
+    open_flood_channel(&mut consumer);
     let mut consume = vec![0, 0];
     consume.extend_from_slice(&short_string("flood"));
     consume.extend_from_slice(&short_string("sleeper"));
@@ -744,27 +747,38 @@ fn amqp_clients_that_never_read_hold_a_bounded_amount() {
         .write_all(&method_frame(1, 60, 20, &consume))
         .unwrap();
     assert!(read_until_method(&mut consumer, 60, 21));
-    // From here on the consumer reads nothing.
-    let mut publisher = raw_handshake_with(&server.amqp, 131_072, 0);
-    open_channel(&mut publisher);
+    let mut publisher = raw_handshake_with(addr, 131_072, 0);
+    open_flood_channel(&mut publisher);
     let body = vec![b'm'; 64 * 1024];
     let batch: Vec<u8> = (0..50)
         .flat_map(|_| publish_frames(1, "flood", &body))
         .collect();
+    for _ in 0..messages / 50 {
+        publisher.write_all(&batch).unwrap();
+    }
+    // Everything published is in the queue once a later declare on the channel returns.
+    publisher
+        .write_all(&queue_declare_frame(1, "flood"))
+        .unwrap();
+    assert!(read_until_method(&mut publisher, 50, 11));
+    consumer
+}
+
+/// AMQP clients that do not read what they are sent: a consumer with no prefetch limit (its
+/// deliveries were bounded by count only: 1,024 of them, 64 MB of these) and a client
+/// pipelining basic.get (each round's output was unbounded). The server holds a few MB for
+/// them, not the messages, and others are served meanwhile and after.
+#[test]
+fn amqp_clients_that_never_read_hold_a_bounded_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--fsync", "never"]);
     let before = memory_kib(&server).1;
     let ((), peak) = peak_anon_kib_during(server.child.id(), || {
-        for _ in 0..40 {
-            publisher.write_all(&batch).unwrap();
-        }
-        // Everything published is in the queue once a later declare on the channel returns.
-        publisher
-            .write_all(&queue_declare_frame(1, "flood"))
-            .unwrap();
-        assert!(read_until_method(&mut publisher, 50, 11));
+        let consumer = amqp_sleeper(&server.amqp, 2000);
         std::thread::sleep(Duration::from_millis(500));
         // 1,000 basic.get pipelined, never read.
         let mut getter = raw_handshake_with(&server.amqp, 131_072, 0);
-        open_channel(&mut getter);
+        open_flood_channel(&mut getter);
         let mut get = vec![0, 0];
         get.extend_from_slice(&short_string("flood"));
         get.push(1); // no-ack
@@ -774,13 +788,54 @@ fn amqp_clients_that_never_read_hold_a_bounded_amount() {
         getter.write_all(&gets).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         server.assert_serves_clients();
-        drop(getter);
+        drop((getter, consumer));
     });
     eprintln!("non-reading AMQP clients: RssAnon KiB before {before}, peak {peak}");
     assert!(
         peak < before + 24 * 1024,
         "bounded: {before} KiB -> {peak} KiB for 128 MB published"
     );
-    drop(consumer);
     server.assert_serves_clients();
+}
+
+/// A subscriber that never reads, with its output limits turned off, and an AMQP consumer
+/// that never reads leave the server blocked writing to them; SIGTERM still stops the server
+/// cleanly and promptly.
+#[test]
+fn clients_that_never_read_do_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        dir.path(),
+        &["--client-output-buffer-limit", "pubsub 0 0 0"],
+    );
+    let mut sleeper = TcpStream::connect(&server.resp).unwrap();
+    sleeper
+        .write_all(&command(&[b"SUBSCRIBE", b"news"]))
+        .unwrap();
+    read_lines(&mut sleeper, 6);
+    let mut publisher = TcpStream::connect(&server.resp).unwrap();
+    let payload = vec![b'p'; 64 * 1024];
+    let batch: Vec<u8> = (0..64)
+        .flat_map(|_| command(&[b"PUBLISH", b"news", &payload]))
+        .collect();
+    for _ in 0..5 {
+        publisher.write_all(&batch).unwrap();
+        read_lines(&mut publisher, 64);
+    }
+    let consumer = amqp_sleeper(&server.amqp, 400);
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "clean shutdown");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "shutdown held up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop((sleeper, consumer));
 }

@@ -164,14 +164,35 @@ fn server_properties() -> FieldTable {
 }
 
 impl Connection {
+    /// Write all pending output. Cancel-safe: each write takes what it wrote off the front
+    /// of `out`, so a flush interrupted (by shutdown) leaves exactly the unwritten rest, and a
+    /// later close frame follows whole frames.
     async fn flush(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
         }
-        let written = self.writer.write_all(&self.out).await.is_ok();
-        self.out.clear();
+        while !self.out.is_empty() {
+            match self.writer.write(&self.out).await {
+                Ok(n) if n > 0 => {
+                    self.out.drain(..n);
+                }
+                _ => {
+                    self.out.clear();
+                    return false;
+                }
+            }
+        }
         self.last_sent = Instant::now();
-        written
+        true
+    }
+
+    /// Flush in the main loop, raced against server shutdown (a client that does not read
+    /// must not hold it up): `Some` ends the connection.
+    async fn flush_or_stop(&mut self, shutdown: &mut broadcast::Receiver<()>) -> Option<End> {
+        tokio::select! {
+            flushed = self.flush() => (!flushed).then_some(End::Gone),
+            _ = shutdown.recv() => Some(End::Shutdown),
+        }
     }
 
     /// Read until one frame is complete (handshake only).
@@ -354,8 +375,8 @@ impl Connection {
         // Frames the client pipelined behind the handshake are already buffered.
         if !self.input.is_empty() {
             let end = self.process_input();
-            if !self.flush().await {
-                return End::Gone;
+            if let Some(stop) = self.flush_or_stop(shutdown).await {
+                return stop;
             }
             if let Some(end) = end {
                 return end;
@@ -365,8 +386,8 @@ impl Connection {
             if std::mem::take(&mut self.input_pending) {
                 // The last round stopped at its output limit; that output is written.
                 let end = self.process_input();
-                if !self.flush().await {
-                    return End::Gone;
+                if let Some(stop) = self.flush_or_stop(shutdown).await {
+                    return stop;
                 }
                 if let Some(end) = end {
                     return end;
@@ -416,8 +437,8 @@ impl Connection {
                 }
                 _ = shutdown.recv() => Some(End::Shutdown),
             };
-            if !self.flush().await {
-                return End::Gone;
+            if let Some(stop) = self.flush_or_stop(shutdown).await {
+                return stop;
             }
             if let Some(end) = end {
                 return end;
@@ -764,7 +785,11 @@ impl Connection {
                 method_id: method,
             })),
         );
-        if !self.flush().await {
+        // A client that does not read gets no longer than it has to answer.
+        if !matches!(
+            tokio::time::timeout(CLOSE_TIMEOUT, self.flush()).await,
+            Ok(true)
+        ) {
             return;
         }
         let frame_max = self.frame_max;

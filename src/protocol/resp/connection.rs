@@ -367,8 +367,9 @@ impl Connection {
         written
     }
 
-    /// Write the output buffer, unless the client is killed or stays at its soft limit past
-    /// the soft seconds first.
+    /// Write the output buffer, unless the client is killed, stays at its soft limit past
+    /// the soft seconds, or the server stops first (a client that does not read must not hold
+    /// up a graceful shutdown).
     async fn write_out(&mut self, limit: super::output::OutputLimit) -> bool {
         let deadline = self.account.soft_deadline_ms(limit);
         let soft_expiry = async {
@@ -383,6 +384,7 @@ impl Connection {
         tokio::select! {
             written = self.writer.write_all(&self.output) => written.is_ok(),
             _ = self.kill.notified() => false,
+            _ = self.shutdown.recv() => false,
             _ = soft_expiry => {
                 tracing::warn!(
                     client = self.session.id,
