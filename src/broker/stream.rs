@@ -53,7 +53,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Its size as range reads count it against a byte budget (see [`record_entry_bytes`]).
+    /// Its size as range reads count it against a byte budget: its field and value bytes, 8
+    /// per pair and 16 for the ID.
     pub fn bytes(&self) -> u64 {
         16 + self
             .fields
@@ -396,9 +397,9 @@ impl Stream {
         self.range_in(&self.meta(), start, end, count, self.reply_bytes_max())
     }
 
-    /// [`Stream::range`] within a byte budget (see [`record_entry_bytes`]): a range larger
-    /// than `bytes_max` is [`StreamError::ReplyTooLarge`], found before more than
-    /// [`COPY_AHEAD_BYTES`] of it is copied.
+    /// [`Stream::range`] within a byte budget (entries counted as [`Entry::bytes`]): a range
+    /// larger than `bytes_max` is [`StreamError::ReplyTooLarge`], found before more than a MiB
+    /// of it is copied.
     pub fn range_within(
         &self,
         start: StreamId,

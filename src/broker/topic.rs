@@ -22,6 +22,7 @@ pub struct TopicMessage {
 /// What [`Topic::read`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TopicRead {
+    /// The messages, oldest first.
     pub messages: Vec<TopicMessage>,
     /// The read stopped because the next message would have passed its byte budget.
     pub stopped_at_bytes: bool,

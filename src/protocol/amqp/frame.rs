@@ -48,6 +48,7 @@ pub enum Frame {
 /// it was not a method frame), for the connection.close that answers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameError {
+    /// The code and text of the connection.close (501, 540...).
     pub error: AmqpError,
     pub class_id: u16,
     pub method_id: u16,

@@ -17,7 +17,9 @@ use crate::broker::budget::MemoryBudget;
 /// One class's limits; 0 turns a limit off (Redis's meaning).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutputLimit {
+    /// Held at or past this many bytes, the client is closed at once.
     pub hard_bytes: u64,
+    /// Held at or past this many bytes for longer than `soft_seconds`, the client is closed.
     pub soft_bytes: u64,
     pub soft_seconds: u64,
 }
@@ -218,6 +220,7 @@ pub struct ClientOutput {
 }
 
 impl ClientOutput {
+    /// An empty account for the connection that `killed` and `kill` close.
     pub fn new(killed: Arc<AtomicBool>, kill: Arc<Notify>) -> ClientOutput {
         ClientOutput {
             held: AtomicU64::new(0),
@@ -229,10 +232,12 @@ impl ClientOutput {
         }
     }
 
+    /// Bytes held for the client now.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// The connection has been told to close.
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
     }
