@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use potok::protocol::resp::output::parse_memory;
 use potok::server::{self, ServerConfig};
 use potok::storage::io::{OpenMode, OsVfs, Vfs};
 use potok::storage::verify::{find_log_dirs, inspect_segment, verify_log_dir, InspectOptions};
@@ -24,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run the server. Settings come from flags, else environment variables, else the config
     /// file, else the defaults.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check every batch's CRC, offset continuity and the indexes of every log under DIR.
     /// Exits 0 only when everything is clean.
     Verify {
@@ -47,7 +48,8 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// A TOML file with any of: data_dir, resp_addr, amqp_addr, fsync, password,
-    /// amqp_user, amqp_password.
+    /// amqp_user, amqp_password, maxclients, amqp_connection_max, client_output_buffer_limit,
+    /// maxmemory_clients.
     #[arg(long, env = "POTOK_CONFIG")]
     config: Option<PathBuf>,
     /// Where data lives [default: ./data].
@@ -71,6 +73,21 @@ struct ServeArgs {
     /// Require clients to AUTH with this password (Redis's requirepass).
     #[arg(long, env = "POTOK_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// RESP clients served at once (Redis's maxclients) [default: 10000].
+    #[arg(long, env = "POTOK_MAXCLIENTS")]
+    maxclients: Option<usize>,
+    /// AMQP connections served at once (RabbitMQ's connection_max); more wait unaccepted
+    /// [default: 10000].
+    #[arg(long, env = "POTOK_AMQP_CONNECTION_MAX")]
+    amqp_connection_max: Option<usize>,
+    /// Output buffer limits per client class, in Redis's form, e.g. "pubsub 32mb 8mb 60"
+    /// [default: normal 0 0 0 slave 256mb 64mb 60 pubsub 32mb 8mb 60].
+    #[arg(long, env = "POTOK_CLIENT_OUTPUT_BUFFER_LIMIT")]
+    client_output_buffer_limit: Option<String>,
+    /// Bytes held for all clients (both protocols) and not yet written, e.g. 1gb; 0 for no
+    /// total [default: 1gb].
+    #[arg(long, env = "POTOK_MAXMEMORY_CLIENTS")]
+    maxmemory_clients: Option<String>,
 }
 
 /// The config file's keys; unknown keys are an error, so typos do not pass silently.
@@ -84,6 +101,10 @@ struct FileConfig {
     password: Option<String>,
     amqp_user: Option<String>,
     amqp_password: Option<String>,
+    maxclients: Option<usize>,
+    amqp_connection_max: Option<usize>,
+    client_output_buffer_limit: Option<String>,
+    maxmemory_clients: Option<String>,
 }
 
 fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
@@ -97,6 +118,31 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
     };
     let defaults = ServerConfig::default();
     let file_fsync = file.fsync.map(|f| f.parse::<Durability>()).transpose()?;
+    let counts = [
+        ("maxclients", args.maxclients.or(file.maxclients)),
+        (
+            "amqp_connection_max",
+            args.amqp_connection_max.or(file.amqp_connection_max),
+        ),
+    ];
+    if let Some((name, _)) = counts.iter().find(|(_, value)| *value == Some(0)) {
+        return Err(format!("{name} must be at least 1"));
+    }
+    let output_limits = match args
+        .client_output_buffer_limit
+        .or(file.client_output_buffer_limit)
+    {
+        Some(value) => defaults
+            .output_limits
+            .with_config(value.as_bytes())
+            .map_err(|why| format!("client-output-buffer-limit: {why}"))?,
+        None => defaults.output_limits,
+    };
+    let clients_output_bytes_max = match args.maxmemory_clients.or(file.maxmemory_clients) {
+        Some(value) => parse_memory(value.as_bytes())
+            .ok_or_else(|| format!("maxmemory-clients: not a memory value: {value}"))?,
+        None => defaults.clients_output_bytes_max,
+    };
     Ok(ServerConfig {
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         resp_addr: args
@@ -117,6 +163,16 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
             .unwrap_or(defaults.amqp_password),
         durability: args.fsync.or(file_fsync).unwrap_or(defaults.durability),
         password: args.password.or(file.password),
+        clients_max: args
+            .maxclients
+            .or(file.maxclients)
+            .unwrap_or(defaults.clients_max),
+        amqp_connections_max: args
+            .amqp_connection_max
+            .or(file.amqp_connection_max)
+            .unwrap_or(defaults.amqp_connections_max),
+        output_limits,
+        clients_output_bytes_max,
         ..defaults
     })
 }
@@ -156,7 +212,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(code) => Ok(code),
             Err(e) => {
                 eprintln!("potok: {e}");

@@ -16,6 +16,10 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 
 mod common;
 
+use common::raw_amqp::{
+    raw_handshake, raw_handshake_with, read_close, read_connection_close, read_frame_type,
+};
+
 struct Server {
     child: Child,
     amqp: String,
@@ -742,87 +746,6 @@ fn confirmed_persistent_messages_survive_kill_9_and_definitions_survive_restart(
         let (_connection, ch) = connect(&server).await;
         assert!(drain(&ch, "eu").await.is_empty());
     });
-}
-
-/// Read frames until the method `class`.`method` arrives (a close: 10.50 connection.close,
-/// 20.40 channel.close); returns its channel and reply code.
-fn read_close(socket: &mut TcpStream, class: u8, method: u8) -> Option<(u16, u16)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while buf.len() >= 7 {
-            let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-            if buf.len() < 8 + size {
-                break;
-            }
-            let frame: Vec<u8> = buf.drain(..8 + size).collect();
-            if frame[0] == 1 && frame[7..11] == [0, class, 0, method] {
-                let channel = u16::from_be_bytes([frame[1], frame[2]]);
-                return Some((channel, u16::from_be_bytes([frame[11], frame[12]])));
-            }
-        }
-        match socket.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// The reply code of the connection.close that ends a raw connection.
-fn read_connection_close(socket: &mut TcpStream) -> Option<u16> {
-    read_close(socket, 10, 50).map(|(_, code)| code)
-}
-
-/// Read one frame; its type (1 method, 8 heartbeat...), or `None` once the socket closes.
-fn read_frame_type(socket: &mut TcpStream) -> Option<u8> {
-    let mut header = [0u8; 7];
-    socket.read_exact(&mut header).ok()?;
-    let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
-    let mut rest = vec![0u8; size + 1];
-    socket.read_exact(&mut rest).ok()?;
-    Some(header[0])
-}
-
-/// Perform the handshake by hand (PLAIN guest/guest), leaving the socket after open-ok.
-fn raw_handshake(addr: &str) -> TcpStream {
-    raw_handshake_with(addr, 4096, 0)
-}
-
-/// The handshake with the given tune-ok `frame_max` and `heartbeat` (seconds).
-fn raw_handshake_with(addr: &str, frame_max: u32, heartbeat: u16) -> TcpStream {
-    let mut socket = TcpStream::connect(addr).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    socket.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
-    let method = |class: u16, method: u16, args: &[u8]| {
-        let mut payload = class.to_be_bytes().to_vec();
-        payload.extend_from_slice(&method.to_be_bytes());
-        payload.extend_from_slice(args);
-        let mut frame = vec![1, 0, 0];
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&payload);
-        frame.push(0xCE);
-        frame
-    };
-    assert_eq!(read_frame_type(&mut socket), Some(1)); // start
-    let mut start_ok = vec![0, 0, 0, 0]; // empty client properties
-    start_ok.extend_from_slice(&[5]);
-    start_ok.extend_from_slice(b"PLAIN");
-    let response = b"\0guest\0guest";
-    start_ok.extend_from_slice(&(response.len() as u32).to_be_bytes());
-    start_ok.extend_from_slice(response);
-    start_ok.extend_from_slice(&[5]);
-    start_ok.extend_from_slice(b"en_US");
-    socket.write_all(&method(10, 11, &start_ok)).unwrap();
-    assert_eq!(read_frame_type(&mut socket), Some(1)); // tune
-    let mut tune_ok = 0u16.to_be_bytes().to_vec();
-    tune_ok.extend_from_slice(&frame_max.to_be_bytes());
-    tune_ok.extend_from_slice(&heartbeat.to_be_bytes());
-    socket.write_all(&method(10, 31, &tune_ok)).unwrap();
-    socket.write_all(&method(10, 40, &[1, b'/', 0, 0])).unwrap();
-    assert_eq!(read_frame_type(&mut socket), Some(1)); // open-ok
-    socket
 }
 
 #[test]

@@ -175,7 +175,13 @@ fn step(broker: &Broker, rng: &mut fastrand::Rng, model: &mut Model) -> Result<(
             };
             let m = model.streams.get_mut(name).unwrap();
             let (entries, commit) = stream
-                .read_group_new(&Bytes::from("g"), &Bytes::from("c"), Some(3), false)
+                .read_group_new(
+                    &Bytes::from("g"),
+                    &Bytes::from("c"),
+                    Some(3),
+                    false,
+                    u64::MAX,
+                )
                 .map_err(|x| e(&x))?;
             let ids: Vec<u64> = entries.iter().map(|entry| entry.id.ms).collect();
             m.maybe_pending.extend(&ids);

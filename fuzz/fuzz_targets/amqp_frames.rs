@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(_)) => continue,
                 Ok(None) => break,
                 Err(e) => {
-                    assert!(e.code >= 500, "frame errors close the connection: {e:?}");
+                    assert!(
+                        e.error.code >= 500,
+                        "frame errors close the connection: {e:?}"
+                    );
                     break;
                 }
             }

@@ -144,7 +144,10 @@ impl Broker {
         }
         let (elapsed, base) = {
             let clock = lock(&self.maintenance.clock);
-            (clock.last_checkpoint.elapsed(), clock.wal_bytes_after_checkpoint)
+            (
+                clock.last_checkpoint.elapsed(),
+                clock.wal_bytes_after_checkpoint,
+            )
         };
         wal.size_bytes().saturating_sub(base) >= self.config.checkpoint_wal_bytes
             || self.store.logs().tail_bytes() >= self.config.tail_bytes_max

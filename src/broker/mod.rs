@@ -19,6 +19,7 @@
 //! translate to calls here and keep only per-connection state.
 
 pub mod amqp;
+pub mod budget;
 pub mod catalog;
 pub mod group;
 pub mod maintenance;

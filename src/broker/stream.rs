@@ -60,6 +60,18 @@ pub struct Entry {
     pub fields: Vec<(Bytes, Bytes)>,
 }
 
+impl Entry {
+    /// Its size as range reads count it against a byte budget: its field and value bytes, 8
+    /// per pair and 16 for the ID.
+    pub fn bytes(&self) -> u64 {
+        16 + self
+            .fields
+            .iter()
+            .map(|(f, v)| (f.len() + v.len()) as u64 + 8)
+            .sum::<u64>()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("The ID specified in XADD must be greater than 0-0")]
@@ -161,11 +173,21 @@ pub struct Stream {
 const SCAN_READ_BYTES: u64 = 256 * 1024;
 /// Most entry bytes one range read returns: a reply never holds unbounded memory.
 pub const RANGE_BYTES_MAX: u64 = 512 * 1024 * 1024;
+/// A range read copies entries while they add up to no more than this; past it, it only sizes
+/// them until it knows the whole range fits its byte budget, then copies the rest. So a
+/// refused read allocates at most this much, and a small read scans once.
+const COPY_AHEAD_BYTES: u64 = 1024 * 1024;
+/// Offsets a reverse range read takes per window at first (doubling up to the most), and
+/// the most it reads into memory per window.
+const REV_WINDOW_OFFSETS: u64 = 64;
+const REV_WINDOW_OFFSETS_MAX: u64 = 4096;
+const REV_WINDOW_BYTES_MAX: u64 = 1024 * 1024;
 
-fn entry_bytes(entry: &Entry) -> u64 {
-    16 + entry
-        .fields
-        .iter()
+/// An entry's size as range reads count it against their byte budget: its field and value
+/// bytes, 8 per pair and 16 for the ID (about its RESP encoding), from the record as stored.
+pub(super) fn record_entry_bytes(record: &RecordView<'_>) -> u64 {
+    16 + record
+        .headers()
         .map(|(f, v)| (f.len() + v.len()) as u64 + 8)
         .sum::<u64>()
 }
@@ -457,94 +479,201 @@ impl Stream {
         }
     }
 
-    /// Live entries with `start <= id <= end`, oldest first, at most `count`.
+    /// Live entries with `start <= id <= end`, oldest first, at most `count`, within the
+    /// stream's default byte cap.
     pub fn range(
         &self,
         start: StreamId,
         end: StreamId,
         count: Option<usize>,
     ) -> Result<Vec<Entry>, StreamError> {
-        self.range_in(&self.meta(), start, end, count)
+        self.range_in(&self.meta(), start, end, count, self.reply_bytes_max())
     }
 
-    /// [`Stream::range`] against a given metadata state (callers holding the state lock).
+    /// [`Stream::range`] within a byte budget (entries counted as [`Entry::bytes`]): a range
+    /// larger than `bytes_max` is [`StreamError::ReplyTooLarge`], found before more than a MiB
+    /// of it is copied.
+    pub fn range_within(
+        &self,
+        start: StreamId,
+        end: StreamId,
+        count: Option<usize>,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, StreamError> {
+        self.range_in(&self.meta(), start, end, count, bytes_max)
+    }
+
+    /// [`Stream::range_within`] against a given metadata state (callers holding the state
+    /// lock).
     pub(super) fn range_in(
         &self,
         meta: &StreamMeta,
         start: StreamId,
         end: StreamId,
         count: Option<usize>,
+        bytes_max: u64,
     ) -> Result<Vec<Entry>, StreamError> {
         let limit = count.unwrap_or(usize::MAX);
         let mut entries = Vec::new();
         if start > end || limit == 0 {
             return Ok(entries);
         }
-        let mut offset = self.offset_of(start)?.max(meta.first_offset);
-        let mut total_bytes = 0u64;
-        while entries.len() < limit {
-            let result = self.log.read(offset, SCAN_READ_BYTES)?;
-            for record in result.records().filter(|r| meta.is_live(r.offset)) {
-                let Some(entry) = to_entry(&record) else {
-                    continue;
-                };
-                if entry.id > end || entries.len() == limit {
-                    return Ok(entries);
-                }
-                total_bytes += entry_bytes(&entry);
-                if total_bytes > self.reply_bytes_max() {
-                    return Err(StreamError::ReplyTooLarge(self.reply_bytes_max()));
-                }
-                entries.push(entry);
+        let first = self.offset_of(start)?.max(meta.first_offset);
+        // Pass 1: size the range, copying its first COPY_AHEAD_BYTES.
+        let mut sizer = Sizer::new(bytes_max);
+        self.visit(meta, first, |record| {
+            let Some(id) = entry_id(record) else {
+                return Ok(true);
+            };
+            if id > end || sizer.counted == limit {
+                return Ok(false);
             }
-            match result.next_offset() {
-                Some(next) => offset = next,
-                None => break,
+            if sizer.add(record)? {
+                entries.push(Entry {
+                    id,
+                    fields: fields_of(record),
+                });
             }
+            Ok(true)
+        })?;
+        // Pass 2: it fits; copy what pass 1 only sized.
+        if let Some(resume) = sizer.resume {
+            let wanted = sizer.counted;
+            self.visit(meta, resume, |record| match to_entry(record) {
+                Some(entry) if entry.id <= end && entries.len() < wanted => {
+                    entries.push(entry);
+                    Ok(true)
+                }
+                Some(_) => Ok(false),
+                None => Ok(true),
+            })?;
         }
         Ok(entries)
     }
 
-    /// Live entries with `start <= id <= end`, newest first, at most `count`.
+    /// Call `visit` on every live record from `offset` on, oldest first, until it returns
+    /// false.
+    fn visit(
+        &self,
+        meta: &StreamMeta,
+        mut offset: u64,
+        mut visit: impl FnMut(&RecordView<'_>) -> Result<bool, StreamError>,
+    ) -> Result<(), StreamError> {
+        loop {
+            let result = self.log.read(offset, SCAN_READ_BYTES)?;
+            for record in result.records().filter(|r| meta.is_live(r.offset)) {
+                if !visit(&record)? {
+                    return Ok(());
+                }
+            }
+            match result.next_offset() {
+                Some(next) => offset = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Call `visit` on every live record with an offset in `[low, high)`, newest first, until
+    /// it returns false. Reads windows of offsets backwards, each holding at most about
+    /// [`REV_WINDOW_BYTES_MAX`] of reads (a window that reads more is retried with half the
+    /// offsets) and [`REV_WINDOW_OFFSETS_MAX`] offsets.
+    fn visit_rev(
+        &self,
+        meta: &StreamMeta,
+        low: u64,
+        mut high: u64,
+        mut visit: impl FnMut(&RecordView<'_>) -> Result<bool, StreamError>,
+    ) -> Result<(), StreamError> {
+        let mut window = REV_WINDOW_OFFSETS;
+        while high > low {
+            let from = high.saturating_sub(window).max(low);
+            let mut reads = Vec::new();
+            let (mut offset, mut held) = (from, 0);
+            while offset < high && (held <= REV_WINDOW_BYTES_MAX || high - from == 1) {
+                let result = self.log.read(offset, SCAN_READ_BYTES)?;
+                held += result.bytes();
+                let next = result.next_offset();
+                reads.push(result);
+                match next {
+                    Some(next) => offset = next,
+                    None => break,
+                }
+            }
+            if held > REV_WINDOW_BYTES_MAX && high - from > 1 {
+                window = (high - from) / 2;
+                continue;
+            }
+            let records: Vec<RecordView<'_>> = reads
+                .iter()
+                .flat_map(|read| read.records())
+                .filter(|r| r.offset >= from && r.offset < high && meta.is_live(r.offset))
+                .collect();
+            for record in records.iter().rev() {
+                if !visit(record)? {
+                    return Ok(());
+                }
+            }
+            high = from;
+            window = (window * 2).min(REV_WINDOW_OFFSETS_MAX);
+        }
+        Ok(())
+    }
+
+    /// Live entries with `start <= id <= end`, newest first, at most `count`, within the
+    /// stream's default byte cap.
     pub fn rev_range(
         &self,
         end: StreamId,
         start: StreamId,
         count: Option<usize>,
     ) -> Result<Vec<Entry>, StreamError> {
+        self.rev_range_within(end, start, count, self.reply_bytes_max())
+    }
+
+    /// [`Stream::rev_range`] within a byte budget, as [`Stream::range_within`].
+    pub fn rev_range_within(
+        &self,
+        end: StreamId,
+        start: StreamId,
+        count: Option<usize>,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, StreamError> {
         let limit = count.unwrap_or(usize::MAX);
         if start > end || limit == 0 {
             return Ok(Vec::new());
         }
         let meta = self.meta();
-        let mut high = match end.successor() {
+        let high = match end.successor() {
             Some(after) => self.offset_of(after)?,
             None => self.log.visible_next_offset(),
         };
         let low = self.offset_of(start)?.max(meta.first_offset);
         let mut entries = Vec::new();
-        // Read windows backwards from `high`; tombstones mean a window may hold fewer entries.
-        while high > low && entries.len() < limit {
-            let wanted = (limit - entries.len()) as u64;
-            let from = high.saturating_sub(wanted.max(64)).max(low);
-            let mut window = Vec::new();
-            let mut offset = from;
-            while offset < high {
-                let result = self.log.read(offset, SCAN_READ_BYTES)?;
-                let live = result
-                    .records()
-                    .filter(|r| r.offset < high && meta.is_live(r.offset));
-                window.extend(live.filter_map(|r| to_entry(&r)));
-                match result.next_offset() {
-                    Some(next) => offset = next,
-                    None => break,
+        let mut sizer = Sizer::new(bytes_max);
+        self.visit_rev(&meta, low, high, |record| {
+            if sizer.counted == limit {
+                return Ok(false);
+            }
+            let Some(id) = entry_id(record) else {
+                return Ok(true);
+            };
+            if sizer.add(record)? {
+                entries.push(Entry {
+                    id,
+                    fields: fields_of(record),
+                });
+            }
+            Ok(true)
+        })?;
+        if let Some(resume) = sizer.resume {
+            let wanted = sizer.counted;
+            self.visit_rev(&meta, low, resume + 1, |record| {
+                if entries.len() == wanted {
+                    return Ok(false);
                 }
-            }
-            entries.extend(window.into_iter().rev().take(limit - entries.len()));
-            if entries.iter().map(entry_bytes).sum::<u64>() > self.reply_bytes_max() {
-                return Err(StreamError::ReplyTooLarge(self.reply_bytes_max()));
-            }
-            high = from;
+                entries.extend(to_entry(record));
+                Ok(true)
+            })?;
         }
         Ok(entries)
     }
@@ -685,6 +814,59 @@ impl Stream {
         Ok(entry.filter(|e| e.id == id))
     }
 
+    /// Whether the live entry with exactly this ID exists (read, not copied).
+    pub(super) fn entry_exists_in(
+        &self,
+        meta: &StreamMeta,
+        id: StreamId,
+    ) -> Result<bool, StreamError> {
+        let offset = self.offset_of(id)?;
+        if !meta.is_live(offset) || offset >= self.log.visible_next_offset() {
+            return Ok(false);
+        }
+        let result = self.log.read(offset, 1)?;
+        let found = result.records().next().and_then(|r| entry_id(&r));
+        Ok(found == Some(id))
+    }
+
+    /// The live entries with these IDs (`None` for one deleted or missing), within a byte
+    /// budget as [`Stream::range_within`]: all are sized before more than
+    /// [`COPY_AHEAD_BYTES`] of them is copied.
+    pub(super) fn entries_in(
+        &self,
+        meta: &StreamMeta,
+        ids: &[StreamId],
+        bytes_max: u64,
+    ) -> Result<Vec<Option<Entry>>, StreamError> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut sizer = Sizer::new(bytes_max);
+        let mut uncopied = Vec::new();
+        for &id in ids {
+            let offset = self.offset_of(id)?;
+            if !meta.is_live(offset) || offset >= self.log.visible_next_offset() {
+                found.push(None);
+                continue;
+            }
+            let result = self.log.read(offset, 1)?;
+            let record = result.records().next().filter(|r| entry_id(r) == Some(id));
+            match record {
+                Some(record) if sizer.add(&record)? => found.push(Some(Entry {
+                    id,
+                    fields: fields_of(&record),
+                })),
+                Some(_) => {
+                    uncopied.push(found.len());
+                    found.push(None);
+                }
+                None => found.push(None),
+            }
+        }
+        for i in uncopied {
+            found[i] = self.entry_in(meta, ids[i])?;
+        }
+        Ok(found)
+    }
+
     pub fn info(&self) -> Result<StreamInfo, StreamError> {
         let (last_id, meta) = {
             let state = self.lock();
@@ -737,11 +919,50 @@ fn entry_id(record: &RecordView<'_>) -> Option<StreamId> {
 pub(super) fn to_entry(record: &RecordView<'_>) -> Option<Entry> {
     Some(Entry {
         id: entry_id(record)?,
-        fields: record
-            .headers()
-            .map(|(f, v)| (Bytes::copy_from_slice(f), Bytes::copy_from_slice(v)))
-            .collect(),
+        fields: fields_of(record),
     })
+}
+
+fn fields_of(record: &RecordView<'_>) -> Vec<(Bytes, Bytes)> {
+    record
+        .headers()
+        .map(|(f, v)| (Bytes::copy_from_slice(f), Bytes::copy_from_slice(v)))
+        .collect()
+}
+
+/// A range read's running size against its byte budget: which entries to copy now (the
+/// first [`COPY_AHEAD_BYTES`]) and where copying resumes once the whole range is known to fit.
+struct Sizer {
+    bytes_max: u64,
+    bytes: u64,
+    /// Entries sized so far.
+    counted: usize,
+    /// The offset of the first entry sized but not copied.
+    resume: Option<u64>,
+}
+
+impl Sizer {
+    fn new(bytes_max: u64) -> Sizer {
+        Sizer {
+            bytes_max,
+            bytes: 0,
+            counted: 0,
+            resume: None,
+        }
+    }
+
+    /// Count an entry; `Ok(true)` if it is to be copied now. Over the budget is an error.
+    fn add(&mut self, record: &RecordView<'_>) -> Result<bool, StreamError> {
+        self.bytes += record_entry_bytes(record);
+        if self.bytes > self.bytes_max {
+            return Err(StreamError::ReplyTooLarge(self.bytes_max));
+        }
+        self.counted += 1;
+        if self.resume.is_none() && self.bytes > COPY_AHEAD_BYTES {
+            self.resume = Some(record.offset);
+        }
+        Ok(self.resume.is_none())
+    }
 }
 
 #[cfg(test)]
@@ -980,6 +1201,75 @@ pub(crate) mod tests {
         assert!(matches!(
             stream.add(IdSpec::Explicit(StreamId::new(1000, 0)), fields(0)),
             Err(StreamError::IdTooSmall)
+        ));
+    }
+
+    #[test]
+    fn budgeted_reads_size_past_the_copy_ahead_and_refuse_past_the_budget() {
+        let stream = open(&FaultVfs::new(6));
+        let value = Bytes::from(vec![b'v'; 8 * 1024]);
+        let mut ids = Vec::new();
+        for ms in 1..=300 {
+            let fields = vec![(Bytes::from("f"), value.clone())];
+            let added = stream
+                .add(IdSpec::Explicit(StreamId::new(ms, 0)), fields)
+                .unwrap();
+            stream.broker.wait(added.commit).unwrap();
+            ids.push(added.id);
+        }
+        stream.delete(&[ids[150]]).unwrap();
+        ids.remove(150);
+        let entry_bytes = 16 + 1 + 8 * 1024 + 8;
+        let total = entry_bytes * ids.len() as u64;
+        assert!(
+            total > 2 * COPY_AHEAD_BYTES,
+            "the reads go past the copy-ahead"
+        );
+        let (min, max) = (StreamId::MIN, StreamId::MAX);
+        let got = |e: Vec<Entry>| e.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let reversed: Vec<StreamId> = ids.iter().rev().copied().collect();
+        assert_eq!(
+            got(stream.range_within(min, max, None, total).unwrap()),
+            ids
+        );
+        assert_eq!(
+            got(stream.rev_range_within(max, min, None, total).unwrap()),
+            reversed
+        );
+        for count in [1, 127, 128, 129, 250] {
+            assert_eq!(
+                got(stream.range_within(min, max, Some(count), total).unwrap()),
+                ids[..count]
+            );
+            assert_eq!(
+                got(stream
+                    .rev_range_within(max, min, Some(count), total)
+                    .unwrap()),
+                reversed[..count]
+            );
+        }
+        let end = ids[200];
+        assert_eq!(
+            got(stream.range_within(min, end, None, total).unwrap()),
+            ids[..=200]
+        );
+        for refused in [
+            stream.range_within(min, max, None, total - 1),
+            stream.rev_range_within(max, min, None, total - 1),
+        ] {
+            assert!(matches!(refused, Err(StreamError::ReplyTooLarge(n)) if n == total - 1));
+        }
+        // By ID: deleted and missing ones are None, the rest copied in order.
+        let mut wanted = ids.clone();
+        wanted.insert(10, StreamId::new(151, 0));
+        let meta = stream.meta();
+        let found = stream.entries_in(&meta, &wanted, total).unwrap();
+        assert_eq!(found.iter().filter(|e| e.is_none()).count(), 1);
+        let found: Vec<StreamId> = found.into_iter().flatten().map(|e| e.id).collect();
+        assert_eq!(found, ids);
+        assert!(matches!(
+            stream.entries_in(&meta, &wanted, total - 1),
+            Err(StreamError::ReplyTooLarge(_))
         ));
     }
 

@@ -320,7 +320,7 @@ impl Stream {
             length: meta.live_count(self.log.visible_next_offset()),
             last_id,
             first_id: self
-                .range_in(meta, StreamId::MIN, StreamId::MAX, Some(1))
+                .range_in(meta, StreamId::MIN, StreamId::MAX, Some(1), u64::MAX)
                 .ok()
                 .and_then(|mut e| e.pop())
                 .map(|e| e.id),
@@ -329,13 +329,15 @@ impl Stream {
     }
 
     /// XREADGROUP with `>`: entries after the group's last delivered ID, now delivered to
-    /// `consumer` (and pending unless `noack`).
+    /// `consumer` (and pending unless `noack`). More than `bytes_max` of entries (see
+    /// [`Stream::range_within`]) is [`StreamError::ReplyTooLarge`], and nothing is delivered.
     pub fn read_group_new(
         &self,
         group: &Bytes,
         consumer: &Bytes,
         count: Option<usize>,
         noack: bool,
+        bytes_max: u64,
     ) -> Result<(Vec<Entry>, Commit), StreamError> {
         let mut state = self.lock();
         let (last_delivered, mut entries_read) = {
@@ -343,7 +345,7 @@ impl Stream {
             (g.last_delivered, g.entries_read)
         };
         let entries = match last_delivered.successor() {
-            Some(start) => self.range_in(&state.meta, start, StreamId::MAX, count)?,
+            Some(start) => self.range_in(&state.meta, start, StreamId::MAX, count, bytes_max)?,
             None => Vec::new(),
         };
         let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
@@ -367,13 +369,15 @@ impl Stream {
     }
 
     /// XREADGROUP with an ID: the consumer's pending entries after `after`, delivered again.
-    /// Deleted entries come back as `(id, None)`.
+    /// Deleted entries come back as `(id, None)`. Within `bytes_max` as
+    /// [`Stream::read_group_new`].
     pub fn read_group_history(
         &self,
         group: &Bytes,
         consumer: &Bytes,
         after: StreamId,
         count: Option<usize>,
+        bytes_max: u64,
     ) -> Result<(Vec<HistoryEntry>, Commit), StreamError> {
         let mut state = self.lock();
         let g = Self::group_of(&state.meta.groups, group)?;
@@ -387,10 +391,8 @@ impl Stream {
                 .collect(),
             None => Vec::new(),
         };
-        let mut found = Vec::with_capacity(ids.len());
-        for &id in &ids {
-            found.push((id, self.entry_in(&state.meta, id)?));
-        }
+        let entries = self.entries_in(&state.meta, &ids, bytes_max)?;
+        let found = ids.iter().copied().zip(entries).collect();
         let delivery = Delivery {
             ids,
             advance: false,
@@ -466,7 +468,9 @@ impl Stream {
     }
 
     /// XCLAIM: hand pending entries idle at least `min_idle_ms` to `consumer`. Returns the
-    /// claimed entries (IDs only with JUSTID, as entries without fields).
+    /// claimed entries (IDs only with JUSTID, as entries without fields). Claimed entries over
+    /// `bytes_max` (see [`Stream::range_within`]) are [`StreamError::ReplyTooLarge`], and
+    /// nothing is claimed.
     pub fn claim(
         &self,
         group: &Bytes,
@@ -474,6 +478,7 @@ impl Stream {
         min_idle_ms: u64,
         ids: &[StreamId],
         options: &ClaimOptions,
+        bytes_max: u64,
     ) -> Result<(Vec<Entry>, Commit), StreamError> {
         let mut state = self.lock();
         let g = Self::group_of(&state.meta.groups, group)?.clone();
@@ -483,36 +488,31 @@ impl Stream {
             (None, Some(idle)) => now.saturating_sub(i64::try_from(idle).unwrap_or(i64::MAX)),
             (None, None) => now,
         };
-        let (mut claims, mut claimed, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut claims, mut claimed_ids, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
         for &id in ids {
-            let entry = self.entry_in(&state.meta, id)?;
+            let exists = self.entry_exists_in(&state.meta, id)?;
             let pending = g.pending.get(&id);
             let previous_count = match (pending, options.force) {
                 (Some(p), _) if idle(now, p.delivery_time_ms) >= min_idle_ms => p.delivery_count,
                 (Some(_), _) => continue,
-                (None, true) if entry.is_some() => 0,
+                (None, true) if exists => 0,
                 (None, _) => continue,
             };
-            let Some(entry) = entry else {
+            if !exists {
                 // The stream entry is gone: drop it from the PEL, as Redis 7 does.
                 dropped.push(id);
                 continue;
-            };
+            }
             let count = options.retry_count.unwrap_or(if options.just_id {
                 previous_count
             } else {
                 previous_count + 1
             });
             claims.push((id, delivery_time, count));
-            claimed.push(if options.just_id {
-                Entry {
-                    id,
-                    fields: Vec::new(),
-                }
-            } else {
-                entry
-            });
+            claimed_ids.push(id);
         }
+        let claimed =
+            self.claimed_entries(&state.meta, &claimed_ids, options.just_id, bytes_max)?;
         let mut ops = Vec::new();
         if let Some(last_id) = options.last_id.filter(|l| *l > g.last_delivered) {
             ops.push(MetaOp::GroupSetId {
@@ -541,7 +541,10 @@ impl Stream {
     }
 
     /// XAUTOCLAIM: scan the PEL from `start`, claiming up to `count` entries idle at least
-    /// `min_idle_ms`; examines at most `count * 10` entries per call, as Redis does.
+    /// `min_idle_ms`; examines at most `count * 10` entries per call, as Redis does. Within
+    /// `bytes_max` as [`Stream::claim`].
+    // XAUTOCLAIM's own arguments, one for one, plus the reply's byte budget.
+    #[allow(clippy::too_many_arguments)]
     pub fn autoclaim(
         &self,
         group: &Bytes,
@@ -550,15 +553,16 @@ impl Stream {
         start: StreamId,
         count: usize,
         just_id: bool,
+        bytes_max: u64,
     ) -> Result<(AutoClaimed, Commit), StreamError> {
         let mut state = self.lock();
         let g = Self::group_of(&state.meta.groups, group)?.clone();
         let now = now_ms();
         let mut attempts = count.saturating_mul(10);
-        let (mut claims, mut claimed, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut claims, mut claimed_ids, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
         let mut next = StreamId::MIN;
         for (&id, p) in g.pending.range(start..) {
-            if claimed.len() == count || attempts == 0 {
+            if claimed_ids.len() == count || attempts == 0 {
                 next = id;
                 break;
             }
@@ -566,26 +570,19 @@ impl Stream {
             if idle(now, p.delivery_time_ms) < min_idle_ms {
                 continue;
             }
-            match self.entry_in(&state.meta, id)? {
-                None => deleted.push(id),
-                Some(entry) => {
-                    let delivery_count = if just_id {
-                        p.delivery_count
-                    } else {
-                        p.delivery_count + 1
-                    };
-                    claims.push((id, now, delivery_count));
-                    claimed.push(if just_id {
-                        Entry {
-                            id,
-                            fields: Vec::new(),
-                        }
-                    } else {
-                        entry
-                    });
-                }
+            if !self.entry_exists_in(&state.meta, id)? {
+                deleted.push(id);
+                continue;
             }
+            let delivery_count = if just_id {
+                p.delivery_count
+            } else {
+                p.delivery_count + 1
+            };
+            claims.push((id, now, delivery_count));
+            claimed_ids.push(id);
         }
+        let claimed = self.claimed_entries(&state.meta, &claimed_ids, just_id, bytes_max)?;
         let mut ops = Vec::new();
         if !deleted.is_empty() {
             ops.push(MetaOp::PendingDrop {
@@ -609,6 +606,30 @@ impl Stream {
             deleted,
         };
         Ok((claimed, commit))
+    }
+
+    /// The entries a claim hands out: IDs only with JUSTID, else the entries within
+    /// `bytes_max` (they exist: the caller holds the state lock and checked).
+    fn claimed_entries(
+        &self,
+        meta: &super::stream_meta::StreamMeta,
+        ids: &[StreamId],
+        just_id: bool,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, StreamError> {
+        let id_only = |id| Entry {
+            id,
+            fields: Vec::new(),
+        };
+        if just_id {
+            return Ok(ids.iter().copied().map(id_only).collect());
+        }
+        let entries = self.entries_in(meta, ids, bytes_max)?;
+        Ok(ids
+            .iter()
+            .zip(entries)
+            .map(|(&id, entry)| entry.unwrap_or_else(|| id_only(id)))
+            .collect())
     }
 
     pub fn groups_info(&self) -> Vec<GroupInfo> {
@@ -656,6 +677,9 @@ mod tests {
     use super::*;
     use crate::broker::stream::tests::{open, Fixture};
     use crate::broker::stream::IdSpec;
+
+    /// No byte budget to speak of.
+    const ANY: u64 = u64::MAX;
     use crate::storage::io::{CrashMode, FaultVfs};
 
     fn add(stream: &Fixture, ms: u64) -> StreamId {
@@ -667,6 +691,67 @@ mod tests {
             .unwrap();
         stream.broker.wait(added.commit).unwrap();
         added.id
+    }
+
+    #[test]
+    fn reads_and_claims_over_their_byte_budget_change_nothing() {
+        let stream = open(&FaultVfs::new(2));
+        let ids: Vec<StreamId> = (1..=5).map(|ms| add(&stream, ms)).collect();
+        let (g, alice, bob) = (Bytes::from("g"), Bytes::from("alice"), Bytes::from("bob"));
+        stream
+            .create_group(&g, GroupStart::Id(StreamId::MIN), None)
+            .unwrap();
+        // Each entry counts 16 + 1 + 1 + 8 = 26 bytes.
+        let too_large = |r| matches!(r, Err(StreamError::ReplyTooLarge(77)));
+        assert!(too_large(
+            stream.read_group_new(&g, &alice, None, false, 77).map(drop)
+        ));
+        assert_eq!(
+            stream.pending_summary(&g).unwrap().count,
+            0,
+            "nothing delivered"
+        );
+        assert_eq!(
+            stream
+                .read_group_new(&g, &alice, None, false, 130)
+                .unwrap()
+                .0
+                .len(),
+            5
+        );
+        assert!(too_large(
+            stream
+                .read_group_history(&g, &alice, StreamId::MIN, None, 77)
+                .map(drop)
+        ));
+        let options = ClaimOptions::default();
+        assert!(too_large(
+            stream.claim(&g, &bob, 0, &ids, &options, 77).map(drop)
+        ));
+        assert!(too_large(
+            stream
+                .autoclaim(&g, &bob, 0, StreamId::MIN, 10, false, 77)
+                .map(drop)
+        ));
+        let summary = stream.pending_summary(&g).unwrap();
+        assert_eq!(
+            summary.per_consumer,
+            vec![(alice.clone(), 5)],
+            "nothing claimed"
+        );
+        // JUSTID replies are IDs only: no entry bytes to refuse.
+        let just_id = ClaimOptions {
+            just_id: true,
+            ..ClaimOptions::default()
+        };
+        assert_eq!(
+            stream
+                .claim(&g, &bob, 0, &ids, &just_id, 0)
+                .unwrap()
+                .0
+                .len(),
+            5
+        );
     }
 
     #[test]
@@ -682,9 +767,12 @@ mod tests {
             stream.create_group(&g, GroupStart::Last, None),
             Err(StreamError::BusyGroup)
         ));
-        let got = stream.read_group_new(&g, &alice, Some(2), false).unwrap().0;
+        let got = stream
+            .read_group_new(&g, &alice, Some(2), false, ANY)
+            .unwrap()
+            .0;
         assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
-        let got = stream.read_group_new(&g, &bob, None, false).unwrap().0;
+        let got = stream.read_group_new(&g, &bob, None, false, ANY).unwrap().0;
         assert_eq!(got.len(), 3);
         assert_eq!(
             stream.ack(&g, &[ids[0], StreamId::new(99, 0)]).unwrap().0,
@@ -706,12 +794,13 @@ mod tests {
                 0,
                 &[ids[2], StreamId::new(77, 0)],
                 &ClaimOptions::default(),
+                ANY,
             )
             .unwrap()
             .0;
         assert_eq!(claimed.len(), 1);
         let history = stream
-            .read_group_history(&g, &alice, StreamId::MIN, None)
+            .read_group_history(&g, &alice, StreamId::MIN, None, ANY)
             .unwrap()
             .0;
         assert_eq!(
@@ -719,7 +808,7 @@ mod tests {
             vec![ids[1], ids[2]]
         );
         let auto = stream
-            .autoclaim(&g, &bob, 0, StreamId::MIN, 2, false)
+            .autoclaim(&g, &bob, 0, StreamId::MIN, 2, false, ANY)
             .unwrap()
             .0;
         assert_eq!((auto.claimed.len(), auto.next), (2, ids[3]));
@@ -752,7 +841,7 @@ mod tests {
             .create_group(&g, GroupStart::Id(StreamId::MIN), None)
             .unwrap();
         stream
-            .read_group_new(&g, &Bytes::from("c"), Some(2), false)
+            .read_group_new(&g, &Bytes::from("c"), Some(2), false, ANY)
             .unwrap();
         assert_eq!(stream.groups_info()[0].lag, Some(4));
         // Deleting an entry the group already read leaves the lag computable ...
@@ -774,7 +863,7 @@ mod tests {
         let ids: Vec<StreamId> = (1..=3).map(|ms| add(&stream, ms)).collect();
         assert_eq!(
             stream
-                .read_group_new(&g, &Bytes::from("c"), None, false)
+                .read_group_new(&g, &Bytes::from("c"), None, false, ANY)
                 .unwrap()
                 .0
                 .len(),
@@ -784,7 +873,7 @@ mod tests {
         drop(stream);
         let stream = open(&vfs);
         let again = stream
-            .read_group_new(&g, &Bytes::from("c"), None, false)
+            .read_group_new(&g, &Bytes::from("c"), None, false, ANY)
             .unwrap()
             .0;
         assert_eq!(

@@ -27,6 +27,15 @@ pub struct TopicMessage {
     pub payload: Bytes,
 }
 
+/// What [`Topic::read`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicRead {
+    /// The messages, oldest first.
+    pub messages: Vec<TopicMessage>,
+    /// The read stopped because the next message would have passed its byte budget.
+    pub stopped_at_bytes: bool,
+}
+
 pub struct Topic {
     log: EntityLog,
     store: Arc<Store>,
@@ -103,29 +112,43 @@ impl Topic {
             .unwrap_or_else(|| self.log.visible_next_offset()))
     }
 
-    /// Messages with offsets in `[from, until)`, at most `count`.
-    pub fn read(&self, from: u64, until: u64, count: usize) -> storage::Result<Vec<TopicMessage>> {
-        let mut messages = Vec::new();
+    /// Messages with offsets in `[from, until)`, at most `count`, and no more payload than
+    /// `bytes_max` (16 bytes counted per message besides its payload): the read stops before
+    /// the message that would pass it (see [`TopicRead::stopped_at_bytes`]). Each message is
+    /// sized before it is copied.
+    pub fn read(
+        &self,
+        from: u64,
+        until: u64,
+        count: usize,
+        bytes_max: u64,
+    ) -> storage::Result<TopicRead> {
+        let mut read = TopicRead::default();
+        let mut bytes = 0u64;
         let mut offset = from;
-        while offset < until && messages.len() < count {
+        while offset < until && read.messages.len() < count {
             let result = self.log.read(offset, READ_BYTES)?;
             let Some(next) = result.next_offset() else {
                 break;
             };
-            messages.extend(
-                result
-                    .records()
-                    .take_while(|r| r.offset < until)
-                    .map(|r| TopicMessage {
-                        offset: r.offset,
-                        timestamp_ms: r.timestamp_ms,
-                        payload: Bytes::copy_from_slice(r.body),
-                    })
-                    .take(count - messages.len()),
-            );
+            for record in result.records().take_while(|r| r.offset < until) {
+                if read.messages.len() == count {
+                    return Ok(read);
+                }
+                bytes += record.body.len() as u64 + 16;
+                if bytes > bytes_max {
+                    read.stopped_at_bytes = true;
+                    return Ok(read);
+                }
+                read.messages.push(TopicMessage {
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp_ms,
+                    payload: Bytes::copy_from_slice(record.body),
+                });
+            }
             offset = next;
         }
-        Ok(messages)
+        Ok(read)
     }
 
     /// The publish time of the newest message, if any is stored.

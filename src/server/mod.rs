@@ -13,11 +13,17 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::broker::budget::MemoryBudget;
 use crate::broker::Durability;
 use crate::broker::{Broker, BrokerConfig};
 use crate::protocol::amqp::AmqpShared;
+use crate::protocol::resp::output::OutputLimits;
 use crate::protocol::resp::request::RequestLimits;
 use crate::protocol::resp::shared::{RespShared, ServerFacts, Settings};
+
+/// Default `maxmemory-clients`: 1 GiB held for clients at most. (Redis has no total by
+/// default; one slow client per class is bounded by its own limit, but a thousand are not.)
+pub const CLIENTS_OUTPUT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
 /// Everything `potok serve` can be told.
 #[derive(Clone, Debug)]
@@ -28,7 +34,18 @@ pub struct ServerConfig {
     pub amqp_user: String,
     pub amqp_password: String,
     pub durability: Durability,
+    /// RESP `maxclients`: connections served at once; the next is told
+    /// `-ERR max number of clients reached` and closed, as by Redis (CONFIG SET changes it).
     pub clients_max: usize,
+    /// AMQP connections served at once (RabbitMQ's `connection_max`); further ones wait
+    /// unaccepted until one closes.
+    pub amqp_connections_max: usize,
+    /// Redis's `client-output-buffer-limit` (CONFIG SET changes it).
+    pub output_limits: OutputLimits,
+    /// Bytes held for all clients of both protocols and not yet written (RESP's
+    /// `maxmemory-clients`; 0 = no total). Past it the RESP client holding the most is
+    /// evicted and AMQP deliveries wait.
+    pub clients_output_bytes_max: u64,
     pub request_limits: RequestLimits,
     /// `requirepass`: clients must AUTH with it.
     pub password: Option<String>,
@@ -44,6 +61,9 @@ impl Default for ServerConfig {
             amqp_password: "guest".into(),
             durability: Durability::Always,
             clients_max: 10_000,
+            amqp_connections_max: 10_000,
+            output_limits: OutputLimits::default(),
+            clients_output_bytes_max: CLIENTS_OUTPUT_BYTES_MAX,
             request_limits: RequestLimits::default(),
             password: None,
         }
@@ -89,6 +109,7 @@ pub async fn run(
     let settings = Settings {
         password: config.password.clone(),
         clients_max: config.clients_max,
+        output_limits: config.output_limits,
     };
     let facts = ServerFacts {
         resp_addr: local,
@@ -96,7 +117,13 @@ pub async fn run(
         durability: config.durability,
         limits: config.request_limits,
     };
-    let shared = Arc::new(RespShared::new(Arc::clone(&broker), settings, facts));
+    let output_budget = Arc::new(MemoryBudget::new(config.clients_output_bytes_max));
+    let shared = Arc::new(RespShared::new(
+        Arc::clone(&broker),
+        settings,
+        facts,
+        Arc::clone(&output_budget),
+    ));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (tasks_done_tx, mut tasks_done_rx) = mpsc::channel::<()>(1);
     let next_client_id = AtomicU64::new(1);
@@ -115,7 +142,7 @@ pub async fn run(
                 .connections_received
                 .fetch_add(1, Ordering::Relaxed);
             // CONFIG SET maxclients applies to new connections.
-            if shared.clients().len() >= shared.settings().clients_max {
+            let Some(slot) = shared.admit() else {
                 use tokio::io::AsyncWriteExt;
                 shared
                     .stats
@@ -125,13 +152,14 @@ pub async fn run(
                     .write_all(b"-ERR max number of clients reached\r\n")
                     .await;
                 continue;
-            }
+            };
             let shared = Arc::clone(&shared);
             let shutdown_rx = notify_shutdown.subscribe();
             let done = tasks_done_tx.clone();
             let id = next_client_id.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 crate::protocol::resp::connection::serve(socket, shared, id, shutdown_rx).await;
+                drop(slot);
                 drop(done);
             });
         }
@@ -140,9 +168,21 @@ pub async fn run(
         Arc::clone(&broker),
         config.amqp_user.clone(),
         config.amqp_password.clone(),
+        output_budget,
+    ));
+    // RabbitMQ's connection_max: at the limit no more connections are accepted (they wait in
+    // the listen backlog) until one closes. A permit is taken before each accept, so the
+    // count is exact under any burst (RabbitMQ's acceptor pool can overshoot it).
+    let amqp_slots = Arc::new(tokio::sync::Semaphore::new(
+        config
+            .amqp_connections_max
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
     ));
     let amqp_accept_loop = async {
         loop {
+            let Ok(slot) = Arc::clone(&amqp_slots).acquire_owned().await else {
+                return;
+            };
             let socket = match amqp_listener.accept().await {
                 Ok((socket, _)) => socket,
                 Err(e) => {
@@ -156,6 +196,7 @@ pub async fn run(
             let done = tasks_done_tx.clone();
             tokio::spawn(async move {
                 crate::protocol::amqp::connection::serve(socket, shared, shutdown_rx).await;
+                drop(slot);
                 drop(done);
             });
         }

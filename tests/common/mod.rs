@@ -2,6 +2,7 @@
 //! `server`.
 #![allow(dead_code)]
 
+pub mod raw_amqp;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -23,7 +23,8 @@ use crate::storage::{Durability, LogConfig};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::Message;
 pub use queue::{
-    ChannelLimit, ConsumerSpec, DeadLetter, DeadReason, Delivery, Queue, QueueError, QueueEvent,
+    Backlog, ChannelLimit, ConsumerSpec, DeadLetter, DeadReason, Delivery, Queue, QueueError,
+    QueueEvent,
 };
 pub use vhost::{VhostRecovery, VirtualHost};
 

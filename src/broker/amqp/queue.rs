@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use amq_protocol::types::FieldTable;
@@ -32,15 +32,76 @@ use super::acks::{self, AckRecord};
 use super::args::{Overflow, QueueArgs};
 use super::message::Message;
 use super::ranges::RangeSet;
+use crate::broker::budget::MemoryBudget;
 use crate::broker::store::{domain, op_bytes, split_op, Store};
 use crate::storage::meta_store::MetaItem;
 use crate::storage::wal::{WalEntry, WalTxn};
 use crate::storage::{self, Commit, EntityLog, LogConfig, Record, Visibility};
 
-/// Deliveries queued for a connection but not yet written; past this a consumer gets no more
-/// until its connection catches up (a slow or no-ack consumer cannot make the server buffer
-/// without bound).
+/// Deliveries queued for a connection but not yet written; past this many, or
+/// [`BACKLOG_BYTES_MAX`] bytes of them, its consumers get no more until it catches up (a slow
+/// or no-ack consumer cannot make the server buffer without bound).
 pub const BACKLOG_MAX: usize = 1024;
+pub const BACKLOG_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// The deliveries queued for one connection and not yet handed to its channels, counted and
+/// sized; the bytes are also charged to the server-wide output budget. Whatever the limits, a
+/// connection with nothing queued always has room for one delivery, so a message larger than
+/// [`BACKLOG_BYTES_MAX`] still goes out.
+#[derive(Debug)]
+pub struct Backlog {
+    count: AtomicUsize,
+    bytes: AtomicU64,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Backlog {
+    pub fn new(budget: Arc<MemoryBudget>) -> Backlog {
+        Backlog {
+            count: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+            budget,
+        }
+    }
+
+    /// Whether one more delivery may be queued.
+    pub fn has_room(&self) -> bool {
+        let count = self.count.load(Ordering::Relaxed);
+        count == 0
+            || (count < BACKLOG_MAX
+                && self.bytes.load(Ordering::Relaxed) < BACKLOG_BYTES_MAX
+                && self.budget.has_room_for(1))
+    }
+
+    /// A delivery of `bytes` (see [`Delivery::bytes`]) was queued.
+    pub fn add(&self, bytes: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.budget.charge(bytes);
+    }
+
+    /// A delivery of `bytes` left the queue (handed to its channel, or dropped).
+    pub fn remove(&self, bytes: u64) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(bytes))
+            });
+        self.budget.release(bytes);
+    }
+}
+
+impl Drop for Backlog {
+    /// Deliveries still queued when the connection went are dropped with it.
+    fn drop(&mut self) {
+        self.budget.release(*self.bytes.get_mut());
+    }
+}
 /// Bytes read from the log at a time when filling the look-ahead.
 const READ_AHEAD_BYTES: u64 = 256 * 1024;
 
@@ -73,6 +134,23 @@ pub enum QueueEvent {
     },
 }
 
+/// What a queued delivery is counted as: its body, properties, exchange and routing key,
+/// and 64 bytes for the rest.
+fn delivery_bytes(message: &Message) -> u64 {
+    (message.body.len()
+        + message.raw_properties.len()
+        + message.exchange.len()
+        + message.routing_key.len()) as u64
+        + 64
+}
+
+impl Delivery {
+    /// Its size in a connection's [`Backlog`].
+    pub fn bytes(&self) -> u64 {
+        delivery_bytes(&self.message)
+    }
+}
+
 #[derive(Debug)]
 pub struct Delivery {
     pub queue: Arc<Queue>,
@@ -96,8 +174,8 @@ pub struct ConsumerSpec {
     /// Per-consumer prefetch; 0 = unlimited.
     pub prefetch: u32,
     pub channel_limit: Arc<ChannelLimit>,
-    /// Deliveries queued for the connection and not yet written.
-    pub backlog: Arc<AtomicUsize>,
+    /// Deliveries queued for the consumer's connection and not yet written.
+    pub backlog: Arc<Backlog>,
     pub sink: UnboundedSender<QueueEvent>,
     /// Stream queues: the offset this consumer reads from (see
     /// [`Queue::resolve_stream_offset`]).
@@ -115,7 +193,7 @@ struct Consumer {
 
 impl Consumer {
     fn has_room(&self) -> bool {
-        if self.spec.backlog.load(Ordering::Relaxed) >= BACKLOG_MAX {
+        if !self.spec.backlog.has_room() {
             return false;
         }
         if self.spec.no_ack {
@@ -747,6 +825,7 @@ impl Queue {
             };
             let size = message.body.len() as u64;
             let consumer = &mut state.consumers[pick];
+            let bytes = delivery_bytes(&message);
             let no_ack = consumer.spec.no_ack;
             let delivery = Delivery {
                 queue: Arc::clone(self),
@@ -758,7 +837,7 @@ impl Queue {
                 message,
                 commit: Commit::NONE,
             };
-            consumer.spec.backlog.fetch_add(1, Ordering::Relaxed);
+            consumer.spec.backlog.add(bytes);
             let id = consumer.spec.id;
             if no_ack {
                 self.acknowledge(state, offset);
@@ -790,6 +869,7 @@ impl Queue {
                 continue;
             };
             let (offset, no_ack, id) = (delivery.offset, delivery.no_ack, consumer.spec.id);
+            let bytes = delivery.bytes();
             if no_ack {
                 delivery.commit = commit;
             }
@@ -799,7 +879,7 @@ impl Queue {
                 .send(QueueEvent::Deliver(delivery))
                 .is_err()
             {
-                consumer.spec.backlog.fetch_sub(1, Ordering::Relaxed);
+                consumer.spec.backlog.remove(bytes);
                 if !no_ack {
                     state.unacked.remove(&offset);
                     state.requeued.insert(offset);
@@ -842,7 +922,8 @@ impl Queue {
                         message,
                         commit: Commit::NONE,
                     };
-                    consumer.spec.backlog.fetch_add(1, Ordering::Relaxed);
+                    let bytes = delivery.bytes();
+                    consumer.spec.backlog.add(bytes);
                     consumer.unacked += 1;
                     consumer
                         .spec
@@ -856,6 +937,7 @@ impl Queue {
                         .send(QueueEvent::Deliver(delivery))
                         .is_err()
                     {
+                        consumer.spec.backlog.remove(bytes);
                         break;
                     }
                 }
@@ -1439,6 +1521,33 @@ mod tests {
     use crate::broker::amqp::QueueDeclare;
     use crate::broker::{Broker, BrokerConfig};
     use crate::storage::io::{CrashMode, FaultVfs};
+
+    #[test]
+    fn a_backlog_is_bounded_in_count_bytes_and_budget_but_always_takes_one() {
+        let budget = Arc::new(MemoryBudget::new(10 * BACKLOG_BYTES_MAX));
+        let backlog = Backlog::new(Arc::clone(&budget));
+        // One delivery larger than every bound still goes out, alone.
+        backlog.add(BACKLOG_BYTES_MAX * 2);
+        assert!(!backlog.has_room());
+        backlog.remove(BACKLOG_BYTES_MAX * 2);
+        assert!(backlog.has_room());
+        for _ in 0..BACKLOG_MAX {
+            assert!(backlog.has_room());
+            backlog.add(1);
+        }
+        assert!(!backlog.has_room(), "count");
+        // The server-wide budget: full elsewhere, only a lone delivery fits.
+        let other = Backlog::new(Arc::clone(&budget));
+        budget.charge(10 * BACKLOG_BYTES_MAX);
+        assert!(other.has_room());
+        other.add(1);
+        assert!(!other.has_room(), "budget");
+        budget.release(10 * BACKLOG_BYTES_MAX);
+        // Dropped with deliveries still queued: their bytes leave the budget.
+        drop(backlog);
+        drop(other);
+        assert_eq!(budget.held(), 0);
+    }
     use amq_protocol::protocol::basic::AMQPProperties;
 
     fn message(body: &str, persistent: bool) -> Message {

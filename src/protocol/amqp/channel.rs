@@ -10,7 +10,7 @@
 //! (and the messages visible) whether or not anyone waits.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use amq_protocol::protocol::basic::AMQPProperties;
@@ -22,8 +22,8 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use super::frame::{put_content, put_method};
 use super::AmqpShared;
 use crate::broker::amqp::{
-    code, AmqpError, ChannelLimit, ConsumerSpec, Destination, ExchangeDeclare, Message, Queue,
-    QueueDeclare, QueueEvent,
+    code, AmqpError, Backlog, ChannelLimit, ConsumerSpec, Destination, ExchangeDeclare, Message,
+    Queue, QueueDeclare, QueueEvent,
 };
 use crate::broker::Commit;
 
@@ -45,6 +45,8 @@ pub struct Ctx<'a> {
     /// The latest commit the output written so far depends on: the connection writes it
     /// once that is durable.
     pub pending: &'a mut Commit,
+    /// The connection's deliveries not yet handed to a channel (all its consumers share it).
+    pub backlog: &'a Arc<Backlog>,
 }
 
 impl Ctx<'_> {
@@ -75,7 +77,6 @@ struct Unacked {
 struct ConsumerEntry {
     queue: Arc<Queue>,
     id: u64,
-    backlog: Arc<AtomicUsize>,
 }
 
 /// Work for the channel's waiter task, processed in order.
@@ -568,7 +569,6 @@ impl Channel {
                 .map_err(precondition)?;
         }
         let consumer_id = ctx.shared.next_consumer_id.fetch_add(1, Ordering::Relaxed);
-        let backlog = Arc::new(AtomicUsize::new(0));
         // The reply goes out before any delivery: deliveries reach the connection as events,
         // handled after this method's output is queued.
         reply_unless(
@@ -587,7 +587,7 @@ impl Channel {
                 exclusive: c.exclusive,
                 prefetch: self.consumer_prefetch,
                 channel_limit: Arc::clone(&self.limit),
-                backlog: Arc::clone(&backlog),
+                backlog: Arc::clone(ctx.backlog),
                 sink: ctx.events.clone(),
                 stream_offset,
                 priority: consumer_priority(&c.arguments),
@@ -605,7 +605,6 @@ impl Channel {
             ConsumerEntry {
                 queue,
                 id: consumer_id,
-                backlog,
             },
         );
         Ok(())
@@ -682,15 +681,12 @@ impl Channel {
         Ok(())
     }
 
-    /// Write a delivery from a queue; returns false if this channel cannot take it.
+    /// Write a delivery from a queue (the connection took it off its backlog).
     pub fn deliver(&mut self, delivery: crate::broker::amqp::Delivery, ctx: &mut Ctx<'_>) {
         let consumer = self
             .consumers
             .values()
             .find(|c| c.id == delivery.consumer_id);
-        if let Some(c) = consumer {
-            c.backlog.fetch_sub(1, Ordering::Relaxed);
-        }
         if self.closing || consumer.is_none() {
             // Cancelled meanwhile: the message goes back (unless it was already acked).
             if !delivery.no_ack {

@@ -20,10 +20,11 @@ use tokio::time::Instant;
 
 use super::channel::{Channel, Ctx, WaitDone};
 use super::frame::{
-    self, next_frame, put_heartbeat, put_method, Frame, FRAME_MAX, FRAME_MIN_SIZE, PROTOCOL_HEADER,
+    next_frame, put_heartbeat, put_method, reply_text, skip_frame, Frame, FrameError, Skipped,
+    FRAME_MAX, FRAME_MIN_SIZE, PROTOCOL_HEADER,
 };
 use super::AmqpShared;
-use crate::broker::amqp::{code, AmqpError, QueueEvent};
+use crate::broker::amqp::{code, AmqpError, Backlog, QueueEvent};
 use crate::broker::Commit;
 
 /// Channels a connection may open (RabbitMQ's default `channel_max`).
@@ -35,6 +36,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Input read per round before output is flushed.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Output a round may produce before it is flushed: a round of client frames stops here
+/// (the rest waits in the input buffer), and so does a round of queue deliveries. With one
+/// message always allowed, the output held is this plus at most one message (basic.get and
+/// mandatory returns carry whole messages too).
+const ROUND_OUTPUT_BYTES: usize = 256 * 1024;
 
 struct Connection {
     id: u64,
@@ -52,6 +58,11 @@ struct Connection {
     done_tx: mpsc::UnboundedSender<WaitDone>,
     done_rx: mpsc::UnboundedReceiver<WaitDone>,
     consumer_channels: HashMap<u64, u16>,
+    /// Deliveries queued for this connection and not yet handed to a channel.
+    backlog: Arc<Backlog>,
+    /// Complete frames wait in `input`: a round stopped once its output passed
+    /// [`ROUND_OUTPUT_BYTES`].
+    input_pending: bool,
     last_received: Instant,
     last_sent: Instant,
     /// The latest commit the output buffered so far reports: written once it is durable.
@@ -82,6 +93,7 @@ pub async fn serve(
     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let backlog = Arc::new(Backlog::new(Arc::clone(&shared.output_budget)));
     let mut conn = Connection {
         id,
         shared,
@@ -98,6 +110,8 @@ pub async fn serve(
         done_tx,
         done_rx,
         consumer_channels: HashMap::new(),
+        backlog,
+        input_pending: false,
         last_received: Instant::now(),
         last_sent: Instant::now(),
         pending_commit: Commit::NONE,
@@ -154,6 +168,9 @@ fn server_properties() -> FieldTable {
 }
 
 impl Connection {
+    /// Write all pending output. Cancel-safe: each write takes what it wrote off the front
+    /// of `out`, so a flush interrupted (by shutdown) leaves exactly the unwritten rest, and a
+    /// later close frame follows whole frames.
     async fn flush(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
@@ -165,14 +182,32 @@ impl Connection {
             tracing::error!(connection = self.id, error = %e, "a change is not durable; closing the connection");
             return false;
         }
-        let written = self.writer.write_all(&self.out).await.is_ok();
-        self.out.clear();
+        while !self.out.is_empty() {
+            match self.writer.write(&self.out).await {
+                Ok(n) if n > 0 => {
+                    self.out.drain(..n);
+                }
+                _ => {
+                    self.out.clear();
+                    return false;
+                }
+            }
+        }
         self.last_sent = Instant::now();
-        written
+        true
+    }
+
+    /// Flush in the main loop, raced against server shutdown (a client that does not read
+    /// must not hold it up): `Some` ends the connection.
+    async fn flush_or_stop(&mut self, shutdown: &mut broadcast::Receiver<()>) -> Option<End> {
+        tokio::select! {
+            flushed = self.flush() => (!flushed).then_some(End::Gone),
+            _ = shutdown.recv() => Some(End::Shutdown),
+        }
     }
 
     /// Read until one frame is complete (handshake only).
-    async fn read_frame(&mut self) -> Result<Option<Frame>, AmqpError> {
+    async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             if let Some(frame) = next_frame(&mut self.input, self.frame_max)? {
                 return Ok(Some(frame));
@@ -189,14 +224,18 @@ impl Connection {
         &mut self,
     ) -> Result<Option<connection::AMQPMethod>, (AmqpError, u16, u16)> {
         loop {
-            match self.read_frame().await.map_err(|e| (e, 0, 0))? {
+            let frame = self
+                .read_frame()
+                .await
+                .map_err(|e| (e.error, e.class_id, e.method_id))?;
+            match frame {
                 None => return Ok(None),
                 Some(Frame::Heartbeat(_)) => continue,
                 Some(Frame::Method(0, AMQPClass::Connection(m))) => return Ok(Some(m)),
                 Some(other) => {
                     let error = AmqpError::new(
                         code::COMMAND_INVALID,
-                        format!("unexpected frame during the handshake: {other:?}"),
+                        format!("unexpected {} during the handshake", describe(&other)),
                     );
                     return Err((error, 0, 0));
                 }
@@ -347,14 +386,25 @@ impl Connection {
         // Frames the client pipelined behind the handshake are already buffered.
         if !self.input.is_empty() {
             let end = self.process_input();
-            if !self.flush().await {
-                return End::Gone;
+            if let Some(stop) = self.flush_or_stop(shutdown).await {
+                return stop;
             }
             if let Some(end) = end {
                 return end;
             }
         }
         loop {
+            if std::mem::take(&mut self.input_pending) {
+                // The last round stopped at its output limit; that output is written.
+                let end = self.process_input();
+                if let Some(stop) = self.flush_or_stop(shutdown).await {
+                    return stop;
+                }
+                if let Some(end) = end {
+                    return end;
+                }
+                continue;
+            }
             let end = tokio::select! {
                 read = self.reader.read_buf(&mut self.input) => match read {
                     Ok(n) if n > 0 => {
@@ -365,11 +415,11 @@ impl Connection {
                 },
                 Some(event) = self.events_rx.recv() => {
                     self.handle_event(event);
-                    while let Ok(event) = self.events_rx.try_recv() {
-                        self.handle_event(event);
-                        if self.out.len() > READ_BUFFER_BYTES * 4 {
+                    while self.out.len() < ROUND_OUTPUT_BYTES {
+                        let Ok(event) = self.events_rx.try_recv() else {
                             break;
-                        }
+                        };
+                        self.handle_event(event);
                     }
                     None
                 }
@@ -398,8 +448,8 @@ impl Connection {
                 }
                 _ = shutdown.recv() => Some(End::Shutdown),
             };
-            if !self.flush().await {
-                return End::Gone;
+            if let Some(stop) = self.flush_or_stop(shutdown).await {
+                return stop;
             }
             if let Some(end) = end {
                 return end;
@@ -418,6 +468,7 @@ impl Connection {
                 consumer_channels: &mut self.consumer_channels,
                 done: &self.done_tx,
                 pending: &mut self.pending_commit,
+                backlog: &self.backlog,
             },
             &mut self.channels,
         )
@@ -427,11 +478,15 @@ impl Connection {
     fn process_input(&mut self) -> Option<End> {
         let mut end = None;
         loop {
+            if self.out.len() >= ROUND_OUTPUT_BYTES {
+                self.input_pending = true;
+                break;
+            }
             let frame = match next_frame(&mut self.input, self.frame_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(error) => {
-                    end = Some(End::Error(error, 0, 0));
+                Err(e) => {
+                    end = Some(End::Error(e.error, e.class_id, e.method_id));
                     break;
                 }
             };
@@ -619,7 +674,7 @@ impl Connection {
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
                         reply_code: error.code,
-                        reply_text: error.text.into(),
+                        reply_text: reply_text(&error.text),
                         class_id: class,
                         method_id: method,
                     })),
@@ -632,6 +687,7 @@ impl Connection {
     fn handle_event(&mut self, event: QueueEvent) {
         match event {
             QueueEvent::Deliver(delivery) => {
+                self.backlog.remove(delivery.bytes());
                 let queue = Arc::clone(&delivery.queue);
                 let channel = self.consumer_channels.get(&delivery.consumer_id).copied();
                 let (mut ctx, channels) = self.ctx();
@@ -726,7 +782,9 @@ impl Connection {
         }
     }
 
-    /// Send connection.close and wait (briefly) for close-ok, ignoring anything else.
+    /// Send connection.close and wait (briefly) for close-ok. Frames meanwhile are dropped
+    /// without being decoded (under the connection's own frame_max), so nothing sent after an
+    /// error, such as the rest of a frame refused for its size, is ever parsed.
     async fn close_with(&mut self, error: AmqpError, class: u16, method: u16) {
         tracing::debug!(connection = self.id, code = error.code, text = %error.text, "closing AMQP connection");
         put_method(
@@ -734,24 +792,25 @@ impl Connection {
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
                 reply_code: error.code,
-                reply_text: error.text.into(),
+                reply_text: reply_text(&error.text),
                 class_id: class,
                 method_id: method,
             })),
         );
-        if !self.flush().await {
+        // A client that does not read gets no longer than it has to answer.
+        if !matches!(
+            tokio::time::timeout(CLOSE_TIMEOUT, self.flush()).await,
+            Ok(true)
+        ) {
             return;
         }
+        let frame_max = self.frame_max;
         let wait = async {
             loop {
-                match next_frame(&mut self.input, frame::FRAME_MAX) {
-                    Ok(Some(Frame::Method(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
-                    ))) => return,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {}
-                    Err(_) => return,
+                match skip_frame(&mut self.input, frame_max) {
+                    Skipped::CloseOk | Skipped::Broken => return,
+                    Skipped::Other => continue,
+                    Skipped::Incomplete => {}
                 }
                 match self.reader.read_buf(&mut self.input).await {
                     Ok(n) if n > 0 => {}
@@ -777,6 +836,20 @@ impl Connection {
     }
 }
 
+/// A frame named for an error message (never its contents: a body may be 128 KiB).
+fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::Method(channel, class) => format!(
+            "method {}.{} on channel {channel}",
+            class.get_amqp_class_id(),
+            class.get_amqp_method_id()
+        ),
+        Frame::Header { channel, .. } => format!("content header on channel {channel}"),
+        Frame::Body(channel, _) => format!("content body on channel {channel}"),
+        Frame::Heartbeat(channel) => format!("heartbeat on channel {channel}"),
+    }
+}
+
 /// SASL PLAIN: `authzid NUL authcid NUL password`.
 fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
     let mut parts = response.split(|&b| b == 0);
@@ -786,8 +859,11 @@ fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
     Some((user, password))
 }
 
-/// AMQPLAIN: a field table (without its length prefix) with LOGIN and PASSWORD.
-fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+/// The user and password in an AMQPLAIN response: a field table (without its length
+/// prefix) with LOGIN and PASSWORD, long or short strings. `None` if it has no such pair, does
+/// not decode, or nests too deep to decode safely (see [`super::nesting`]).
+pub fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+    super::nesting::check_table_entries(response).ok()?;
     let mut framed = (response.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(response);
     let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;

@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, Notify};
 
 use super::cmd::{self, Blocked, PendingAcks, ReplyMode, Session};
-use super::pubsub::{Subscriber, SUBSCRIBER_QUEUE_MAX};
+use super::output::{Charge, ClientOutput};
+use super::pubsub::{Queued, Subscriber};
 use super::reply::{Protocol, Reply};
 use super::request::{decode_request, ProtocolError};
 use super::shared::{ClientActivity, ClientEntry, RespShared};
@@ -24,9 +25,10 @@ use super::shared::{ClientActivity, ClientEntry, RespShared};
 const ROUND_REQUESTS_MAX: usize = 1024;
 /// Initial input buffer; it grows only as far as one request needs (bounded by the limits).
 const INPUT_BUFFER_BYTES: usize = 16 * 1024;
-/// Output one round may produce before the client is disconnected (Redis's
-/// client-output-buffer-limit; range replies are capped lower, so this is a last guard).
-const OUTPUT_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Pub/Sub messages encoded per write: at most this many, and no more bytes than
+/// [`DELIVERY_BATCH_BYTES`] beyond the first message.
+const DELIVERY_BATCH_MAX: usize = 1024;
+const DELIVERY_BATCH_BYTES: u64 = 1024 * 1024;
 
 struct Connection {
     shared: Arc<RespShared>,
@@ -38,8 +40,10 @@ struct Connection {
     shutdown: broadcast::Receiver<()>,
     killed: Arc<AtomicBool>,
     kill: Arc<Notify>,
-    /// Pub/Sub messages for this client.
-    messages: mpsc::Receiver<Reply>,
+    /// What the server holds for this client (its output limits apply to it).
+    account: Arc<ClientOutput>,
+    /// Pub/Sub messages for this client, each charged to `output` when queued.
+    messages: mpsc::UnboundedReceiver<Queued>,
     /// A request decoded but left for the next round (it had to wait for pending acks).
     carried: Option<Vec<bytes::Bytes>>,
     activity: Arc<ClientActivity>,
@@ -81,6 +85,7 @@ pub async fn serve(
         last_command: AtomicU64::new(u64::MAX),
         protocol: AtomicU64::new(2),
     });
+    let output = Arc::new(ClientOutput::new(Arc::clone(&killed), Arc::clone(&kill)));
     let now = Instant::now();
     shared.clients().insert(
         client_id,
@@ -95,14 +100,15 @@ pub async fn serve(
             blocked: false,
             killed: Arc::clone(&killed),
             kill: Arc::clone(&kill),
+            output: Arc::clone(&output),
         },
     );
     let authenticated = !shared.password_required();
-    let (queue, messages) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
+    // Unbounded in messages: bounded in bytes by the output limits and the total budget.
+    let (queue, messages) = mpsc::unbounded_channel();
     let subscriber = Subscriber {
         queue,
-        killed: Arc::clone(&killed),
-        kill: Arc::clone(&kill),
+        output: Arc::clone(&output),
     };
     let mut connection = Connection {
         shared: Arc::clone(&shared),
@@ -114,6 +120,7 @@ pub async fn serve(
         shutdown,
         killed,
         kill,
+        account: Arc::clone(&output),
         messages,
         carried: None,
         activity,
@@ -130,6 +137,9 @@ pub async fn serve(
         shared.pubsub.punsubscribe(pattern, client_id);
     }
     shared.clients().remove(&client_id);
+    // Queued messages and buffers go with the connection; so does their charge.
+    drop(connection);
+    output.close(&shared.output_budget);
 }
 
 impl Connection {
@@ -149,8 +159,7 @@ impl Connection {
             if !pending.is_empty() {
                 pending.settle(&self.shared.broker, &mut replies).await;
             }
-            let written = self.write(&replies).await;
-            replies.clear();
+            let written = self.write(&mut replies, 0).await;
             (self.replies, self.pending) = (replies, pending);
             if !written {
                 return;
@@ -167,7 +176,7 @@ impl Connection {
                     let reply = self.wait_for_data(blocked).await;
                     self.set_blocked(false);
                     match reply {
-                        Some(reply) => self.write(&[reply]).await,
+                        Some(reply) => self.write(&mut vec![reply], 0).await,
                         None => false,
                     }
                 }
@@ -233,6 +242,8 @@ impl Connection {
         let limits = self.shared.facts.limits;
         // One clock read per round is precise enough for CLIENT LIST's idle time.
         let now_ms = self.shared.started.elapsed().as_millis() as u64;
+        // What this round's replies take, as commands building large replies must know.
+        let mut round_bytes = 0;
         loop {
             if replies.len() >= ROUND_REQUESTS_MAX {
                 return RoundEnd::Full;
@@ -268,6 +279,7 @@ impl Connection {
             let mode_before = self.session.reply_mode;
             let mut blocked = None;
             let reply_index = replies.len();
+            self.session.reply_bytes = round_bytes;
             let off_worker = cmd::may_block(spec, &args);
             let run = || {
                 let turn = cmd::Turn {
@@ -286,9 +298,12 @@ impl Connection {
             if let Some(blocked) = blocked {
                 return RoundEnd::Block(blocked);
             }
-            replies.push(self.filter_reply(mode_before, reply));
+            let reply = self.filter_reply(mode_before, reply);
+            round_bytes += reply.size_estimate();
+            replies.push(reply);
             self.deferred.settle_into(replies);
-            if self.session.closing {
+            // Closing, or closed by its output limit while building a reply.
+            if self.session.closing || self.killed.load(Ordering::Acquire) {
                 return RoundEnd::Close;
             }
         }
@@ -309,24 +324,76 @@ impl Connection {
         }
     }
 
-    async fn write(&mut self, replies: &[Reply]) -> bool {
-        for reply in replies {
+    /// Encode `replies` (emptying the vector) and write them, charged to the client's output
+    /// account while they wait for the socket. The write is raced against a kill and, when
+    /// the client is at its soft limit, against that limit's deadline, so a client that does
+    /// not read is closed on time even while blocked here. `precharged`: what these replies
+    /// were charged when queued (Pub/Sub messages), released once they are encoded. False
+    /// when the client must go.
+    async fn write(&mut self, replies: &mut Vec<Reply>, precharged: u64) -> bool {
+        let budget = Arc::clone(&self.shared.output_budget);
+        for reply in replies.drain(..) {
             reply.encode(self.session.protocol, &mut self.output);
-            if self.output.len() > OUTPUT_BYTES_MAX {
-                tracing::warn!(
-                    client = self.session.id,
-                    bytes = self.output.len(),
-                    "closing client over the output buffer limit"
-                );
-                return false;
-            }
+        }
+        self.account.release(precharged, &budget);
+        if self.killed.load(Ordering::Acquire) {
+            return false;
         }
         if self.output.is_empty() {
             return true;
         }
-        let written = self.writer.write_all(&self.output).await.is_ok();
+        let bytes = self.output.len() as u64;
+        let limit = self
+            .shared
+            .output_limits()
+            .class(self.session.output_class());
+        match self
+            .account
+            .charge(bytes, limit, &budget, self.shared.now_ms())
+        {
+            Charge::Within => {}
+            Charge::OverClassLimit => {
+                tracing::warn!(
+                    client = self.session.id,
+                    bytes = self.account.held(),
+                    "closing client over its output buffer limit"
+                );
+            }
+            Charge::OverTotal => self.shared.evict_over_budget(),
+        }
+        let written = !self.killed.load(Ordering::Acquire) && self.write_out(limit).await;
+        self.account.release(bytes, &budget);
         self.output.clear();
         written
+    }
+
+    /// Write the output buffer, unless the client is killed, stays at its soft limit past
+    /// the soft seconds, or the server stops first (a client that does not read must not hold
+    /// up a graceful shutdown).
+    async fn write_out(&mut self, limit: super::output::OutputLimit) -> bool {
+        let deadline = self.account.soft_deadline_ms(limit);
+        let soft_expiry = async {
+            match deadline {
+                Some(ms) => {
+                    let wait = ms.saturating_sub(self.shared.now_ms());
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            written = self.writer.write_all(&self.output) => written.is_ok(),
+            _ = self.kill.notified() => false,
+            _ = self.shutdown.recv() => false,
+            _ = soft_expiry => {
+                tracing::warn!(
+                    client = self.session.id,
+                    "closing client over its soft output buffer limit for too long"
+                );
+                self.account.kill();
+                false
+            }
+        }
     }
 
     /// Read more input, delivering Pub/Sub messages meanwhile; false when the client is gone
@@ -346,16 +413,20 @@ impl Connection {
         }
     }
 
-    /// Write a Pub/Sub message and whatever else is queued behind it.
-    async fn deliver(&mut self, first: Reply) -> bool {
-        let mut batch = vec![first];
-        while let Ok(next) = self.messages.try_recv() {
-            batch.push(next);
-            if batch.len() >= ROUND_REQUESTS_MAX {
-                break;
+    /// Write a Pub/Sub message and whatever else is queued behind it (a bounded batch).
+    async fn deliver(&mut self, first: Queued) -> bool {
+        let mut bytes = first.bytes;
+        let mut batch = vec![first.message];
+        while batch.len() < DELIVERY_BATCH_MAX && bytes < DELIVERY_BATCH_BYTES {
+            match self.messages.try_recv() {
+                Ok(next) => {
+                    bytes += next.bytes;
+                    batch.push(next.message);
+                }
+                Err(_) => break,
             }
         }
-        self.write(&batch).await
+        self.write(&mut batch, bytes).await
     }
 
     /// Wait until the blocked read finds data, or its timeout passes. `None` when the client
@@ -390,7 +461,7 @@ impl Connection {
                         return None;
                     }
                 }
-                                Some(message) = self.messages.recv() => {
+                Some(message) = self.messages.recv() => {
                     if !self.deliver(message).await {
                         return None;
                     }

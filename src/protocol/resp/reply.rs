@@ -73,6 +73,28 @@ impl Reply {
         matches!(self, Reply::Error(_))
     }
 
+    /// About how many bytes this reply takes, encoded (16 per element for framing and its
+    /// place in memory): what output limits count while a round's replies are built.
+    /// Recursion is bounded as in [`Reply::encode`].
+    pub fn size_estimate(&self) -> u64 {
+        const ELEMENT_BYTES: u64 = 16;
+        ELEMENT_BYTES
+            + match self {
+                Reply::Silent | Reply::Nil | Reply::NilArray | Reply::Integer(_) => 0,
+                Reply::Status(s) => s.len() as u64,
+                Reply::Error(e) => e.len() as u64,
+                Reply::Bulk(b) => b.len() as u64,
+                Reply::Id(_) => 24,
+                Reply::Array(items) | Reply::Push(items) | Reply::Many(items) => {
+                    items.iter().map(Reply::size_estimate).sum()
+                }
+                Reply::Map(pairs) => pairs
+                    .iter()
+                    .map(|(k, v)| k.size_estimate() + v.size_estimate())
+                    .sum(),
+            }
+    }
+
     /// Append this reply's encoding to `out`. Nesting is bounded by how replies are built
     /// (stream entries are at most four levels deep), so recursion here is bounded too.
     pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {

@@ -1,5 +1,8 @@
 //! Decoding client requests: RESP multibulk arrays (decoded by `redis-protocol`) and inline
-//! commands, with limits checked on the headers before any large frame is buffered.
+//! commands, with limits checked on the headers before any large frame is buffered. Requests
+//! are flat arrays of bulk strings, as in Redis: a nested aggregate is refused by a
+//! non-recursive header walk before any decoder sees it, so no input can nest deeper than one
+//! level.
 //!
 //! One shortcut: a complete request in the canonical form every client sends (`*N`, then `$len`
 //! and the bytes for each argument, lengths in plain digits) is sliced out by
@@ -135,9 +138,12 @@ fn decode_multibulk(
                 .collect(),
         ));
     }
-    // One parse for the common case: a complete, valid request becomes slices of the input.
-    // Anything else (incomplete, malformed, over a limit) goes through the header check, which
-    // names the problem the way Redis does and keeps an absurd frame from being buffered.
+    // The header check first: it walks the request without recursion and refuses any element
+    // that is not a bulk string (a nested aggregate included, with Redis's "expected '$', got
+    // '*'"), so redis-protocol, whose decoder recurses once per nesting level, only ever sees
+    // a flat array. It also names a bad header the way Redis does and keeps an absurd frame
+    // from being buffered.
+    check_multibulk_headers(buf, limits)?;
     match decode_range(buf) {
         Ok(Some((RangeFrame::Array(items), consumed))) if within_limits(&items, limits) => {
             let frame = buf.split_to(consumed).freeze();
@@ -150,15 +156,9 @@ fn decode_multibulk(
                 .collect();
             Ok(Some(args))
         }
-        Ok(None) => check_multibulk_headers(buf, limits).map(|()| None),
-        Ok(Some(_)) => {
-            check_multibulk_headers(buf, limits)?;
-            Err(error("expected an array of bulk strings"))
-        }
-        Err(e) => {
-            check_multibulk_headers(buf, limits)?;
-            Err(ProtocolError(format!("ERR Protocol error: {e}")))
-        }
+        Ok(None) => Ok(None),
+        Ok(Some(_)) => Err(error("expected an array of bulk strings")),
+        Err(e) => Err(ProtocolError(format!("ERR Protocol error: {e}"))),
     }
 }
 
@@ -409,6 +409,31 @@ mod tests {
             Some(ProtocolError(
                 "ERR Protocol error: too big inline request".into()
             ))
+        );
+    }
+
+    #[test]
+    fn nested_aggregates_are_refused_without_recursion() {
+        // 100,000 nested arrays, decoded on a thread with a 64 KiB stack: a recursive decoder
+        // would overflow it.
+        let nested: Vec<u8> = b"*1\r\n".repeat(100_000);
+        let mixed = b"*2\r\n$4\r\nECHO\r\n%1\r\n*1\r\n*1\r\n".to_vec();
+        let decoded = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || [decode_all(&nested).1, decode_all(&mixed).1])
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            decoded,
+            [
+                Some(ProtocolError(
+                    "ERR Protocol error: expected '$', got '*'".into()
+                )),
+                Some(ProtocolError(
+                    "ERR Protocol error: expected '$', got '%'".into()
+                )),
+            ]
         );
     }
 

@@ -22,16 +22,19 @@ fn text(bytes: &Option<Bytes>) -> String {
         .unwrap_or_default()
 }
 
-/// One CLIENT LIST line, with the fields Redis prints (those Potok does not track are zero).
+/// One CLIENT LIST line, with the fields Redis prints (those Potok does not track are zero;
+/// `omem` and `tot-mem` are the output held for the client, as its output limits count it).
 fn describe(shared: &RespShared, id: u64, c: &ClientEntry, now: Instant) -> String {
     format!(
-        "id={id} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+        "id={id} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
         c.addr,
         c.local_addr,
         text(&c.name),
                 now.duration_since(c.created).as_secs(),
         (shared.started.elapsed().as_millis() as u64).saturating_sub(c.activity.last_active_ms.load(Ordering::Relaxed)) / 1000,
         if c.blocked { "b" } else { "N" },
+        c.output.held(),
+        c.output.held(),
         usize::try_from(c.activity.last_command.load(Ordering::Relaxed)).ok().and_then(|i| super::COMMANDS.get(i)).map_or("NULL", |spec| spec.name),
         c.activity.protocol.load(Ordering::Relaxed),
         text(&c.lib_name),

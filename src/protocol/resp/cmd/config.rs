@@ -1,10 +1,14 @@
 //! `CONFIG GET pattern [pattern ...]`, `CONFIG SET parameter value [parameter value ...]`,
-//! `CONFIG RESETSTAT`, `CONFIG HELP`, for the settings that exist.
+//! `CONFIG RESETSTAT`, `CONFIG HELP`, for the settings that exist. Settable: `requirepass`,
+//! `maxclients`, `client-output-buffer-limit` (Redis's form and units) and
+//! `maxmemory-clients` (bytes with Redis's units; Redis's percent of maxmemory does not apply:
+//! Potok has no maxmemory). A CONFIG SET applies all its values or none.
 
 use super::{Context, Reply};
 use crate::broker::Durability;
 use crate::protocol::glob::glob_match;
 use crate::protocol::resp::args::Args;
+use crate::protocol::resp::output::parse_memory;
 use crate::protocol::resp::shared::RespShared;
 
 /// Every parameter CONFIG GET knows, with its current value. Redis names are used where a Potok
@@ -22,12 +26,17 @@ fn parameters(shared: &RespShared) -> Vec<(&'static str, String)> {
         ("appendonly", "yes".to_string()),
         ("bind", facts.resp_addr.ip().to_string()),
         (
+            "client-output-buffer-limit",
+            settings.output_limits.to_config(),
+        ),
+        (
             "client-query-buffer-limit",
             facts.limits.request_bytes_max.to_string(),
         ),
         ("databases", "1".to_string()),
         ("dir", facts.data_dir.display().to_string()),
         ("maxclients", settings.clients_max.to_string()),
+        ("maxmemory-clients", shared.output_budget.max().to_string()),
         ("port", facts.resp_addr.port().to_string()),
         ("potok-fsync", facts.durability.to_string()),
         (
@@ -37,6 +46,28 @@ fn parameters(shared: &RespShared) -> Vec<(&'static str, String)> {
         ("requirepass", settings.password.unwrap_or_default()),
         ("save", String::new()),
     ]
+}
+
+/// CONFIG SET's refusal of a value, in Redis's words.
+fn set_failed(name: &str, why: &str) -> Reply {
+    Reply::error(format!(
+        "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+    ))
+}
+
+/// `maxclients`: an integer from 1 to 4294967295, as Redis takes it.
+fn parse_maxclients(value: &[u8]) -> Result<usize, Reply> {
+    let value: i64 = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| set_failed("maxclients", "argument couldn't be parsed into an integer"))?;
+    if !(1..=i64::from(u32::MAX)).contains(&value) {
+        return Err(set_failed(
+            "maxclients",
+            "argument must be between 1 and 4294967295 inclusive",
+        ));
+    }
+    Ok(value as usize)
 }
 
 pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
@@ -69,18 +100,27 @@ pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
                 ));
             }
             let mut settings = context.shared.settings();
+            let mut clients_output_max = None;
             for pair in pairs.chunks_exact(2) {
                 let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
                 match name.as_str() {
+                    "client-output-buffer-limit" => {
+                        settings.output_limits = settings
+                            .output_limits
+                            .with_config(&pair[1])
+                            .map_err(|why| set_failed(&name, why))?;
+                    }
+                    "maxmemory-clients" => {
+                        clients_output_max =
+                            Some(parse_memory(&pair[1]).ok_or_else(|| {
+                                set_failed(&name, "argument must be a memory value")
+                            })?);
+                    }
                     "requirepass" => {
                         settings.password = (!pair[1].is_empty())
                             .then(|| String::from_utf8_lossy(&pair[1]).into_owned());
                     }
-                    "maxclients" => {
-                        settings.clients_max = std::str::from_utf8(&pair[1]).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
-                            Reply::error("ERR CONFIG SET failed (possibly related to argument 'maxclients') - argument couldn't be parsed into an integer")
-                        })?;
-                    }
+                    "maxclients" => settings.clients_max = parse_maxclients(&pair[1])?,
                     _ => {
                         return Err(Reply::error(format!(
                             "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
@@ -93,6 +133,10 @@ pub fn config(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
                 .settings
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = settings;
+            if let Some(max) = clients_output_max {
+                context.shared.output_budget.set_max(max);
+                context.shared.evict_over_budget();
+            }
             Ok(Reply::ok())
         }
         b"RESETSTAT" => Ok(Reply::ok()),

@@ -39,10 +39,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::args::Args;
+use super::output::ClientClass;
 use super::pubsub::{Subscribed, Subscriber};
 use super::reply::{Protocol, Reply};
 use super::shared::RespShared;
-use crate::broker::{Broker, Commit, Stream};
+use crate::broker::{Broker, Commit, Stream, StreamError};
 
 /// What CLIENT REPLY asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,10 @@ pub struct Session {
     pub patterns: Subscribed,
     /// How Pub/Sub reaches this connection.
     pub subscriber: Subscriber,
+    /// Bytes of replies built earlier in this round (and inside EXEC, earlier in it), not yet
+    /// written: a command building a large reply has that much less room (see
+    /// [`Context::reply_budget`]).
+    pub reply_bytes: u64,
     /// The stream this connection last appended to in the current round (see
     /// [`Context::take_stream`]).
     last_stream: Option<CachedStream>,
@@ -102,7 +107,17 @@ impl Session {
             subscriptions: Default::default(),
             patterns: Default::default(),
             subscriber,
+            reply_bytes: 0,
             last_stream: None,
+        }
+    }
+
+    /// Which output buffer limits apply: pubsub while subscribed to anything, as in Redis.
+    pub fn output_class(&self) -> ClientClass {
+        if self.subscriptions.is_empty() && self.patterns.is_empty() {
+            ClientClass::Normal
+        } else {
+            ClientClass::Pubsub
         }
     }
 
@@ -192,6 +207,68 @@ pub struct Context<'a> {
     /// Where XADD may hold back its entry for one append with its neighbours; `None` where
     /// its reply must be final when it returns (inside EXEC).
     pub deferred: Option<&'a mut DeferredAdds>,
+}
+
+/// How large a reply a command may build now, in the bytes range reads count (see
+/// [`crate::broker::Stream::range_within`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyBudget {
+    pub bytes_max: u64,
+    /// The client's own output limit is what binds: a reply past it closes the client, as
+    /// Redis closes a client whose reply passes its hard limit. Otherwise (the per-reply cap,
+    /// the server-wide budget) the command is refused with an error.
+    pub closes_client: bool,
+}
+
+impl Context<'_> {
+    /// The room a reply has: the smallest of the per-reply cap
+    /// ([`RANGE_BYTES_MAX`](crate::broker::stream::RANGE_BYTES_MAX)), what the client's hard
+    /// output limit leaves, and what `maxmemory-clients` leaves, each less what this round's
+    /// replies already take. Known before the reply is built, so a refused one allocates
+    /// nothing big.
+    pub fn reply_budget(&self) -> ReplyBudget {
+        let round = self.session.reply_bytes;
+        let cap = crate::broker::stream::RANGE_BYTES_MAX.saturating_sub(round);
+        let total = self.shared.output_budget.room().saturating_sub(round);
+        let hard = self
+            .shared
+            .output_limits()
+            .class(self.session.output_class())
+            .hard_bytes;
+        let own = match hard {
+            0 => u64::MAX,
+            hard => hard.saturating_sub(self.session.subscriber.output.held() + round),
+        };
+        ReplyBudget {
+            bytes_max: cap.min(total).min(own),
+            closes_client: own < cap.min(total),
+        }
+    }
+
+    /// The reply to a failed read: [`StreamError::ReplyTooLarge`] as
+    /// [`Context::reply_too_large`], anything else as its error text.
+    pub fn read_error(&mut self, error: StreamError, budget: ReplyBudget) -> Reply {
+        match error {
+            StreamError::ReplyTooLarge(_) => self.reply_too_large(budget),
+            other => xadd::stream_error(other),
+        }
+    }
+
+    /// The reply to a read refused for its size: the client is closed if its own output
+    /// limit refused it (the reply is never sent), else Redis-style error text.
+    pub fn reply_too_large(&mut self, budget: ReplyBudget) -> Reply {
+        if budget.closes_client {
+            tracing::warn!(
+                client = self.session.id,
+                "closing client: its reply would pass its output buffer limit"
+            );
+            self.session.subscriber.output.kill();
+        }
+        Reply::error(format!(
+            "ERR reply would exceed {} bytes; ask for fewer entries with COUNT",
+            budget.bytes_max
+        ))
+    }
 }
 
 type Handler = fn(&mut Args, &mut Context<'_>) -> Result<Reply, Reply>;

@@ -56,10 +56,16 @@ pub fn exec(_: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
             deferred: None,
         };
         let reply = dispatch(spec, context.shared, context.session, args, turn);
-        replies.push(match blocked {
+        let reply = match blocked {
             Some(blocked) => blocked.timeout_reply,
             None => reply,
-        });
+        };
+        // The replies so far are part of the reply being built: later reads have less room.
+        context.session.reply_bytes += reply.size_estimate();
+        replies.push(reply);
+        if context.session.subscriber.output.is_killed() {
+            break;
+        }
     }
     Ok(Reply::Array(replies))
 }

@@ -136,7 +136,7 @@ pub fn publish(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Repl
     // Subscribers get it at once; the reply waits until the history holding it is stored.
     context.pending.add(commit, context.reply_index);
     Ok(Reply::Integer(
-        context.shared.pubsub.publish(&channel, &payload) as i64,
+        context.shared.publish(&channel, &payload) as i64
     ))
 }
 
@@ -213,11 +213,15 @@ pub fn topic_read(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
         return Ok(Reply::Array(Vec::new()));
     };
     let from = replay_start(&topic, &start)?;
-    let messages = topic
-        .read(from, topic.next_offset(), count)
+    let budget = context.reply_budget();
+    let read = topic
+        .read(from, topic.next_offset(), count, budget.bytes_max)
         .map_err(|e| Reply::error(format!("ERR {e}")))?;
+    if read.messages.is_empty() && read.stopped_at_bytes {
+        return Err(context.reply_too_large(budget));
+    }
     Ok(Reply::Array(
-        messages
+        read.messages
             .into_iter()
             .map(|m| {
                 Reply::Array(vec![
@@ -245,10 +249,21 @@ pub fn topic_subscribe(args: &mut Args, context: &mut Context<'_>) -> Result<Rep
         let _turn = topic.lock();
         (subscribe_to(context, channel.clone()), topic.next_offset())
     };
+    // The replay stops early rather than pass the reply budget; TOPIC.READ pages further.
     let stored = topic
-        .read(from, live_from, REPLAY_MESSAGES_MAX)
+        .read(
+            from,
+            live_from,
+            REPLAY_MESSAGES_MAX,
+            context.reply_budget().bytes_max,
+        )
         .map_err(|e| Reply::error(format!("ERR {e}")))?;
     let mut replies = vec![confirm];
-    replies.extend(stored.into_iter().map(|m| message(&channel, m.payload)));
+    replies.extend(
+        stored
+            .messages
+            .into_iter()
+            .map(|m| message(&channel, m.payload)),
+    );
     Ok(Reply::Many(replies))
 }

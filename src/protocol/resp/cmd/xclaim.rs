@@ -2,7 +2,7 @@
 //! [FORCE] [JUSTID] [LASTID id]` and `XAUTOCLAIM key group consumer min-idle-time start
 //! [COUNT count] [JUSTID]`.
 
-use super::xadd::{stream_error, INVALID_STREAM_ID};
+use super::xadd::INVALID_STREAM_ID;
 use super::xpending::no_such_key_or_group;
 use super::xrange::entry_reply;
 use super::{existing_stream, Context, Reply};
@@ -80,11 +80,19 @@ pub fn xclaim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply
     }
     let stream =
         existing_stream(context, &key).ok_or_else(|| no_such_key_or_group(&key, &group))?;
+    let budget = context.reply_budget();
     let (claimed, commit) = stream
-        .claim(&group, &consumer, min_idle_ms, &ids, &options)
+        .claim(
+            &group,
+            &consumer,
+            min_idle_ms,
+            &ids,
+            &options,
+            budget.bytes_max,
+        )
         .map_err(|e| match e {
             StreamError::NoGroup => no_such_key_or_group(&key, &group),
-            other => stream_error(other),
+            other => context.read_error(other, budget),
         })?;
     context.pending.add(commit, context.reply_index);
     Ok(claimed_reply(claimed, options.just_id))
@@ -115,11 +123,20 @@ pub fn xautoclaim(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
     }
     let stream =
         existing_stream(context, &key).ok_or_else(|| no_such_key_or_group(&key, &group))?;
+    let budget = context.reply_budget();
     let (result, commit) = stream
-        .autoclaim(&group, &consumer, min_idle_ms, start, count, just_id)
+        .autoclaim(
+            &group,
+            &consumer,
+            min_idle_ms,
+            start,
+            count,
+            just_id,
+            budget.bytes_max,
+        )
         .map_err(|e| match e {
             StreamError::NoGroup => no_such_key_or_group(&key, &group),
-            other => stream_error(other),
+            other => context.read_error(other, budget),
         })?;
     context.pending.add(commit, context.reply_index);
     Ok(Reply::Array(vec![

@@ -94,16 +94,30 @@ fn stream(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
         fields.push((Reply::bulk("last-entry"), entry(info.last_entry)));
         return Ok(Reply::Map(fields));
     }
+    let budget = context.reply_budget();
     let entries = stream
-        .range(StreamId::MIN, StreamId::MAX, Some(count))
-        .map_err(stream_error)?;
+        .range_within(StreamId::MIN, StreamId::MAX, Some(count), budget.bytes_max)
+        .map_err(|e| context.read_error(e, budget))?;
     fields.push((
         Reply::bulk("entries"),
         Reply::Array(entries.into_iter().map(entry_reply).collect()),
     ));
     let summaries = stream.groups_info();
-    let groups = stream
-        .group_states()
+    let states = stream.group_states();
+    // The PEL listings, sized before they are built (each row, in the group's PEL and again
+    // in its consumer's, about 100 bytes), within what the entries left of the budget.
+    let rows: u64 = states
+        .iter()
+        .map(|(_, group)| 2 * group.pending.len().min(count) as u64)
+        .sum();
+    let entries_bytes: u64 = fields
+        .iter()
+        .map(|(k, v)| k.size_estimate() + v.size_estimate())
+        .sum();
+    if rows.saturating_mul(100).saturating_add(entries_bytes) > budget.bytes_max {
+        return Err(context.reply_too_large(budget));
+    }
+    let groups = states
         .into_iter()
         .zip(summaries)
         .map(|((name, group), summary)| full_group(name, &group, summary.lag, count))

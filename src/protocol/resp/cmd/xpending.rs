@@ -98,6 +98,12 @@ pub fn xpending(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Rep
         }
         Some(filter) => {
             let rows = stream.pending_range(&group, &filter).map_err(to_reply)?;
+            // Sized before the reply is built: an ID, a consumer and two integers per row.
+            let budget = context.reply_budget();
+            let bytes: u64 = rows.iter().map(|r| 104 + r.consumer.len() as u64).sum();
+            if bytes > budget.bytes_max {
+                return Err(context.reply_too_large(budget));
+            }
             Ok(Reply::Array(
                 rows.into_iter()
                     .map(|r| {

@@ -1,6 +1,6 @@
 //! `XRANGE key start end [COUNT count]` and `XREVRANGE key end start [COUNT count]`.
 
-use super::xadd::{stream_error, INVALID_STREAM_ID};
+use super::xadd::INVALID_STREAM_ID;
 use super::{existing_stream, Context, Reply};
 use crate::broker::{Entry, StreamId};
 use crate::protocol::resp::args::{parse_i64, Args};
@@ -74,18 +74,14 @@ fn range(args: &mut Args, context: &mut Context<'_>, reverse: bool) -> Result<Re
     let Some(stream) = existing_stream(context, &key) else {
         return Ok(Reply::Array(Vec::new()));
     };
+    let budget = context.reply_budget();
     let entries = if reverse {
-        stream.rev_range(end, start, count)
+        stream.rev_range_within(end, start, count, budget.bytes_max)
     } else {
-        stream.range(start, end, count)
+        stream.range_within(start, end, count, budget.bytes_max)
     };
-    Ok(Reply::Array(
-        entries
-            .map_err(stream_error)?
-            .into_iter()
-            .map(entry_reply)
-            .collect(),
-    ))
+    let entries = entries.map_err(|e| context.read_error(e, budget))?;
+    Ok(Reply::Array(entries.into_iter().map(entry_reply).collect()))
 }
 
 pub fn xrange(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::xadd::{stream_error, INVALID_STREAM_ID};
 use super::xrange::entry_reply;
 use super::{Blocked, Context, Reply};
-use crate::broker::{Broker, Commit, StreamError, StreamId};
+use crate::broker::{Broker, Commit, Entry, StreamError, StreamId};
 use crate::protocol::resp::args::{parse_i64, Args};
 use crate::protocol::resp::reply::Protocol;
 
@@ -75,22 +75,23 @@ fn streams_reply(found: Vec<(Reply, Reply)>, protocol: Protocol) -> Reply {
     }
 }
 
-/// Entries after each ID, for the streams that have some; `None` when none has.
+/// Entries after each ID, for the streams that have some, in all no more than `bytes_max`
+/// (else [`StreamError::ReplyTooLarge`]); `None` when no stream has any.
 fn read_after(
     broker: &Broker,
     keys: &[Bytes],
     after: &[StreamId],
     count: Option<usize>,
     protocol: Protocol,
-) -> Result<Option<Reply>, Reply> {
+    mut bytes_max: u64,
+) -> Result<Option<Reply>, StreamError> {
     let mut found = Vec::new();
     for (key, after) in keys.iter().zip(after) {
         let (Some(stream), Some(start)) = (broker.stream(key), after.successor()) else {
             continue;
         };
-        let entries = stream
-            .range(start, StreamId::MAX, count)
-            .map_err(stream_error)?;
+        let entries = stream.range_within(start, StreamId::MAX, count, bytes_max)?;
+        bytes_max = bytes_max.saturating_sub(entries.iter().map(Entry::bytes).sum());
         if !entries.is_empty() {
             found.push((
                 Reply::Bulk(key.clone()),
@@ -117,7 +118,16 @@ pub fn xread(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
         })
         .collect::<Result<_, _>>()?;
     let (protocol, count) = (context.session.protocol, options.count);
-    if let Some(reply) = read_after(context.broker, &keys, &after, count, protocol)? {
+    let budget = context.reply_budget();
+    let read = read_after(
+        context.broker,
+        &keys,
+        &after,
+        count,
+        protocol,
+        budget.bytes_max,
+    );
+    if let Some(reply) = read.map_err(|e| context.read_error(e, budget))? {
         return Ok(reply);
     }
     let Some(timeout) = options.block else {
@@ -126,7 +136,10 @@ pub fn xread(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply>
     *context.blocked = Some(Blocked {
         keys: keys.clone(),
         timeout: (!timeout.is_zero()).then_some(timeout),
-        retry: Box::new(move |broker: &Broker| read_after(broker, &keys, &after, count, protocol)),
+        retry: Box::new(move |broker: &Broker| {
+            read_after(broker, &keys, &after, count, protocol, budget.bytes_max)
+                .map_err(stream_error)
+        }),
         timeout_reply: Reply::NilArray,
     });
     Ok(Reply::NilArray)
@@ -149,35 +162,51 @@ struct GroupReadRequest {
     count: Option<usize>,
     noack: bool,
     protocol: Protocol,
+    /// Entry bytes all streams' entries may take together (see [`Context::reply_budget`]).
+    bytes_max: u64,
 }
 
 impl GroupReadRequest {
     /// One pass over the streams, and the commit of the deliveries it recorded. `None`: only
-    /// `>` reads, and nothing new.
-    fn run(&self, broker: &Broker, blocked_before: bool) -> Result<(Option<Reply>, Commit), Reply> {
+    /// `>` reads, and nothing new. A read over the byte budget is `Err(None)`, to be answered
+    /// by the caller.
+    fn run(
+        &self,
+        broker: &Broker,
+        blocked_before: bool,
+    ) -> Result<(Option<Reply>, Commit), Option<Reply>> {
         let mut found = Vec::new();
         let mut commit = Commit::NONE;
+        let mut bytes_max = self.bytes_max;
         for (key, read) in self.keys.iter().zip(&self.reads) {
             let Some(stream) = broker.stream(key) else {
-                return Err(if blocked_before {
+                return Err(Some(if blocked_before {
                     Reply::error("UNBLOCKED the stream key no longer exists")
                 } else {
                     no_group_for_read(key, &self.group)
-                });
+                }));
             };
             let no_group = |e: StreamError| match e {
-                StreamError::NoGroup if blocked_before => Reply::error(
+                StreamError::NoGroup if blocked_before => Some(Reply::error(
                     "NOGROUP the consumer group this client was blocked on no longer exists",
-                ),
-                StreamError::NoGroup => no_group_for_read(key, &self.group),
-                other => stream_error(other),
+                )),
+                StreamError::NoGroup => Some(no_group_for_read(key, &self.group)),
+                StreamError::ReplyTooLarge(_) => None,
+                other => Some(stream_error(other)),
             };
             match read {
                 GroupRead::New => {
                     let (entries, delivered) = stream
-                        .read_group_new(&self.group, &self.consumer, self.count, self.noack)
+                        .read_group_new(
+                            &self.group,
+                            &self.consumer,
+                            self.count,
+                            self.noack,
+                            bytes_max,
+                        )
                         .map_err(no_group)?;
                     commit = commit.max(delivered);
+                    bytes_max = bytes_max.saturating_sub(entries.iter().map(Entry::bytes).sum());
                     if !entries.is_empty() {
                         found.push((
                             Reply::Bulk(key.clone()),
@@ -187,9 +216,20 @@ impl GroupReadRequest {
                 }
                 GroupRead::History(after) => {
                     let (entries, delivered) = stream
-                        .read_group_history(&self.group, &self.consumer, *after, self.count)
+                        .read_group_history(
+                            &self.group,
+                            &self.consumer,
+                            *after,
+                            self.count,
+                            bytes_max,
+                        )
                         .map_err(no_group)?;
                     commit = commit.max(delivered);
+                    let read: u64 = entries
+                        .iter()
+                        .filter_map(|(_, e)| e.as_ref().map(Entry::bytes))
+                        .sum();
+                    bytes_max = bytes_max.saturating_sub(read);
                     let replies = entries
                         .into_iter()
                         .map(|(id, entry)| {
@@ -210,7 +250,9 @@ impl GroupReadRequest {
     /// A pass for a blocked reader, whose reply goes out as soon as this returns: it waits
     /// (blocking the thread) for the deliveries' commit itself.
     fn run_blocked(&self, broker: &Broker) -> Result<Option<Reply>, Reply> {
-        let (reply, commit) = self.run(broker, true)?;
+        let (reply, commit) = self.run(broker, true).map_err(|e| {
+            e.unwrap_or_else(|| stream_error(StreamError::ReplyTooLarge(self.bytes_max)))
+        })?;
         broker
             .wait(commit)
             .map_err(|e| Reply::error(format!("ERR write failed, it may not be stored: {e}")))?;
@@ -258,8 +300,11 @@ pub fn xreadgroup(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
         count: options.count,
         noack: options.noack,
         protocol: context.session.protocol,
+        bytes_max: context.reply_budget().bytes_max,
     };
-    let (reply, commit) = request.run(context.broker, false)?;
+    let budget = context.reply_budget();
+    let read = request.run(context.broker, false);
+    let (reply, commit) = read.map_err(|e| e.unwrap_or_else(|| context.reply_too_large(budget)))?;
     context.pending.add(commit, context.reply_index);
     if let Some(reply) = reply {
         return Ok(reply);
