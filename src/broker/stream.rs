@@ -116,6 +116,10 @@ fn auto_id(last: StreamId, now_ms: u64) -> Option<StreamId> {
 }
 
 /// How a stream entry is stored: its ID as the record key (and timestamp), its fields as headers.
+/// One stream's share of [`Stream::add_auto_batches`]: the stream and its entries' fields,
+/// in order.
+pub type AutoBatch<'a> = (&'a Stream, Vec<Vec<(Bytes, Bytes)>>);
+
 fn entry_record(id: StreamId, fields: Vec<(Bytes, Bytes)>) -> Record {
     Record {
         timestamp_ms: id.timestamp_ms(),
@@ -376,24 +380,53 @@ impl Stream {
         &self,
         entries: Vec<Vec<(Bytes, Bytes)>>,
     ) -> Result<(Vec<StreamId>, Commit), StreamError> {
-        let mut state = self.lock();
-        let now = clock_ms();
-        let mut last = state.last_id;
-        let mut ids = Vec::with_capacity(entries.len());
-        let mut records = Vec::with_capacity(entries.len());
-        for fields in entries {
-            let Some(id) = auto_id(last, now) else { break };
-            records.push(entry_record(id, fields));
-            ids.push(id);
-            last = id;
-        }
-        if records.is_empty() {
+        let stream: &Stream = self;
+        let (mut ids, commit) = Stream::add_auto_batches(vec![(stream, entries)])?;
+        let ids = ids.pop().unwrap_or_default();
+        if ids.is_empty() {
             return Err(StreamError::IdsExhausted);
         }
+        Ok((ids, commit))
+    }
+
+    /// [`Stream::add_auto_many`] for several streams at once: one commit for all (a pipeline's
+    /// XADDs to many streams). Returns the IDs added to each stream, in the order given (empty
+    /// for a stream whose IDs are exhausted).
+    pub fn add_auto_batches(
+        batches: Vec<AutoBatch<'_>>,
+    ) -> Result<(Vec<Vec<StreamId>>, Commit), StreamError> {
+        let Some(store) = batches.first().map(|(s, _)| Arc::clone(&s.store)) else {
+            return Ok((Vec::new(), Commit::NONE));
+        };
+        // Streams are locked in id order, so two batches over the same streams cannot deadlock.
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        order.sort_by_key(|&i| batches[i].0.id);
+        order.dedup_by_key(|i| batches[*i].0.id);
+        let now = clock_ms();
         let mut txn = WalTxn::new();
-        txn.append(&self.log, records);
-        let committed = self.store.commit(txn)?;
-        state.last_id = last;
+        let mut locked = Vec::with_capacity(order.len());
+        let mut ids = vec![Vec::new(); batches.len()];
+        let mut batches = batches;
+        for &i in &order {
+            let stream = batches[i].0;
+            let state = stream.lock();
+            let mut last = state.last_id;
+            let mut records = Vec::with_capacity(batches[i].1.len());
+            for fields in std::mem::take(&mut batches[i].1) {
+                let Some(id) = auto_id(last, now) else { break };
+                records.push(entry_record(id, fields));
+                ids[i].push(id);
+                last = id;
+            }
+            if !records.is_empty() {
+                txn.append(&stream.log, records);
+            }
+            locked.push((state, last));
+        }
+        let committed = store.commit(txn)?;
+        for (mut state, last) in locked {
+            state.last_id = last;
+        }
         Ok((ids, committed.commit))
     }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::xtrim::TrimParser;
 use super::{CachedStream, Context, PendingAcks, Reply};
-use crate::broker::{Broker, IdSpec, StreamError, StreamId};
+use crate::broker::{Broker, IdSpec, Stream, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
 
 pub const INVALID_STREAM_ID: &str = "ERR Invalid stream ID specified as stream command argument";
@@ -37,69 +37,95 @@ pub fn stream_error(e: StreamError) -> Reply {
     Reply::error(format!("ERR {e}"))
 }
 
-/// Plain `XADD key * field value ...` requests held back within a round, so that consecutive
-/// ones to one stream become one log append (one round of locks, one batch, one checksum)
-/// instead of one each. The connection flushes them before any other command runs and at the
-/// end of the round, so nothing can observe the difference; each held-back request's reply
-/// slot holds a placeholder until then.
+/// Plain `XADD key * field value ...` requests held back within a round, so that a pipeline's
+/// XADDs become one commit (one round of locks, one write-ahead batch) instead of one each:
+/// consecutive ones to one stream one log batch, those to other streams a batch each in the
+/// same commit. The connection flushes them before any other command runs and at the end of
+/// the round, so nothing can observe the difference; each held-back request's reply slot
+/// holds a placeholder until then.
 #[derive(Default)]
 pub struct DeferredAdds {
-    /// The stream the held-back entries go to.
-    target: Option<CachedStream>,
-    entries: Vec<Vec<(Bytes, Bytes)>>,
-    reply_indices: Vec<usize>,
+    /// The streams the held-back entries go to, in order of first use.
+    targets: Vec<Target>,
+    entries: usize,
     bytes: usize,
     /// Replies a flush produced: (index in the round, reply).
     settled: Vec<(usize, Reply)>,
+}
+
+/// One stream's held-back entries and the reply slots they answer.
+struct Target {
+    stream: CachedStream,
+    entries: Vec<Vec<(Bytes, Bytes)>>,
+    reply_indices: Vec<usize>,
 }
 
 /// A flush happens at least this often, keeping each append well inside the batch limit (an
 /// entry this large or larger is not held back at all).
 const DEFERRED_BYTES_MAX: usize = 1024 * 1024;
 const DEFERRED_ENTRIES_MAX: usize = 1024;
+/// Streams held back at once (a pipeline spread over more flushes more often).
+const DEFERRED_TARGETS_MAX: usize = 64;
 
 impl DeferredAdds {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.targets.is_empty()
     }
 
-    /// Append what is held back and settle its replies (see [`DeferredAdds::settle_into`]).
+    /// Append what is held back, as one commit, and settle its replies (see
+    /// [`DeferredAdds::settle_into`]).
     pub fn flush(&mut self, broker: &Broker, pending: &mut PendingAcks) {
-        let Some(target) = self.target.take() else {
+        let targets = std::mem::take(&mut self.targets);
+        (self.entries, self.bytes) = (0, 0);
+        if targets.is_empty() {
             return;
-        };
-        let entries = std::mem::take(&mut self.entries);
-        self.bytes = 0;
+        }
         // Deleted or renamed since (by another client): the appends land where the key points
         // now, as they would have had they run then.
-        let stream = if target.generation == broker.generation() {
-            Ok(target.stream)
-        } else {
-            broker
-                .stream_or_create(&target.key)
-                .map_err(|e| Reply::error(format!("ERR {e}")))
-        };
-        let outcome = stream.and_then(|stream| {
-            let (ids, commit) = stream.add_auto_many(entries).map_err(stream_error)?;
-            for &index in &self.reply_indices[..ids.len()] {
-                pending.add(commit, index);
-            }
-            Ok(ids)
-        });
-        let mut indices = std::mem::take(&mut self.reply_indices).into_iter();
-        match outcome {
-            Ok(ids) => {
-                for (id, index) in ids.into_iter().zip(indices.by_ref()) {
-                    self.settled.push((index, Reply::Id(id)));
+        let mut streams = Vec::with_capacity(targets.len());
+        let mut batches = Vec::with_capacity(targets.len());
+        for target in targets {
+            let stream = if target.stream.generation == broker.generation() {
+                Ok(target.stream.stream)
+            } else {
+                broker
+                    .stream_or_create(&target.stream.key)
+                    .map_err(|e| Reply::error(format!("ERR {e}")))
+            };
+            match stream {
+                Ok(stream) => {
+                    streams.push(stream);
+                    batches.push((target.entries, target.reply_indices));
                 }
-                let exhausted = stream_error(StreamError::IdsExhausted);
-                self.settled
-                    .extend(indices.map(|index| (index, exhausted.clone())));
+                Err(reply) => self.settle_all(target.reply_indices, &reply),
             }
-            Err(reply) => self
-                .settled
-                .extend(indices.map(|index| (index, reply.clone()))),
         }
+        let (entries, indices): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
+        let request: Vec<_> = streams.iter().map(|s| &**s).zip(entries).collect();
+        match Stream::add_auto_batches(request) {
+            Ok((ids, commit)) => {
+                for (ids, indices) in ids.into_iter().zip(indices) {
+                    let mut indices = indices.into_iter();
+                    for (id, index) in ids.into_iter().zip(indices.by_ref()) {
+                        pending.add(commit, index);
+                        self.settled.push((index, Reply::Id(id)));
+                    }
+                    let exhausted = stream_error(StreamError::IdsExhausted);
+                    self.settle_all(indices.collect(), &exhausted);
+                }
+            }
+            Err(e) => {
+                let reply = stream_error(e);
+                for indices in indices {
+                    self.settle_all(indices, &reply);
+                }
+            }
+        }
+    }
+
+    fn settle_all(&mut self, indices: Vec<usize>, reply: &Reply) {
+        self.settled
+            .extend(indices.into_iter().map(|index| (index, reply.clone())));
     }
 
     /// Put the replies of flushed requests into their slots of the round.
@@ -128,27 +154,40 @@ fn defer(
         return Err(fields);
     }
     let generation = context.broker.generation();
-    let same_target = deferred
-        .target
-        .as_ref()
-        .is_some_and(|target| target.is_current(key, generation));
-    if !same_target {
-        deferred.flush(context.broker, context.pending);
-        let (found, generation) = context.take_stream(key);
-        let Some(stream) = found else {
-            // Creating the stream is left to the ordinary path.
-            return Err(fields);
-        };
-        deferred.target = Some(CachedStream {
-            key: key.clone(),
-            stream,
-            generation,
-        });
-    }
+    let held = deferred
+        .targets
+        .iter()
+        .position(|target| target.stream.is_current(key, generation));
+    let index = match held {
+        Some(index) => index,
+        None => {
+            if deferred.targets.len() >= DEFERRED_TARGETS_MAX {
+                deferred.flush(context.broker, context.pending);
+            }
+            let (found, generation) = context.take_stream(key);
+            let Some(stream) = found else {
+                // Creating the stream is left to the ordinary path, after what is held back.
+                deferred.flush(context.broker, context.pending);
+                return Err(fields);
+            };
+            deferred.targets.push(Target {
+                stream: CachedStream {
+                    key: key.clone(),
+                    stream,
+                    generation,
+                },
+                entries: Vec::new(),
+                reply_indices: Vec::new(),
+            });
+            deferred.targets.len() - 1
+        }
+    };
+    let target = &mut deferred.targets[index];
+    target.entries.push(fields);
+    target.reply_indices.push(context.reply_index);
     deferred.bytes += entry_bytes;
-    deferred.entries.push(fields);
-    deferred.reply_indices.push(context.reply_index);
-    if deferred.bytes >= DEFERRED_BYTES_MAX || deferred.entries.len() >= DEFERRED_ENTRIES_MAX {
+    deferred.entries += 1;
+    if deferred.bytes >= DEFERRED_BYTES_MAX || deferred.entries >= DEFERRED_ENTRIES_MAX {
         deferred.flush(context.broker, context.pending);
     }
     Ok(Reply::Silent)
