@@ -1454,6 +1454,59 @@ fn topics_keep_history_that_survives_kill_9_and_replays_without_gaps() {
 }
 
 #[test]
+fn topic_delete_removes_a_channels_log_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    for n in 0..3 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("gone")
+            .arg(format!("m{n}"))
+            .query(&mut con)
+            .unwrap();
+    }
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("kept")
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    let deleted: i64 = redis::cmd("TOPIC.DELETE")
+        .arg("gone")
+        .arg("never-published")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(deleted, 1, "only channels with a log count");
+    let err = redis::cmd("TOPIC.DELETE")
+        .query::<i64>(&mut con)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("wrong number of arguments"),
+        "{err}"
+    );
+    // The deletion was acknowledged, so it survives kill -9, and the other channel is intact.
+    server.kill9();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let read = |con: &mut redis::Connection, channel: &str| -> Vec<(i64, i64, String)> {
+        redis::cmd("TOPIC.READ")
+            .arg(channel)
+            .arg("-")
+            .query(con)
+            .unwrap()
+    };
+    assert!(read(&mut con, "gone").is_empty());
+    assert_eq!(read(&mut con, "kept").len(), 1);
+    // A new PUBLISH starts a new log from offset 0.
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("gone")
+        .arg("again")
+        .query(&mut con)
+        .unwrap();
+    let again = read(&mut con, "gone");
+    assert_eq!((again[0].0, again[0].2.as_str()), (0, "again"));
+}
+
+#[test]
 fn xinfo_stream_full_shows_entries_groups_and_pending() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());

@@ -346,6 +346,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec("scan", -2, keyspace::scan),
     spec("select", 2, connection::select),
     spec("subscribe", -2, pubsub::subscribe),
+    blocking("topic.delete", -2, pubsub::topic_delete),
     spec("topic.read", -3, pubsub::topic_read),
     spec("topic.subscribe", 3, pubsub::topic_subscribe),
     spec("type", 2, keyspace::type_of),

@@ -8,6 +8,9 @@
 //!   `[offset, timestamp_ms, payload]` triples.
 //! - `TOPIC.SUBSCRIBE channel start`: subscribe, then receive every stored message from `start`
 //!   as ordinary `message` pushes, then live ones: no gap and no duplicate between the two.
+//! - `TOPIC.DELETE channel [channel ...]`: delete channels' stored messages (an operator's
+//!   cleanup; live subscriptions stay, and the next PUBLISH starts a new log at offset 0).
+//!   Replies with the number of channels that had a log, as DEL counts keys.
 
 use bytes::Bytes;
 
@@ -232,6 +235,21 @@ pub fn topic_read(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, R
             })
             .collect(),
     ))
+}
+
+/// `TOPIC.DELETE channel [channel ...]`: the number of channels whose log was deleted. The
+/// reply waits for the deletion to be durable, as DEL's does.
+pub fn topic_delete(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> {
+    let mut deleted = 0;
+    for channel in args.rest() {
+        let (existed, commit) = context
+            .broker
+            .delete_topic(&channel)
+            .map_err(|e| Reply::error(format!("ERR {e}")))?;
+        context.pending.add(commit, context.reply_index);
+        deleted += i64::from(existed);
+    }
+    Ok(Reply::Integer(deleted))
 }
 
 /// `TOPIC.SUBSCRIBE channel start`
