@@ -49,7 +49,7 @@ enum Command {
 struct ServeArgs {
     /// A TOML file with any of: data_dir, resp_addr, amqp_addr, fsync, password,
     /// amqp_user, amqp_password, maxclients, amqp_connection_max, client_output_buffer_limit,
-    /// maxmemory_clients.
+    /// maxmemory_clients, open_files_max.
     #[arg(long, env = "POTOK_CONFIG")]
     config: Option<PathBuf>,
     /// Where data lives [default: ./data].
@@ -88,6 +88,10 @@ struct ServeArgs {
     /// total [default: 1gb].
     #[arg(long, env = "POTOK_MAXMEMORY_CLIENTS")]
     maxmemory_clients: Option<String>,
+    /// Segment files of streams, topics and queues kept open at once; idle ones are closed
+    /// and reopened on demand [default: a quarter of the descriptor limit, 16..4096].
+    #[arg(long, env = "POTOK_OPEN_FILES_MAX")]
+    open_files_max: Option<usize>,
 }
 
 /// The config file's keys; unknown keys are an error, so typos do not pass silently.
@@ -105,6 +109,7 @@ struct FileConfig {
     amqp_connection_max: Option<usize>,
     client_output_buffer_limit: Option<String>,
     maxmemory_clients: Option<String>,
+    open_files_max: Option<usize>,
 }
 
 fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
@@ -123,6 +128,10 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
         (
             "amqp_connection_max",
             args.amqp_connection_max.or(file.amqp_connection_max),
+        ),
+        (
+            "open_files_max",
+            args.open_files_max.or(file.open_files_max),
         ),
     ];
     if let Some((name, _)) = counts.iter().find(|(_, value)| *value == Some(0)) {
@@ -173,6 +182,7 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig, String> {
             .unwrap_or(defaults.amqp_connections_max),
         output_limits,
         clients_output_bytes_max,
+        open_files_max: args.open_files_max.or(file.open_files_max),
         ..defaults
     })
 }

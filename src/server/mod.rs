@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub request_limits: RequestLimits,
     /// `requirepass`: clients must AUTH with it.
     pub password: Option<String>,
+    /// Segment files kept open at once ([`BrokerConfig::open_files_max`]); `None` for its
+    /// default (a quarter of the process's descriptor limit).
+    pub open_files_max: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             clients_output_bytes_max: CLIENTS_OUTPUT_BYTES_MAX,
             request_limits: RequestLimits::default(),
             password: None,
+            open_files_max: None,
         }
     }
 }
@@ -77,6 +81,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut broker_config = BrokerConfig::with_durability(config.durability);
+    if let Some(files) = config.open_files_max {
+        broker_config.open_files_max = files;
+    }
     // A failpoint for the crash-semantics tests (storage-format.md § Write-ahead log).
     if let Some(ms) = std::env::var("POTOK_FAILPOINT_SYNC_DELAY_MS")
         .ok()
