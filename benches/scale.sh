@@ -47,16 +47,19 @@ printf '  created %s streams in %.1f s\n' "$streams" "$(since "$t0")"
 t0="$(now)"; python3 benches/scale_load.py queues-load 7702 "$queues"
 printf '  created %s queues in %.1f s\n' "$queues" "$(since "$t0")"
 stats "after loading"
+echo "  files: $(find "$work/data" -type f | wc -l), directories: $(find "$work/data" -type d | wc -l)"
 sleep 70 # idle: checkpoints run, idle entities are evicted
 stats "idle 70 s later"
+echo "  files: $(find "$work/data" -type f | wc -l), directories: $(find "$work/data" -type d | wc -l), apparent size $(du -sh --apparent-size "$work/data" | cut -f1)"
 check
 t0="$(now)"; kill -TERM "$pid"; wait "$pid" || true; pid=""
 printf '  SIGTERM: exited in %.2f s\n' "$(since "$t0")"
 echo "clean restart:"
 start; stats "after restart"; check
-echo "kill -9 and restart:"
-python3 benches/scale_load.py streams-check 7701 1000 >/dev/null
+echo "kill -9 and restart (1000 more streams created just before the kill):"
+python3 benches/scale_load.py streams-load 7701 1000 k:
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 start; stats "after restart"; check
+python3 benches/scale_load.py streams-check 7701 1000 k:
 t0="$(now)"; kill -TERM "$pid"; wait "$pid" || true; pid=""
 printf '  SIGTERM: exited in %.2f s\n' "$(since "$t0")"
