@@ -9,7 +9,10 @@
 //! consumers acknowledge with `multiple` every half prefetch.
 //!
 //! Usage: `amqp_load HOST:PORT [--producers N] [--consumers N] [--size BYTES] [--seconds S]
-//!         [--window N] [--prefetch N] [--queue NAME] [--stream]`
+//!         [--window N] [--prefetch N] [--queue NAME] [--queues N] [--stream]`
+//!
+//! `--queues N` spreads the load over N durable queues (`NAME-0` .. `NAME-{N-1}`): producers
+//! publish to them in turn, and each consumer consumes from its share of them on one channel.
 //!
 //! `--rate N` caps the total publish rate at N messages/s (0 = as fast as confirms allow).
 //! `--stream` declares a stream queue (`x-queue-type=stream`) and consumers read it from
@@ -39,8 +42,34 @@ struct Options {
     window: usize,
     prefetch: u16,
     queue: String,
+    queues: usize,
     stream: bool,
     rate: u64,
+}
+
+impl Options {
+    /// The name of queue `i` of `queues`.
+    fn queue_name(&self, i: usize) -> String {
+        if self.queues == 1 {
+            self.queue.clone()
+        } else {
+            format!("{}-{i}", self.queue)
+        }
+    }
+
+    /// The queues consumer `index` consumes from: every `consumers`-th one, or one shared
+    /// queue when there are fewer queues than consumers.
+    fn queues_of(&self, index: usize) -> Vec<String> {
+        let mine: Vec<String> = (index..self.queues)
+            .step_by(self.consumers.max(1))
+            .map(|i| self.queue_name(i))
+            .collect();
+        if mine.is_empty() {
+            vec![self.queue_name(index % self.queues)]
+        } else {
+            mine
+        }
+    }
 }
 
 fn parse() -> Options {
@@ -54,6 +83,7 @@ fn parse() -> Options {
         window: 256,
         prefetch: 500,
         queue: "load".into(),
+        queues: 1,
         stream: false,
         rate: 0,
     };
@@ -67,6 +97,7 @@ fn parse() -> Options {
             "--window" => o.window = value().parse().unwrap(),
             "--prefetch" => o.prefetch = value().parse().unwrap(),
             "--queue" => o.queue = value(),
+            "--queues" => o.queues = value().parse::<usize>().unwrap().max(1),
             "--stream" => o.stream = true,
             "--rate" => o.rate = value().parse().unwrap(),
             other => panic!("unknown flag {other}"),
@@ -180,7 +211,12 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-async fn producer(o: Arc<Options>, stop: Arc<AtomicBool>, confirmed: Arc<AtomicU64>) -> Vec<u64> {
+async fn producer(
+    o: Arc<Options>,
+    index: usize,
+    stop: Arc<AtomicBool>,
+    confirmed: Arc<AtomicU64>,
+) -> Vec<u64> {
     let mut client = Client::connect(&o.addr).await;
     client.send(
         1,
@@ -196,6 +232,7 @@ async fn producer(o: Arc<Options>, stop: Arc<AtomicBool>, confirmed: Arc<AtomicU
     )
     .unwrap();
     let body = vec![b'x'; o.size];
+    let names: Vec<String> = (0..o.queues).map(|i| o.queue_name(i)).collect();
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut next_seq = 1u64;
     let mut latencies = Vec::new();
@@ -219,7 +256,9 @@ async fn producer(o: Arc<Options>, stop: Arc<AtomicBool>, confirmed: Arc<AtomicU
                     1,
                     AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
                         exchange: "".into(),
-                        routing_key: o.queue.as_str().into(),
+                        routing_key: names[(next_seq as usize + index) % names.len()]
+                            .as_str()
+                            .into(),
                         mandatory: false,
                         immediate: false,
                     })),
@@ -269,21 +308,26 @@ async fn consumer(o: Arc<Options>, index: usize, stop: Arc<AtomicBool>, consumed
             global: false,
         })),
     );
-    client.send(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-            queue: o.queue.as_str().into(),
-            consumer_tag: format!("load-{index}").into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            nowait: false,
-            arguments: stream_argument(&o, "x-stream-offset", "first"),
-        })),
-    );
+    let queues = o.queues_of(index);
+    for (n, queue) in queues.iter().enumerate() {
+        client.send(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: queue.as_str().into(),
+                consumer_tag: format!("load-{index}-{n}").into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: stream_argument(&o, "x-stream-offset", "first"),
+            })),
+        );
+    }
     client.flush().await;
     client.expect("basic.qos-ok").await;
-    client.expect("basic.consume-ok").await;
+    for _ in &queues {
+        client.expect("basic.consume-ok").await;
+    }
     let ack_every = (u64::from(o.prefetch) / 2).max(1);
     let mut unacked = 0u64;
     let mut last_tag = 0u64;
@@ -322,30 +366,37 @@ async fn main() {
     let o = Arc::new(parse());
     {
         let mut setup = Client::connect(&o.addr).await;
-        setup.send(
-            1,
-            AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
-                queue: o.queue.as_str().into(),
-                if_unused: false,
-                if_empty: false,
-                nowait: false,
-            })),
-        );
-        setup.send(
-            1,
-            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-                queue: o.queue.as_str().into(),
-                passive: false,
-                durable: true,
-                exclusive: false,
-                auto_delete: false,
-                nowait: false,
-                arguments: stream_argument(&o, "x-queue-type", "stream"),
-            })),
-        );
-        setup.flush().await;
-        setup.expect("queue.delete-ok").await;
-        setup.expect("queue.declare-ok").await;
+        for chunk in (0..o.queues).collect::<Vec<_>>().chunks(100) {
+            for &i in chunk {
+                let name = o.queue_name(i);
+                setup.send(
+                    1,
+                    AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+                        queue: name.as_str().into(),
+                        if_unused: false,
+                        if_empty: false,
+                        nowait: false,
+                    })),
+                );
+                setup.send(
+                    1,
+                    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                        queue: name.as_str().into(),
+                        passive: false,
+                        durable: true,
+                        exclusive: false,
+                        auto_delete: false,
+                        nowait: false,
+                        arguments: stream_argument(&o, "x-queue-type", "stream"),
+                    })),
+                );
+            }
+            setup.flush().await;
+            for _ in chunk {
+                setup.expect("queue.delete-ok").await;
+                setup.expect("queue.declare-ok").await;
+            }
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let confirmed = Arc::new(AtomicU64::new(0));
@@ -362,9 +413,10 @@ async fn main() {
         .collect();
     let start = Instant::now();
     let producers: Vec<_> = (0..o.producers)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(producer(
                 Arc::clone(&o),
+                i,
                 Arc::clone(&stop),
                 Arc::clone(&confirmed),
             ))
@@ -395,9 +447,10 @@ async fn main() {
     latencies.sort_unstable();
     let consumed = consumed.load(Ordering::Relaxed);
     println!(
-        "producers {} consumers {} size {} B: confirmed {:.0} msg/s ({total} in {publish_elapsed:.1} s), consumed {:.0} msg/s ({consumed} in {consume_elapsed:.1} s), confirm latency p50 {:.2} ms p99 {:.2} ms",
+        "producers {} consumers {} queues {} size {} B: confirmed {:.0} msg/s ({total} in {publish_elapsed:.1} s), consumed {:.0} msg/s ({consumed} in {consume_elapsed:.1} s), confirm latency p50 {:.2} ms p99 {:.2} ms",
         o.producers,
         o.consumers,
+        o.queues,
         o.size,
         total as f64 / publish_elapsed,
         consumed as f64 / consume_elapsed,

@@ -25,6 +25,19 @@ use crate::storage::meta_store::MetaItem;
 
 /// How often the maintenance thread wakes.
 const TICK: Duration = Duration::from_millis(100);
+/// Evicting at least this many entities at once hands freed memory back to the OS.
+const EVICTED_TRIM_MIN: usize = 1024;
+
+/// Give memory freed by the allocator back to the OS (glibc keeps it otherwise, and a server
+/// that once held a million open streams would keep their footprint for good).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Topics examined for expiry per round.
 const TOPICS_PER_ROUND: usize = 256;
 
@@ -313,8 +326,8 @@ impl Broker {
             })
             .map(|(name, _)| name.clone())
             .collect();
-        for name in streams {
-            if let Some(stream) = state.streams.remove(&name) {
+        for name in &streams {
+            if let Some(stream) = state.streams.remove(name) {
                 stream.close();
             }
         }
@@ -324,10 +337,18 @@ impl Broker {
             .filter(|(_, t)| idle(t.take_used(), Arc::strong_count(t)) && t.log().tail_bytes() == 0)
             .map(|(name, _)| name.clone())
             .collect();
+        let evicted = streams.len() + topics.len();
         for name in topics {
             if let Some(topic) = state.topics.remove(&name) {
                 topic.close();
             }
+        }
+        drop(state);
+        if evicted > 0 {
+            tracing::debug!(evicted, "closed idle streams and topics");
+        }
+        if evicted >= EVICTED_TRIM_MIN {
+            return_freed_memory();
         }
     }
 

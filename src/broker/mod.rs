@@ -222,6 +222,7 @@ impl Broker {
             Arc::clone(&vfs),
             config.open_files_max,
         )));
+        let started = std::time::Instant::now();
         let (meta, items) = MetaStore::open(Arc::clone(&vfs), dir)?;
         let mut catalog = Catalog::from_meta(&items).map_err(BrokerError::Damaged)?;
         let mut stream_snapshots = HashMap::new();
@@ -243,6 +244,7 @@ impl Broker {
             sync_delay: config.wal_sync_delay,
             ..crate::storage::wal::wal_log_config(config.durability)
         };
+        let meta_loaded = started.elapsed();
         let wal = Wal::open_with(Arc::clone(&vfs), dir, wal_config)?;
         let mut replay: HashMap<u64, Vec<(u64, WalEntry)>> = HashMap::new();
         let mut deleted = Vec::new();
@@ -299,6 +301,7 @@ impl Broker {
                 amqp.replay.insert(id, entries);
             }
         }
+        let wal_replayed = started.elapsed();
         let store = Arc::new(Store::new(Arc::clone(&vfs), dir, wal, logs, meta, catalog));
         let vhost = Arc::new(amqp::VirtualHost::open(
             Arc::clone(&store),
@@ -306,6 +309,21 @@ impl Broker {
             amqp,
         )?);
         vhost.recover_dead_letters()?;
+        let (streams, queues) = {
+            let catalog = store.catalog();
+            (
+                catalog.len(EntityKind::Stream),
+                catalog.len(EntityKind::Queue),
+            )
+        };
+        tracing::info!(
+            streams,
+            queues,
+            metadata_ms = meta_loaded.as_millis() as u64,
+            wal_replay_ms = (wal_replayed - meta_loaded).as_millis() as u64,
+            queues_ms = (started.elapsed() - wal_replayed).as_millis() as u64,
+            "broker opened"
+        );
         Ok(Broker {
             dir: dir.to_path_buf(),
             store,

@@ -119,7 +119,8 @@ impl MetaStore {
 
 /// Every live item: the newest record of each key, unless it is a deletion.
 fn live_items(log: &Log) -> Result<HashMap<Bytes, Bytes>> {
-    let mut items = HashMap::new();
+    // About one item per 64 bytes of log: most of the growth happens once, not in rehashes.
+    let mut items = HashMap::with_capacity((log.size_bytes() / 64).min(1 << 24) as usize);
     for entry in log.iter(0) {
         let (_, record) = entry?;
         let Some(key) = record.key else { continue };

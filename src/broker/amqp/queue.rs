@@ -314,6 +314,7 @@ impl std::fmt::Debug for Queue {
 }
 
 /// How a queue is created.
+#[derive(Clone, Debug)]
 pub struct QueueOptions {
     pub name: String,
     pub id: u64,
@@ -1619,6 +1620,51 @@ mod tests {
             [Bytes::from_static(b"m2"), Bytes::from_static(b"m4")]
         );
         drop(broker);
+    }
+
+    #[test]
+    fn idle_queues_open_on_first_use_and_a_checkpoint_keeps_what_only_the_log_held() {
+        let vfs = FaultVfs::new(3);
+        let (broker, queue) = open(&vfs, 1 << 20);
+        let ttl = QueueDeclare {
+            name: "timed".into(),
+            durable: true,
+            arguments: {
+                let mut table = FieldTable::default();
+                table.insert("x-message-ttl".into(), amq_protocol::types::AMQPValue::LongLongInt(3_600_000));
+                table
+            },
+            ..QueueDeclare::default()
+        };
+        broker.wait(broker.vhost().declare_queue(ttl, 1).unwrap().1).unwrap();
+        publish_durably(&broker, &queue, &message("kept", true));
+        drop((broker, queue));
+        vfs.crash(CrashMode::DropUnsynced);
+
+        let reopen = || {
+            Broker::open_with(
+                Arc::new(vfs.clone()),
+                std::path::Path::new("/data"),
+                BrokerConfig::default(),
+            )
+            .unwrap()
+        };
+        let broker = reopen();
+        let open: Vec<String> = broker.vhost().queues().iter().map(|q| q.name.clone()).collect();
+        // Only the queue with a TTL (timed work) opened at start.
+        assert_eq!(open, ["timed"]);
+        // A checkpoint opens `q`: its message was only in the write-ahead log.
+        broker.checkpoint().unwrap();
+        assert_eq!(broker.vhost().queues().len(), 2);
+        drop(broker);
+        vfs.crash(CrashMode::DropUnsynced);
+
+        let broker = reopen();
+        assert_eq!(broker.vhost().queues().len(), 1, "q is idle again");
+        let queue = broker.vhost().queue("q").expect("opened on first use");
+        assert_eq!(queue.message_count(), 1);
+        let (got, _) = queue.get(true).unwrap();
+        assert_eq!(&got.unwrap().2.body[..], b"kept");
     }
 
     #[test]

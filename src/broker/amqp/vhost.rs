@@ -13,6 +13,12 @@
 //! the one exchange or binding; for DeleteExchange (2) `name str`. A checkpoint stores the
 //! whole definitions (`a`: `lsn u64 | Definitions`) when they changed. Non-durable queues are
 //! not recorded anywhere; their logs live in `volatile/<id>/`, emptied at every start.
+//!
+//! After a restart a durable queue is opened (its log read, its backlog counted) on first use,
+//! so startup costs the same with a hundred thousand idle queues as with one. Queues with
+//! work of their own to do (message TTL, a dead-letter exchange, `x-expires`, stream
+//! retention by age) are opened at once, and a checkpoint opens any queue whose changes are
+//! still only in the write-ahead log.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -60,9 +66,32 @@ type Arrival = (Arc<Queue>, u64);
 /// message, which is dead-lettered in turn).
 const DEAD_LETTER_ROUNDS_MAX: usize = 64;
 
+/// A durable queue as recovery found it, not opened yet.
+struct ClosedQueue {
+    options: QueueOptions,
+    /// Its acknowledgement snapshot from the metadata store.
+    snapshot: Option<Bytes>,
+    /// What the write-ahead log holds for it since the checkpoint.
+    replay: Vec<(u64, WalEntry)>,
+}
+
+enum Slot {
+    Open(Arc<Queue>),
+    Closed(Box<ClosedQueue>),
+}
+
+impl Slot {
+    fn open(&self) -> Option<&Arc<Queue>> {
+        match self {
+            Slot::Open(queue) => Some(queue),
+            Slot::Closed(_) => None,
+        }
+    }
+}
+
 struct VhostState {
     exchanges: HashMap<String, Exchange>,
-    queues: HashMap<String, Arc<Queue>>,
+    queues: HashMap<String, Slot>,
     /// LSN of the last definitions change applied.
     defs_lsn: u64,
     /// Definitions changed since the last checkpoint.
@@ -145,7 +174,11 @@ impl VhostState {
     fn stored(&self, source: &str, destination: &Destination) -> bool {
         let source_durable = self.exchanges.get(source).is_some_and(|e| e.durable);
         let destination_durable = match destination {
-            Destination::Queue(q) => self.queues.get(q).is_some_and(|q| q.durable),
+            // Only durable queues are ever closed.
+            Destination::Queue(q) => self
+                .queues
+                .get(q)
+                .is_some_and(|slot| slot.open().is_none_or(|q| q.durable)),
             Destination::Exchange(x) => self.exchanges.get(x).is_some_and(|x| x.durable),
         };
         source_durable && destination_durable
@@ -251,8 +284,8 @@ impl VhostState {
 }
 
 impl VirtualHost {
-    /// Open the virtual host: stored definitions and durable queues come back (every durable
-    /// queue the catalog names is opened); what non-durable queues left is removed.
+    /// Open the virtual host: stored definitions and durable queues come back (opened on first
+    /// use, or now if they have timed work); what non-durable queues left is removed.
     pub fn open(
         store: Arc<Store>,
         queue_log: LogConfig,
@@ -310,29 +343,83 @@ impl VirtualHost {
             queue_log,
             state: Mutex::new(state),
         };
-        for entry in entries {
-            let Some(def) = Definitions::decode(&entry.config)
-                .ok()
-                .and_then(|d| d.queues.into_iter().next())
-            else {
-                tracing::error!(queue = %String::from_utf8_lossy(&entry.name), "skipping a queue with a damaged declaration");
-                continue;
-            };
-            let queue = vhost.open_queue(
-                QueueOptions {
+        let mut busy = Vec::new();
+        {
+            let mut state = vhost.lock();
+            for entry in entries {
+                let Some(def) = Definitions::decode(&entry.config)
+                    .ok()
+                    .and_then(|d| d.queues.into_iter().next())
+                else {
+                    tracing::error!(queue = %String::from_utf8_lossy(&entry.name), "skipping a queue with a damaged declaration");
+                    continue;
+                };
+                let options = QueueOptions {
                     name: def.name.clone(),
                     id: entry.id,
                     durable: true,
                     auto_delete: def.auto_delete,
                     exclusive_owner: None,
                     arguments: def.arguments,
-                },
-                recovery.queue_snapshots.get(&entry.id),
-                recovery.replay.remove(&entry.id).unwrap_or_default(),
-            )?;
-            vhost.lock().queues.insert(def.name, Arc::new(queue));
+                };
+                let parsed =
+                    args::QueueArgs::parse(&options.name, &options.arguments).unwrap_or_default();
+                if parsed.message_ttl_ms.is_some()
+                    || parsed.dead_letter_exchange.is_some()
+                    || parsed.expires_ms.is_some()
+                    || parsed.max_age.is_some()
+                {
+                    busy.push(def.name.clone());
+                }
+                let closed = ClosedQueue {
+                    options,
+                    snapshot: recovery.queue_snapshots.remove(&entry.id),
+                    replay: recovery.replay.remove(&entry.id).unwrap_or_default(),
+                };
+                state
+                    .queues
+                    .insert(def.name, Slot::Closed(Box::new(closed)));
+            }
+            for name in busy {
+                vhost.open_in(&mut state, &name)?;
+            }
         }
         Ok(vhost)
+    }
+
+    /// The queue `name`, opened now if it was not yet. An error opening it leaves it closed.
+    fn open_in(&self, state: &mut VhostState, name: &str) -> storage::Result<Option<Arc<Queue>>> {
+        let closed = match state.queues.get(name) {
+            None => return Ok(None),
+            Some(Slot::Open(queue)) => return Ok(Some(Arc::clone(queue))),
+            Some(Slot::Closed(closed)) => closed,
+        };
+        let queue = Arc::new(self.open_queue(
+            closed.options.clone(),
+            closed.snapshot.as_ref(),
+            closed.replay.clone(),
+        )?);
+        state
+            .queues
+            .insert(name.to_string(), Slot::Open(Arc::clone(&queue)));
+        Ok(Some(queue))
+    }
+
+    /// [`VirtualHost::open_in`] with its error as the AMQP one.
+    fn queue_in(
+        &self,
+        state: &mut VhostState,
+        name: &str,
+    ) -> Result<Option<Arc<Queue>>, AmqpError> {
+        self.open_in(state, name).map_err(|e| {
+            tracing::error!(queue = name, error = %e, "opening a queue failed");
+            internal(e)
+        })
+    }
+
+    /// The queues open now.
+    fn open_queues(state: &VhostState) -> impl Iterator<Item = &Arc<Queue>> {
+        state.queues.values().filter_map(Slot::open)
     }
 
     /// Route again the dead letters a crash left unrouted (recovery, once the broker is open).
@@ -587,7 +674,7 @@ impl VirtualHost {
         } else {
             d.name.clone()
         };
-        if let Some(queue) = state.queues.get(&name) {
+        if let Some(queue) = self.queue_in(&mut state, &name)? {
             queue.touch();
             if queue.locked_for(connection) {
                 return Err(AmqpError::locked(&name));
@@ -673,7 +760,9 @@ impl VirtualHost {
             .open_queue(options, None, Vec::new())
             .map_err(internal)?;
         // The default exchange routes by queue name: an implicit binding, not stored.
-        state.queues.insert(name.clone(), Arc::new(queue));
+        state
+            .queues
+            .insert(name.clone(), Slot::Open(Arc::new(queue)));
         let declared = QueueDeclared {
             name,
             message_count: 0,
@@ -682,13 +771,20 @@ impl VirtualHost {
         Ok((declared, commit))
     }
 
+    /// The queue `name`, opened if need be (`None` also when opening it failed: that is
+    /// logged).
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
-        self.lock().queues.get(name).cloned()
+        let mut state = self.lock();
+        self.queue_in(&mut state, name).ok().flatten()
     }
 
     /// The queue `name` as connection `connection` may use it.
     pub fn queue_for(&self, name: &str, connection: u64) -> Result<Arc<Queue>, AmqpError> {
-        let queue = self.queue(name).ok_or_else(|| AmqpError::no_queue(name))?;
+        let queue = {
+            let mut state = self.lock();
+            self.queue_in(&mut state, name)?
+        };
+        let queue = queue.ok_or_else(|| AmqpError::no_queue(name))?;
         if queue.locked_for(connection) {
             return Err(AmqpError::locked(name));
         }
@@ -704,7 +800,7 @@ impl VirtualHost {
         if_empty: bool,
     ) -> Result<(u32, Commit), AmqpError> {
         let mut state = self.lock();
-        let Some(queue) = state.queues.get(name).cloned() else {
+        let Some(queue) = self.queue_in(&mut state, name)? else {
             // RabbitMQ answers delete-ok with 0 for a queue that does not exist.
             return Ok((0, Commit::NONE));
         };
@@ -764,6 +860,7 @@ impl VirtualHost {
         if state
             .queues
             .get(&queue.name)
+            .and_then(Slot::open)
             .is_some_and(|q| Arc::ptr_eq(q, queue))
             && queue.consumer_count() == 0
         {
@@ -776,9 +873,7 @@ impl VirtualHost {
     /// A connection closed: its exclusive queues go.
     pub fn connection_closed(&self, connection: u64) {
         let mut state = self.lock();
-        let owned: Vec<Arc<Queue>> = state
-            .queues
-            .values()
+        let owned: Vec<Arc<Queue>> = Self::open_queues(&state)
             .filter(|q| q.exclusive_owner == Some(connection))
             .cloned()
             .collect();
@@ -805,8 +900,8 @@ impl VirtualHost {
         routing_key: &str,
         headers: Option<&amq_protocol::types::FieldTable>,
     ) -> Result<Vec<Arc<Queue>>, AmqpError> {
-        let state = self.lock();
-        route_in(&state, exchange, routing_key, headers)
+        let mut state = self.lock();
+        self.route_in(&mut state, exchange, routing_key, headers)
     }
 
     /// Route what `queue` dropped to its dead-letter exchange (with the dead-letter routing
@@ -852,7 +947,7 @@ impl VirtualHost {
         let mut txn = WalTxn::new();
         let mut targets: Vec<Arrival> = Vec::new();
         if let Some(exchange) = from.args.dead_letter_exchange.clone() {
-            let state = self.lock();
+            let mut state = self.lock();
             for letter in letters {
                 let key = from
                     .args
@@ -869,8 +964,11 @@ impl VirtualHost {
                     now,
                 );
                 let headers = message.properties.headers();
-                let Ok(queues) = route_in(&state, &exchange, &key, headers.as_ref()) else {
-                    continue;
+                let queues = match self.route_in(&mut state, &exchange, &key, headers.as_ref()) {
+                    Ok(queues) => queues,
+                    // A missing exchange drops them, as in RabbitMQ.
+                    Err(e) if e.code != code::INTERNAL_ERROR => continue,
+                    Err(e) => return Err(e),
                 };
                 for target in queues {
                     let size = message.body.len() as u64;
@@ -892,9 +990,7 @@ impl VirtualHost {
     pub fn expire_idle_queues(&self) {
         let now = crate::storage::recovery::now_ms();
         let mut state = self.lock();
-        let idle: Vec<Arc<Queue>> = state
-            .queues
-            .values()
+        let idle: Vec<Arc<Queue>> = Self::open_queues(&state)
             .filter(|q| q.idle_expired(now))
             .cloned()
             .collect();
@@ -905,14 +1001,27 @@ impl VirtualHost {
         }
     }
 
-    /// Every queue (for periodic work such as expiring messages).
+    /// Every open queue (for periodic work such as expiring messages; a queue not opened
+    /// since the restart has none).
     pub fn queues(&self) -> Vec<Arc<Queue>> {
-        self.lock().queues.values().cloned().collect()
+        Self::open_queues(&self.lock()).cloned().collect()
     }
 
-    /// The checkpoint's share: every queue's tail written to its files and acknowledged
-    /// segments freed.
+    /// The checkpoint's share: queues with changes only in the write-ahead log opened, every
+    /// queue's tail written to its files and acknowledged segments freed.
     pub fn write_out(&self) -> storage::Result<()> {
+        {
+            let mut state = self.lock();
+            let replayed: Vec<String> = state
+                .queues
+                .iter()
+                .filter(|(_, slot)| matches!(slot, Slot::Closed(c) if !c.replay.is_empty()))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in replayed {
+                self.open_in(&mut state, &name)?;
+            }
+        }
         for queue in self.queues() {
             queue.log().materialize()?;
             if queue.durable {
@@ -941,7 +1050,7 @@ impl VirtualHost {
                 Err(e) => tracing::error!(error = %e, "encoding the AMQP definitions failed"),
             }
         }
-        for queue in state.queues.values() {
+        for queue in Self::open_queues(&state) {
             if full {
                 queue.mark_dirty();
             }
@@ -956,72 +1065,77 @@ impl VirtualHost {
     pub fn mark_dirty(&self) {
         let mut state = self.lock();
         state.defs_dirty = true;
-        for queue in state.queues.values() {
+        for queue in Self::open_queues(&state) {
             queue.mark_dirty();
         }
     }
 
     /// Let go of every queue's descriptor (server shutdown).
     pub fn close(&self) {
-        for queue in self.lock().queues.values() {
+        for queue in Self::open_queues(&self.lock()) {
             queue.close();
         }
     }
 }
 
-/// [`VirtualHost::route`] on locked state.
-fn route_in(
-    state: &VhostState,
-    exchange: &str,
-    routing_key: &str,
-    headers: Option<&amq_protocol::types::FieldTable>,
-) -> Result<Vec<Arc<Queue>>, AmqpError> {
-    if exchange.is_empty() {
-        return Ok(state.queues.get(routing_key).cloned().into_iter().collect());
-    }
-    let x = state
-        .exchanges
-        .get(exchange)
-        .ok_or_else(|| AmqpError::no_exchange(exchange))?;
-    if x.internal {
-        return Err(AmqpError::new(
-            code::ACCESS_REFUSED,
-            format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
-        ));
-    }
-    let mut queues: Vec<Arc<Queue>> = Vec::new();
-    let mut seen_queues = HashSet::new();
-    let mut visited = HashSet::new();
-    let mut pending = vec![exchange.to_string()];
-    while let Some(name) = pending.pop() {
-        if !visited.insert(name.clone()) {
-            continue;
+impl VirtualHost {
+    /// [`VirtualHost::route`] on locked state (opening the queues reached).
+    fn route_in(
+        &self,
+        state: &mut VhostState,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&amq_protocol::types::FieldTable>,
+    ) -> Result<Vec<Arc<Queue>>, AmqpError> {
+        if exchange.is_empty() {
+            return Ok(self.queue_in(state, routing_key)?.into_iter().collect());
         }
-        let Some(x) = state.exchanges.get(&name) else {
-            continue;
-        };
-        let before = queues.len();
-        let mut routed_to_exchange = false;
-        for destination in x.matching(routing_key, headers) {
-            match destination {
-                Destination::Queue(q) => {
-                    if let Some(queue) = state.queues.get(q) {
-                        if seen_queues.insert(q.clone()) {
-                            queues.push(Arc::clone(queue));
+        let x = state
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| AmqpError::no_exchange(exchange))?;
+        if x.internal {
+            return Err(AmqpError::new(
+                code::ACCESS_REFUSED,
+                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+            ));
+        }
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let mut seen_queues = HashSet::new();
+        let mut reached: Vec<String> = Vec::new();
+        let mut visited = HashSet::new();
+        let mut pending = vec![exchange.to_string()];
+        while let Some(name) = pending.pop() {
+            if !visited.insert(name.clone()) {
+                continue;
+            }
+            let Some(x) = state.exchanges.get(&name) else {
+                continue;
+            };
+            let before = reached.len();
+            let mut routed_to_exchange = false;
+            for destination in x.matching(routing_key, headers) {
+                match destination {
+                    Destination::Queue(q) => {
+                        if state.queues.contains_key(q) && seen_queues.insert(q.clone()) {
+                            reached.push(q.clone());
                         }
                     }
+                    Destination::Exchange(next) => {
+                        routed_to_exchange = true;
+                        pending.push(next.clone());
+                    }
                 }
-                Destination::Exchange(next) => {
-                    routed_to_exchange = true;
-                    pending.push(next.clone());
+            }
+            if reached.len() == before && !routed_to_exchange {
+                if let Some(alternate) = x.alternate_exchange() {
+                    pending.push(alternate);
                 }
             }
         }
-        if queues.len() == before && !routed_to_exchange {
-            if let Some(alternate) = x.alternate_exchange() {
-                pending.push(alternate);
-            }
+        for name in reached {
+            queues.extend(self.queue_in(state, &name)?);
         }
+        Ok(queues)
     }
-    Ok(queues)
 }
