@@ -1557,3 +1557,55 @@ fn xinfo_stream_full_shows_entries_groups_and_pending() {
         "alice"
     );
 }
+
+#[test]
+fn pipelined_xadds_to_many_streams_all_land_while_other_clients_create_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let keys: Vec<String> = (0..20).map(|n| format!("k{n}")).collect();
+    for key in &keys {
+        xadd(&mut con, key, "*", &[("f", "0")]).unwrap();
+    }
+    // Another client keeps creating streams, so the broker's generation keeps moving while
+    // the pipelines below are held back and flushed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creator = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut other = server.connect();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                xadd(&mut other, &format!("new{n}"), "*", &[("f", "v")]).unwrap();
+                n += 1;
+            }
+        })
+    };
+    for round in 0..100 {
+        let mut pipe = redis::pipe();
+        for n in 0..64 {
+            pipe.cmd("XADD")
+                .arg(&keys[(n * 7 + round) % keys.len()])
+                .arg("*")
+                .arg("f")
+                .arg(n);
+        }
+        let replies: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+        for reply in replies {
+            assert!(
+                matches!(
+                    reply,
+                    redis::Value::BulkString(_) | redis::Value::SimpleString(_)
+                ),
+                "every XADD gets an ID: {reply:?}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    creator.join().unwrap();
+    let total: i64 = keys
+        .iter()
+        .map(|k| redis::cmd("XLEN").arg(k).query::<i64>(&mut con).unwrap())
+        .sum();
+    assert_eq!(total, 20 + 100 * 64);
+}

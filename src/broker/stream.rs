@@ -398,30 +398,39 @@ impl Stream {
         let Some(store) = batches.first().map(|(s, _)| Arc::clone(&s.store)) else {
             return Ok((Vec::new(), Commit::NONE));
         };
-        // Streams are locked in id order, so two batches over the same streams cannot deadlock.
+        // Streams are locked in id order, so two batches over the same streams cannot deadlock;
+        // a stream named twice takes both its batches, in the order given, under one lock.
         let mut order: Vec<usize> = (0..batches.len()).collect();
-        order.sort_by_key(|&i| batches[i].0.id);
-        order.dedup_by_key(|i| batches[*i].0.id);
+        order.sort_by_key(|&i| (batches[i].0.id, i));
         let now = clock_ms();
         let mut txn = WalTxn::new();
-        let mut locked = Vec::with_capacity(order.len());
+        let mut locked: Vec<(MutexGuard<'_, StreamState>, StreamId)> =
+            Vec::with_capacity(order.len());
         let mut ids = vec![Vec::new(); batches.len()];
         let mut batches = batches;
+        let mut previous: Option<u64> = None;
         for &i in &order {
             let stream = batches[i].0;
-            let state = stream.lock();
-            let mut last = state.last_id;
+            if previous != Some(stream.id) {
+                let state = stream.lock();
+                let last = state.last_id;
+                locked.push((state, last));
+                previous = Some(stream.id);
+            }
+            let Some(held) = locked.last_mut() else {
+                continue;
+            };
+            let last = &mut held.1;
             let mut records = Vec::with_capacity(batches[i].1.len());
             for fields in std::mem::take(&mut batches[i].1) {
-                let Some(id) = auto_id(last, now) else { break };
+                let Some(id) = auto_id(*last, now) else { break };
                 records.push(entry_record(id, fields));
                 ids[i].push(id);
-                last = id;
+                *last = id;
             }
             if !records.is_empty() {
                 txn.append(&stream.log, records);
             }
-            locked.push((state, last));
         }
         let committed = store.commit(txn)?;
         for (mut state, last) in locked {

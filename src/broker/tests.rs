@@ -138,3 +138,30 @@ fn old_data_directories_are_refused_with_a_clear_error() {
     .unwrap();
     assert!(error.to_string().contains("older Potok"), "{error}");
 }
+
+#[test]
+fn one_commit_over_many_streams_takes_every_batch_even_for_a_stream_named_twice() {
+    let vfs = FaultVfs::new(9);
+    let broker = open(&vfs);
+    let a = broker.stream_or_create(b"a").unwrap();
+    let b = broker.stream_or_create(b"b").unwrap();
+    let fields = |v: &str| vec![vec![(Bytes::from("f"), Bytes::from(v.to_string()))]];
+    let (ids, commit) = Stream::add_auto_batches(vec![
+        (&*b, fields("b1")),
+        (&*a, fields("a1")),
+        (&*b, fields("b2")),
+    ])
+    .unwrap();
+    broker.wait(commit).unwrap();
+    assert!(ids.iter().all(|ids| ids.len() == 1), "{ids:?}");
+    // The two batches to `b` keep their order.
+    assert!(ids[0][0] < ids[2][0]);
+    let values: Vec<Bytes> = b
+        .range(StreamId::MIN, StreamId::MAX, None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.fields[0].1.clone())
+        .collect();
+    assert_eq!(values, [Bytes::from("b1"), Bytes::from("b2")]);
+    assert_eq!(a.len(), 1);
+}

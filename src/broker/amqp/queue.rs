@@ -1631,12 +1631,17 @@ mod tests {
             durable: true,
             arguments: {
                 let mut table = FieldTable::default();
-                table.insert("x-message-ttl".into(), amq_protocol::types::AMQPValue::LongLongInt(3_600_000));
+                table.insert(
+                    "x-message-ttl".into(),
+                    amq_protocol::types::AMQPValue::LongLongInt(3_600_000),
+                );
                 table
             },
             ..QueueDeclare::default()
         };
-        broker.wait(broker.vhost().declare_queue(ttl, 1).unwrap().1).unwrap();
+        broker
+            .wait(broker.vhost().declare_queue(ttl, 1).unwrap().1)
+            .unwrap();
         publish_durably(&broker, &queue, &message("kept", true));
         drop((broker, queue));
         vfs.crash(CrashMode::DropUnsynced);
@@ -1650,7 +1655,12 @@ mod tests {
             .unwrap()
         };
         let broker = reopen();
-        let open: Vec<String> = broker.vhost().queues().iter().map(|q| q.name.clone()).collect();
+        let open: Vec<String> = broker
+            .vhost()
+            .queues()
+            .iter()
+            .map(|q| q.name.clone())
+            .collect();
         // Only the queue with a TTL (timed work) opened at start.
         assert_eq!(open, ["timed"]);
         // A checkpoint opens `q`: its message was only in the write-ahead log.

@@ -153,11 +153,12 @@ fn defer(
         deferred.flush(context.broker, context.pending);
         return Err(fields);
     }
-    let generation = context.broker.generation();
+    // One target per key: a held target whose stream changed since (the generation moved on)
+    // is looked up again when flushed.
     let held = deferred
         .targets
         .iter()
-        .position(|target| target.stream.is_current(key, generation));
+        .position(|target| target.stream.key == *key);
     let index = match held {
         Some(index) => index,
         None => {
