@@ -299,7 +299,13 @@ async fn producer(
     }
 }
 
-async fn consumer(o: Arc<Options>, index: usize, stop: Arc<AtomicBool>, consumed: Arc<AtomicU64>) {
+async fn consumer(
+    o: Arc<Options>,
+    index: usize,
+    stop: Arc<AtomicBool>,
+    consumed: Arc<AtomicU64>,
+    ready: Arc<tokio::sync::Barrier>,
+) {
     let mut client = Client::connect(&o.addr).await;
     client.send(
         1,
@@ -328,16 +334,21 @@ async fn consumer(o: Arc<Options>, index: usize, stop: Arc<AtomicBool>, consumed
     for _ in &queues {
         client.expect("basic.consume-ok").await;
     }
+    // Producers start once every consumer is in place.
+    ready.wait().await;
     let ack_every = (u64::from(o.prefetch) / 2).max(1);
     let mut unacked = 0u64;
-    let mut last_tag = 0u64;
+    // The tag of the delivery being received, and of the last one received whole: only
+    // those are acknowledged (a tag acknowledged twice closes the channel).
+    let (mut receiving, mut last_tag) = (0u64, 0u64);
     loop {
         let frame = tokio::time::timeout(Duration::from_millis(200), client.next()).await;
         match frame {
             Ok(Frame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Deliver(d)))) => {
-                last_tag = d.delivery_tag;
+                receiving = d.delivery_tag;
             }
             Ok(Frame::Header { body_size: 0, .. }) | Ok(Frame::Body(..)) => {
+                last_tag = receiving;
                 unacked += 1;
                 consumed.fetch_add(1, Ordering::Relaxed);
             }
@@ -401,6 +412,7 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let confirmed = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(tokio::sync::Barrier::new(o.consumers + 1));
     let consumers: Vec<_> = (0..o.consumers)
         .map(|i| {
             tokio::spawn(consumer(
@@ -408,9 +420,11 @@ async fn main() {
                 i,
                 Arc::clone(&stop),
                 Arc::clone(&consumed),
+                Arc::clone(&ready),
             ))
         })
         .collect();
+    ready.wait().await;
     let start = Instant::now();
     let producers: Vec<_> = (0..o.producers)
         .map(|i| {

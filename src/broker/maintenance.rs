@@ -328,6 +328,7 @@ impl Broker {
             .collect();
         for name in &streams {
             if let Some(stream) = state.streams.remove(name) {
+                stream.detach();
                 stream.close();
             }
         }

@@ -35,7 +35,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -177,9 +176,6 @@ pub struct Broker {
     store: Arc<Store>,
     config: BrokerConfig,
     state: RwLock<State>,
-    /// Moves on whenever `state` may change, so a caller may keep a stream handle while it
-    /// stays the same (see [`Broker::generation`]).
-    generation: AtomicU64,
     /// The AMQP model (exchanges, queues, bindings) under `<data>/amqp/`.
     vhost: Arc<amqp::VirtualHost>,
     maintenance: maintenance::Maintenance,
@@ -338,7 +334,6 @@ impl Broker {
                 replay,
                 stream_snapshots,
             }),
-            generation: AtomicU64::new(0),
             _lock: None,
         })
     }
@@ -349,17 +344,7 @@ impl Broker {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        let guard = self.state.write().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::Release);
-        guard
-    }
-
-    /// A number that changes whenever a stream or topic may have been created, deleted,
-    /// renamed, opened or evicted. A handle looked up after reading generation `g` may be
-    /// reused as long as the generation is still `g` (a per-connection cache for pipelines
-    /// that repeat one key).
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn dir(&self) -> &Path {
@@ -397,17 +382,26 @@ impl Broker {
 
     /// The stream called `name`, if it exists (opened on first use).
     pub fn stream(&self, name: &[u8]) -> Option<Arc<Stream>> {
+        self.stream_bound(name).map(|(stream, _)| stream)
+    }
+
+    /// [`Broker::stream`] with the handle's [`Stream::binding`] as of the lookup: a caller may
+    /// keep the handle for `name` as long as the binding stays the same.
+    pub fn stream_bound(&self, name: &[u8]) -> Option<(Arc<Stream>, u64)> {
         {
             let state = self.read();
             if let Some(stream) = state.streams.get(name) {
                 stream.mark_used();
-                return Some(Arc::clone(stream));
+                return Some((Arc::clone(stream), stream.binding()));
             }
             self.store.catalog().lookup(EntityKind::Stream, name)?;
         }
         let mut state = self.write();
         match self.open_stream(&mut state, name) {
-            Ok(stream) => stream,
+            Ok(stream) => stream.map(|s| {
+                let binding = s.binding();
+                (s, binding)
+            }),
             Err(e) => {
                 tracing::error!(stream = %String::from_utf8_lossy(name), error = %e, "opening a stream failed");
                 None
@@ -444,17 +438,23 @@ impl Broker {
     /// The stream called `name`, created if it does not exist. The creation is a commit of
     /// its own; any later commit (the append that follows) covers it.
     pub fn stream_or_create(&self, name: &[u8]) -> Result<Arc<Stream>, BrokerError> {
+        self.stream_or_create_bound(name).map(|(stream, _)| stream)
+    }
+
+    /// [`Broker::stream_or_create`] with the handle's binding (see [`Broker::stream_bound`]).
+    pub fn stream_or_create_bound(&self, name: &[u8]) -> Result<(Arc<Stream>, u64), BrokerError> {
         if name.len() > NAME_BYTES_MAX {
             return Err(BrokerError::NameTooLong);
         }
         if let Some(stream) = self.read().streams.get(name) {
             stream.mark_used();
-            return Ok(Arc::clone(stream));
+            return Ok((Arc::clone(stream), stream.binding()));
         }
         let mut guard = self.write();
         let state = &mut *guard;
         if let Some(stream) = self.open_stream(state, name)? {
-            return Ok(stream);
+            let binding = stream.binding();
+            return Ok((stream, binding));
         }
         let name = Bytes::copy_from_slice(name);
         let id = self.create_entity(EntityKind::Stream, &name)?;
@@ -470,7 +470,8 @@ impl Broker {
         if let Some(waiters) = state.creation_waiters.remove(&name) {
             waiters.wake_all();
         }
-        Ok(stream)
+        let binding = stream.binding();
+        Ok((stream, binding))
     }
 
     /// The id and stored name of the entity of `kind` called `name`.
@@ -651,6 +652,7 @@ impl Broker {
     ) {
         let log = match kind {
             EntityKind::Stream => state.streams.remove(name).map(|stream| {
+                stream.detach();
                 // Blocked readers re-check and, as in Redis, go on waiting for a new stream.
                 stream.wake_waiters();
                 stream.log().clone()
@@ -698,6 +700,7 @@ impl Broker {
         }
         self.store.catalog().apply(from_id, commit.lsn(), rename);
         if let Some(stream) = state.streams.remove(from) {
+            stream.detach();
             state.streams.insert(to.clone(), stream);
         }
         if let Some(waiters) = state.creation_waiters.remove(&to) {

@@ -171,6 +171,10 @@ pub struct Stream {
     waiters: Arc<Waiters>,
     /// Cap on one range read's entry bytes ([`RANGE_BYTES_MAX`] unless changed).
     reply_bytes_max: std::sync::atomic::AtomicU64,
+    /// Moves on whenever the broker detaches this handle from its key (deleted, renamed,
+    /// evicted): a handle kept with the value it had when looked up still is what its key
+    /// names while the value is unchanged (see [`Stream::binding`]).
+    binding: std::sync::atomic::AtomicU64,
 }
 
 /// Bytes read per step while scanning entries.
@@ -271,6 +275,7 @@ impl Stream {
             used: AtomicBool::new(true),
             waiters,
             reply_bytes_max: std::sync::atomic::AtomicU64::new(RANGE_BYTES_MAX),
+            binding: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -295,6 +300,18 @@ impl Stream {
     /// Wake every blocked reader (the stream is being deleted).
     pub fn wake_waiters(&self) {
         self.waiters.wake_all();
+    }
+
+    /// See the field: compare with the value [`Broker::stream_bound`] returned.
+    ///
+    /// [`Broker::stream_bound`]: crate::broker::Broker::stream_bound
+    pub fn binding(&self) -> u64 {
+        self.binding.load(Ordering::Acquire)
+    }
+
+    /// The broker took this handle away from its key (it holds its state lock).
+    pub(super) fn detach(&self) {
+        self.binding.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn log(&self) -> &EntityLog {

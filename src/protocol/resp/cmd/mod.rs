@@ -79,17 +79,23 @@ pub struct Session {
     last_stream: Option<CachedStream>,
 }
 
-/// A stream handle with its key and the catalog generation it was looked up under.
+/// A stream handle with its key and its binding when it was looked up
+/// ([`Broker::stream_bound`](crate::broker::Broker::stream_bound)).
 struct CachedStream {
     key: Bytes,
     stream: Arc<Stream>,
-    generation: u64,
+    binding: u64,
 }
 
 impl CachedStream {
-    /// Still what `key` names: for that key, and no key deleted or renamed since.
-    fn is_current(&self, key: &[u8], generation: u64) -> bool {
-        self.generation == generation && self.key == key
+    /// Still what the key names: not deleted, renamed or evicted since the lookup.
+    fn is_live(&self) -> bool {
+        self.stream.binding() == self.binding
+    }
+
+    /// Still what `key` names.
+    fn is_current(&self, key: &[u8]) -> bool {
+        self.key == key && self.is_live()
     }
 }
 
@@ -546,23 +552,22 @@ fn dispatch(
 }
 
 impl Context<'_> {
-    /// The stream called `key` if it exists, with the catalog generation to hand back to
+    /// The stream called `key` if it exists, with the binding to hand back to
     /// [`Context::keep_stream`]. A pipeline appending to one key takes it from the connection's
     /// cache: no catalog lock, no hashing, no reference count traffic shared with other cores.
-    fn take_stream(&mut self, key: &[u8]) -> (Option<Arc<Stream>>, u64) {
-        let generation = self.broker.generation();
+    fn take_stream(&mut self, key: &[u8]) -> Option<(Arc<Stream>, u64)> {
         match self.session.last_stream.take() {
-            Some(cached) if cached.is_current(key, generation) => (Some(cached.stream), generation),
-            _ => (self.broker.stream(key), generation),
+            Some(cached) if cached.is_current(key) => Some((cached.stream, cached.binding)),
+            _ => self.broker.stream_bound(key),
         }
     }
 
-    /// Cache `stream` as looked up under `generation` for the next command.
-    fn keep_stream(&mut self, key: Bytes, stream: Arc<Stream>, generation: u64) {
+    /// Cache `stream`, with its binding as looked up, for the next command.
+    fn keep_stream(&mut self, key: Bytes, stream: Arc<Stream>, binding: u64) {
         self.session.last_stream = Some(CachedStream {
             key,
             stream,
-            generation,
+            binding,
         });
     }
 }

@@ -85,7 +85,7 @@ impl DeferredAdds {
         let mut streams = Vec::with_capacity(targets.len());
         let mut batches = Vec::with_capacity(targets.len());
         for target in targets {
-            let stream = if target.stream.generation == broker.generation() {
+            let stream = if target.stream.is_live() {
                 Ok(target.stream.stream)
             } else {
                 broker
@@ -138,9 +138,9 @@ impl DeferredAdds {
     }
 }
 
-/// Hold back a plain XADD for the round's next flush: returns the placeholder reply, or the
-/// fields back when the request must run now (the stream does not exist yet, or the entry is
-/// large).
+/// Hold back a plain XADD for the round's next flush (creating the stream if need be): returns
+/// the placeholder reply, or the fields back when the request must run now (the entry is large,
+/// or the stream cannot be created).
 fn defer(
     deferred: &mut DeferredAdds,
     context: &mut Context<'_>,
@@ -153,8 +153,8 @@ fn defer(
         deferred.flush(context.broker, context.pending);
         return Err(fields);
     }
-    // One target per key: a held target whose stream changed since (the generation moved on)
-    // is looked up again when flushed.
+    // One target per key: a held target whose stream was deleted, renamed or evicted since is
+    // looked up again when flushed.
     let held = deferred
         .targets
         .iter()
@@ -165,17 +165,24 @@ fn defer(
             if deferred.targets.len() >= DEFERRED_TARGETS_MAX {
                 deferred.flush(context.broker, context.pending);
             }
-            let (found, generation) = context.take_stream(key);
-            let Some(stream) = found else {
-                // Creating the stream is left to the ordinary path, after what is held back.
-                deferred.flush(context.broker, context.pending);
-                return Err(fields);
+            let (stream, binding) = match context.take_stream(key) {
+                Some(found) => found,
+                // A new stream is created now (empty until the flush commits the entry, as
+                // every entry is invisible until its commit is durable); a refusal (a name
+                // too long) is the ordinary path's to answer.
+                None => match context.broker.stream_or_create_bound(key) {
+                    Ok(found) => found,
+                    Err(_) => {
+                        deferred.flush(context.broker, context.pending);
+                        return Err(fields);
+                    }
+                },
             };
             deferred.targets.push(Target {
                 stream: CachedStream {
                     key: key.clone(),
                     stream,
-                    generation,
+                    binding,
                 },
                 entries: Vec::new(),
                 reply_indices: Vec::new(),
@@ -221,7 +228,7 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     }
     // Taken out of the context: this request uses it once, either way.
     if let Some(deferred) = context.deferred.take() {
-        let plain = spec == IdSpec::Auto && trim.is_none();
+        let plain = spec == IdSpec::Auto && trim.is_none() && make_stream;
         if plain && context.session.reply_mode == super::ReplyMode::On {
             match defer(deferred, context, &key, fields) {
                 Ok(placeholder) => return Ok(placeholder),
@@ -232,13 +239,12 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
             deferred.flush(context.broker, context.pending);
         }
     }
-    let (found, generation) = context.take_stream(&key);
-    let stream = match found {
-        Some(stream) => stream,
+    let (stream, binding) = match context.take_stream(&key) {
+        Some(found) => found,
         None if !make_stream => return Ok(Reply::Nil),
         None => context
             .broker
-            .stream_or_create(&key)
+            .stream_or_create_bound(&key)
             .map_err(|e| Reply::error(format!("ERR {e}")))?,
     };
     let added = stream.add(spec, fields).map_err(stream_error)?;
@@ -251,6 +257,6 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
             .map_err(stream_error)?;
         context.pending.add(commit, context.reply_index);
     }
-    context.keep_stream(key, stream, generation);
+    context.keep_stream(key, stream, binding);
     Ok(Reply::Id(added.id))
 }
