@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::catalog::Catalog;
 use crate::storage::io::Vfs;
-use crate::storage::wal::{Committed, WalTxn};
+use crate::storage::wal::{Committed, WalEntry, WalTxn};
 use crate::storage::{self, Commit, Durability, EntityLog, LogShared, MetaStore, Wal};
 
 /// Whose encoding an operation's body is in.
@@ -59,6 +59,37 @@ pub fn op_bytes(domain: u8, body: &[u8]) -> Bytes {
 pub fn split_op(op: &Bytes) -> Option<(u8, Bytes)> {
     let (&domain, _) = op.split_first()?;
     Some((domain, op.slice(1..)))
+}
+
+/// Replay what the write-ahead log holds for one entity since the checkpoint, in order:
+/// appends go to `log` (the files may hold them already), and operations of `domain` newer
+/// than `lsn` (the entity's snapshot) go to `apply`; an operation of another domain is logged
+/// and skipped. Returns the LSN of the last operation applied (or `lsn`).
+pub fn replay_entity(
+    log: &EntityLog,
+    replay: Vec<(u64, WalEntry)>,
+    domain: u8,
+    mut lsn: u64,
+    mut apply: impl FnMut(&Bytes),
+) -> storage::Result<u64> {
+    for (entry_lsn, entry) in replay {
+        match entry {
+            WalEntry::Append { batch, .. } => {
+                log.replay_batch(batch)?;
+            }
+            WalEntry::Op { op, .. } if entry_lsn > lsn => {
+                match split_op(&op).filter(|(d, _)| *d == domain) {
+                    Some((_, body)) => apply(&body),
+                    None => {
+                        tracing::error!(log = log.id(), "skipping an operation of another kind")
+                    }
+                }
+                lsn = entry_lsn;
+            }
+            WalEntry::Op { .. } => {}
+        }
+    }
+    Ok(lsn)
 }
 
 impl Store {

@@ -230,26 +230,14 @@ impl Stream {
             None => (StreamMeta::default(), 0),
         };
         let replayed = !replay.is_empty();
-        for (entry_lsn, entry) in replay {
-            match entry {
-                WalEntry::Append { batch, .. } => {
-                    log.replay_batch(batch)?;
+        lsn = super::store::replay_entity(&log, replay, domain::STREAM, lsn, |body| {
+            match MetaOp::decode(body) {
+                Some(op) => meta.apply(&op),
+                None => {
+                    tracing::error!(dir = %dir.display(), "skipping an undecodable stream operation")
                 }
-                WalEntry::Op { op, .. } if entry_lsn > lsn => {
-                    let decoded = super::store::split_op(&op)
-                        .filter(|(d, _)| *d == domain::STREAM)
-                        .and_then(|(_, body)| MetaOp::decode(&body));
-                    match decoded {
-                        Some(op) => meta.apply(&op),
-                        None => {
-                            tracing::error!(dir = %dir.display(), "skipping an undecodable stream operation")
-                        }
-                    }
-                    lsn = entry_lsn;
-                }
-                WalEntry::Op { .. } => {}
             }
-        }
+        })?;
         let tail_id = match log.next_offset().checked_sub(1) {
             Some(last) if last >= log.start_offset() => {
                 let result = log.read(last, 1)?;

@@ -33,6 +33,7 @@ pub mod meta;
 pub mod meta_store;
 pub mod record;
 pub mod recovery;
+mod retention;
 pub mod segment;
 pub mod verify;
 pub mod wal;

@@ -33,7 +33,7 @@ use super::args::{Overflow, QueueArgs};
 use super::message::Message;
 use super::ranges::RangeSet;
 use crate::broker::budget::MemoryBudget;
-use crate::broker::store::{domain, op_bytes, split_op, Store};
+use crate::broker::store::{domain, op_bytes, Store};
 use crate::storage::meta_store::MetaItem;
 use crate::storage::wal::{WalEntry, WalTxn};
 use crate::storage::{self, Commit, EntityLog, LogConfig, Record, Visibility};
@@ -367,25 +367,9 @@ impl Queue {
             }
         }
         let replayed = !replay.is_empty();
-        for (entry_lsn, entry) in replay {
-            match entry {
-                WalEntry::Append { batch, .. } => {
-                    log.replay_batch(batch)?;
-                }
-                WalEntry::Op { op, .. } if entry_lsn > lsn => {
-                    match split_op(&op).filter(|(d, _)| *d == domain::QUEUE) {
-                        Some((_, body)) => {
-                            record.apply(&body);
-                        }
-                        None => {
-                            tracing::error!(queue = %options.name, "skipping an operation of another kind")
-                        }
-                    }
-                    lsn = entry_lsn;
-                }
-                WalEntry::Op { .. } => {}
-            }
-        }
+        lsn = crate::broker::store::replay_entity(&log, replay, domain::QUEUE, lsn, |body| {
+            record.apply(body);
+        })?;
         let AckRecord {
             mut acked,
             floor: mut ack_floor,

@@ -42,7 +42,8 @@ use super::index::SegmentIndex;
 use super::io::OpenMode;
 use super::log::{AppendInfo, RetentionReport, VisibilityListener};
 use super::record::Record;
-use super::recovery::{now_ms, remove_segment_files};
+use super::recovery::now_ms;
+use super::retention::{self, Totals};
 use super::segment::{
     parse_segment_file_name, scan_segment, segment_file_name, write_index_files, SealedSegment,
     LOG_EXTENSION, OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION,
@@ -626,22 +627,15 @@ impl EntityLog {
     }
 
     fn enforce_retention_locked(&self, now_ms: i64) -> Result<RetentionReport> {
-        let retention = &self.inner.config.retention;
-        let interval = self.inner.config.index_interval_bytes;
+        let config = &self.inner.config;
         let vfs = Arc::clone(self.files().vfs());
-        self.delete_front_segments(|segment, totals| {
-            let bytes_ok = retention
-                .bytes_max
-                .is_some_and(|max| totals.bytes - segment.size_bytes() >= max);
-            let records_ok = retention
-                .records_max
-                .is_some_and(|max| totals.records - segment.record_count() >= max);
-            let age_ok = retention.age_max.is_some_and(|age| {
-                segment.index(&*vfs, interval).max_timestamp_ms
-                    < now_ms.saturating_sub(age.as_millis() as i64)
-            });
-            bytes_ok || records_ok || age_ok
-        })
+        let policy = retention::policy(
+            &config.retention,
+            &*vfs,
+            config.index_interval_bytes,
+            now_ms,
+        );
+        self.delete_front_segments(policy)
     }
 
     /// Delete every sealed segment whose records all precede `offset` (acknowledged queue
@@ -659,39 +653,21 @@ impl EntityLog {
         &self,
         doomed: impl Fn(&SealedSegment, Totals) -> bool,
     ) -> Result<RetentionReport> {
-        let victims: Vec<Arc<SealedSegment>> = {
+        let victims = {
             let shared = self.read_shared();
-            let mut totals = Totals {
+            let totals = Totals {
                 bytes: shared.sealed.iter().map(|s| s.size_bytes()).sum::<u64>()
                     + shared.active.index.covered_bytes
                     + shared.tail_bytes,
                 records: shared.written_next - shared.start_offset(),
             };
-            let mut victims = Vec::new();
-            for segment in &shared.sealed {
-                if !doomed(segment, totals) {
-                    break;
-                }
-                totals.bytes -= segment.size_bytes();
-                totals.records -= segment.record_count();
-                victims.push(Arc::clone(segment));
-            }
-            victims
+            retention::doomed_front(&shared.sealed, totals, doomed)
         };
         if victims.is_empty() {
             return Ok(RetentionReport::default());
         }
         self.write_shared().sealed.drain(..victims.len());
-        let vfs = self.files().vfs();
-        let mut report = RetentionReport::default();
-        for segment in &victims {
-            remove_segment_files(&**vfs, &self.inner.dir, segment.base_offset)?;
-            report.segments_deleted += 1;
-            report.bytes_freed += segment.size_bytes();
-            report.records_deleted += segment.record_count();
-        }
-        vfs.sync_dir(&self.inner.dir)?;
-        Ok(report)
+        retention::remove_front(&**self.files().vfs(), &self.inner.dir, &victims)
     }
 
     /// Forget the log: later appends and writes fail, and its directory is removed. The caller
@@ -724,12 +700,6 @@ impl EntityLog {
         let path = self.read_shared().active.path.clone();
         self.files().forget(&path);
     }
-}
-
-#[derive(Clone, Copy)]
-struct Totals {
-    bytes: u64,
-    records: u64,
 }
 
 /// List the directory, tidy leftovers, trust every segment but the newest, scan the newest.

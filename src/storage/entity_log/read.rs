@@ -1,14 +1,13 @@
 //! Reading an entity log: sealed segments through their maps, the written part of the active
 //! segment through positional reads, and the tail from memory.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{Chunk, EntityLog};
 use crate::storage::batch::BatchView;
 use crate::storage::error::{Error, FormatError, Result};
-use crate::storage::log::ReadResult;
-use crate::storage::record::Record;
+use crate::storage::log::ITER_READ_BYTES;
+use crate::storage::log::{LogIter, ReadBatches, ReadResult};
 use crate::storage::segment::{SealedSegment, SegmentBytes, SegmentRead};
 
 /// Where the next read goes.
@@ -27,49 +26,18 @@ enum Located {
 }
 
 /// Iterator over owned records of an entity log; see [`EntityLog::iter`].
-pub struct EntityIter {
-    log: EntityLog,
-    next_offset: u64,
-    buffered: VecDeque<(u64, Record)>,
-    done: bool,
-}
+pub type EntityIter = LogIter<EntityLog>;
 
-/// Bytes fetched per read by [`EntityIter`].
-const ITER_READ_BYTES: u64 = 1024 * 1024;
-
-impl Iterator for EntityIter {
-    type Item = Result<(u64, Record)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buffered.is_empty() && !self.done {
-            match self.log.read(self.next_offset, ITER_READ_BYTES) {
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-                Ok(result) => {
-                    self.buffered
-                        .extend(result.records().map(|r| (r.offset, r.to_record())));
-                    match result.next_offset() {
-                        Some(next) => self.next_offset = next,
-                        None => self.done = true,
-                    }
-                }
-            }
-        }
-        self.buffered.pop_front().map(Ok)
+impl ReadBatches for EntityLog {
+    fn read_batches(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {
+        self.read(from, max_bytes)
     }
 }
 
 impl EntityLog {
     /// Iterate visible records from `from` on, as owned records with their offsets.
     pub fn iter(&self, from: u64) -> EntityIter {
-        EntityIter {
-            log: self.clone(),
-            next_offset: from,
-            buffered: VecDeque::new(),
-            done: false,
-        }
+        LogIter::new(self.clone(), from)
     }
 
     /// Read visible batches holding offsets from `from` on (from the start if `from` precedes

@@ -19,7 +19,8 @@
 mod durability;
 mod read;
 
-pub use read::LogIter;
+pub(crate) use read::ITER_READ_BYTES;
+pub use read::{LogIter, ReadBatches};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,9 +33,8 @@ use super::index::SegmentIndex;
 use super::io::{write_atomically, OpenMode, VFile, Vfs};
 use super::meta::{CleanShutdown, RecoveryPoint, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use super::record::{Record, RecordView};
-use super::recovery::{
-    create_segment, now_ms, recover, remove_segment_files, ActiveState, RecoveryReport,
-};
+use super::recovery::{create_segment, now_ms, recover, ActiveState, RecoveryReport};
+use super::retention::{self, Totals};
 use super::segment::{
     segment_file_name, write_index_files, SealedSegment, SegmentBytes, SegmentRead, LOG_EXTENSION,
 };
@@ -408,12 +408,7 @@ impl Log {
 
     /// Iterate visible records from `from` on, as owned records with their offsets.
     pub fn iter(&self, from: u64) -> LogIter {
-        LogIter {
-            log: self.clone(),
-            next_offset: from,
-            buffered: VecDeque::new(),
-            done: false,
-        }
+        LogIter::new(self.clone(), from)
     }
 
     /// The first visible offset whose record's timestamp is at or after `timestamp_ms`.
@@ -644,21 +639,13 @@ impl LogInner {
     }
 
     fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
-        let retention = &self.config.retention;
-        let interval = self.config.index_interval_bytes;
-        self.delete_front_segments(|segment, totals| {
-            let bytes_ok = retention
-                .bytes_max
-                .is_some_and(|max| totals.bytes - segment.size_bytes() >= max);
-            let records_ok = retention
-                .records_max
-                .is_some_and(|max| totals.records - segment.record_count() >= max);
-            let age_ok = retention.age_max.is_some_and(|age| {
-                segment.index(&*self.vfs, interval).max_timestamp_ms
-                    < now_ms.saturating_sub(age.as_millis() as i64)
-            });
-            bytes_ok || records_ok || age_ok
-        })
+        let policy = retention::policy(
+            &self.config.retention,
+            &*self.vfs,
+            self.config.index_interval_bytes,
+            now_ms,
+        );
+        self.delete_front_segments(policy)
     }
 
     /// Delete sealed segments from the front while `doomed` says so; the caller holds the
@@ -667,38 +654,20 @@ impl LogInner {
         &self,
         doomed: impl Fn(&SealedSegment, Totals) -> bool,
     ) -> Result<RetentionReport> {
-        let victims: Vec<Arc<SealedSegment>> = {
+        let victims = {
             let shared = self.read_shared();
-            let mut totals = Totals {
+            let totals = Totals {
                 bytes: shared.sealed.iter().map(|s| s.size_bytes()).sum::<u64>()
                     + shared.active.written.bytes,
                 records: shared.active.written.next_offset - shared.start_offset(),
             };
-            let mut victims = Vec::new();
-            for segment in &shared.sealed {
-                if !doomed(segment, totals) {
-                    break;
-                }
-                totals.bytes -= segment.size_bytes();
-                totals.records -= segment.record_count();
-                victims.push(Arc::clone(segment));
-            }
-            victims
+            retention::doomed_front(&shared.sealed, totals, doomed)
         };
         if victims.is_empty() {
             return Ok(RetentionReport::default());
         }
         self.write_shared().sealed.drain(..victims.len());
-        let mut report = RetentionReport::default();
-        // Oldest first, so a crash part-way leaves a contiguous log.
-        for segment in &victims {
-            remove_segment_files(&*self.vfs, &self.dir, segment.base_offset)?;
-            report.segments_deleted += 1;
-            report.bytes_freed += segment.size_bytes();
-            report.records_deleted += segment.record_count();
-        }
-        self.vfs.sync_dir(&self.dir)?;
-        Ok(report)
+        retention::remove_front(&*self.vfs, &self.dir, &victims)
     }
 
     fn close(&self) -> Result<()> {
@@ -759,12 +728,6 @@ fn cut_preallocated(file: &dyn VFile, file_bytes: u64, written_bytes: u64) -> st
         file.set_len(written_bytes)?;
     }
     Ok(())
-}
-
-#[derive(Clone, Copy)]
-struct Totals {
-    bytes: u64,
-    records: u64,
 }
 
 impl Drop for LogInner {

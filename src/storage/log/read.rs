@@ -7,23 +7,48 @@ use std::sync::Arc;
 
 use super::*;
 
-/// Iterator over owned records; see [`Log::iter`].
-pub struct LogIter {
-    pub(super) log: Log,
-    pub(super) next_offset: u64,
-    pub(super) buffered: VecDeque<(u64, Record)>,
-    pub(super) done: bool,
+/// A log that hands out verified batches by offset: [`Log`] and
+/// [`EntityLog`](crate::storage::entity_log::EntityLog).
+pub trait ReadBatches {
+    /// Visible batches holding offsets from `from` on, up to about `max_bytes`.
+    fn read_batches(&self, from: u64, max_bytes: u64) -> Result<ReadResult>;
+}
+
+impl ReadBatches for Log {
+    fn read_batches(&self, from: u64, max_bytes: u64) -> Result<ReadResult> {
+        self.read(from, max_bytes)
+    }
+}
+
+/// Iterator over owned records with their offsets; see [`Log::iter`].
+pub struct LogIter<L: ReadBatches = Log> {
+    pub(crate) log: L,
+    pub(crate) next_offset: u64,
+    pub(crate) buffered: VecDeque<(u64, Record)>,
+    pub(crate) done: bool,
+}
+
+impl<L: ReadBatches> LogIter<L> {
+    /// Iterate `log`'s visible records from `from` on.
+    pub fn new(log: L, from: u64) -> LogIter<L> {
+        LogIter {
+            log,
+            next_offset: from,
+            buffered: VecDeque::new(),
+            done: false,
+        }
+    }
 }
 
 /// Bytes fetched per read by [`LogIter`].
-pub(super) const ITER_READ_BYTES: u64 = 1024 * 1024;
+pub(crate) const ITER_READ_BYTES: u64 = 1024 * 1024;
 
-impl Iterator for LogIter {
+impl<L: ReadBatches> Iterator for LogIter<L> {
     type Item = Result<(u64, Record)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.buffered.is_empty() && !self.done {
-            match self.log.read(self.next_offset, ITER_READ_BYTES) {
+            match self.log.read_batches(self.next_offset, ITER_READ_BYTES) {
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e));
