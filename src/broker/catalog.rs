@@ -184,12 +184,47 @@ pub enum Applied {
     Skipped,
 }
 
+/// The names of one kind of entity: sorted for listings (KEYS, SCAN) and hashed for lookups
+/// (every command names a key; a sorted map costs a string comparison per level).
+#[derive(Default)]
+struct Names {
+    sorted: BTreeMap<Bytes, u64>,
+    index: HashMap<Bytes, u64>,
+}
+
+impl Names {
+    fn from_sorted(list: Vec<(Bytes, u64)>) -> Names {
+        Names {
+            index: list.iter().cloned().collect(),
+            sorted: list.into_iter().collect(),
+        }
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&u64> {
+        self.index.get(name)
+    }
+
+    fn insert(&mut self, name: Bytes, id: u64) {
+        self.sorted.insert(name.clone(), id);
+        self.index.insert(name, id);
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        self.sorted.remove(name);
+        self.index.remove(name);
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
 /// The in-memory catalog; see the module documentation.
 #[derive(Default)]
 pub struct Catalog {
     next_id: u64,
     entries: HashMap<u64, CatalogEntry>,
-    names: [BTreeMap<Bytes, u64>; 3],
+    names: [Names; 3],
     /// Entries changed (or deleted) since the last checkpoint.
     dirty: HashSet<u64>,
 }
@@ -233,7 +268,7 @@ impl Catalog {
         // Built from sorted runs: much faster than a million inserts in hash order.
         for (slot, mut list) in names.into_iter().enumerate() {
             list.sort_unstable();
-            catalog.names[slot] = list.into_iter().collect();
+            catalog.names[slot] = Names::from_sorted(list);
         }
         Ok(catalog)
     }
@@ -256,7 +291,10 @@ impl Catalog {
 
     /// Names of every entity of `kind` with their ids, sorted by name.
     pub fn names(&self, kind: EntityKind) -> impl Iterator<Item = (&Bytes, u64)> {
-        self.names[kind.slot()].iter().map(|(n, id)| (n, *id))
+        self.names[kind.slot()]
+            .sorted
+            .iter()
+            .map(|(n, id)| (n, *id))
     }
 
     /// Entities of `kind`.

@@ -458,13 +458,11 @@ impl Broker {
         }
         let name = Bytes::copy_from_slice(name);
         let id = self.create_entity(EntityKind::Stream, &name)?;
-        let stream = Arc::new(Stream::open(
+        let stream = Arc::new(Stream::create(
             Arc::clone(&self.store),
             id,
             &self.entity_dir(EntityKind::Stream, id),
             self.config.stream_log.clone(),
-            None,
-            Vec::new(),
         )?);
         state.streams.insert(name.clone(), Arc::clone(&stream));
         if let Some(waiters) = state.creation_waiters.remove(&name) {

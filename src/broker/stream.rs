@@ -221,6 +221,29 @@ impl Stream {
     ) -> Result<Stream, StreamError> {
         let visibility = Visibility::for_durability(config.durability);
         let log = EntityLog::open(Arc::clone(store.logs()), id, dir, config, visibility)?;
+        Stream::with_log(store, id, log, dir, snapshot, replay)
+    }
+
+    /// A new stream `id` (just created in the catalog): nothing on disk to read.
+    pub fn create(
+        store: Arc<Store>,
+        id: u64,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<Stream, StreamError> {
+        let visibility = Visibility::for_durability(config.durability);
+        let log = EntityLog::create(Arc::clone(store.logs()), id, dir, config, visibility)?;
+        Stream::with_log(store, id, log, dir, None, Vec::new())
+    }
+
+    fn with_log(
+        store: Arc<Store>,
+        id: u64,
+        log: EntityLog,
+        dir: &Path,
+        snapshot: Option<&Bytes>,
+        replay: Vec<(u64, WalEntry)>,
+    ) -> Result<Stream, StreamError> {
         let (mut meta, mut lsn) = match snapshot {
             Some(value) => decode_snapshot(value).ok_or_else(|| {
                 StreamError::Storage(storage::Error::InvalidArgument(format!(

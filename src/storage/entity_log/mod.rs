@@ -220,8 +220,45 @@ impl EntityLog {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let (sealed, active) = open_files(&shared.files, &dir, &config)?;
+        Ok(EntityLog::with_files(
+            shared, id, dir, config, visibility, sealed, active,
+        ))
+    }
+
+    /// A log for a new entity, whose directory does not exist yet: nothing is read (the
+    /// first segment is created when first written).
+    pub fn create(
+        shared: Arc<LogShared>,
+        id: u64,
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        visibility: Visibility,
+    ) -> Result<EntityLog> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let active = empty_active(&dir, 0);
+        Ok(EntityLog::with_files(
+            shared,
+            id,
+            dir,
+            config,
+            visibility,
+            VecDeque::new(),
+            active,
+        ))
+    }
+
+    fn with_files(
+        shared: Arc<LogShared>,
+        id: u64,
+        dir: PathBuf,
+        config: LogConfig,
+        visibility: Visibility,
+        sealed: VecDeque<Arc<SealedSegment>>,
+        active: Active,
+    ) -> EntityLog {
         let end = active.index.next_offset;
-        Ok(EntityLog {
+        EntityLog {
             inner: Arc::new(EntityInner {
                 id,
                 dir,
@@ -243,7 +280,7 @@ impl EntityLog {
                 wants_write: AtomicBool::new(false),
                 listener: Mutex::new(None),
             }),
-        })
+        }
     }
 
     /// The id the write-ahead log knows this log by.
@@ -702,6 +739,17 @@ impl EntityLog {
     }
 }
 
+/// The active segment of a log with nothing written from `base` on.
+fn empty_active(dir: &Path, base: u64) -> Active {
+    Active {
+        base_offset: base,
+        path: dir.join(segment_file_name(base, LOG_EXTENSION)),
+        index: SegmentIndex::new(base),
+        exists: false,
+        started_ms: now_ms(),
+    }
+}
+
 /// List the directory, tidy leftovers, trust every segment but the newest, scan the newest.
 fn open_files(
     files: &FileCache,
@@ -709,13 +757,7 @@ fn open_files(
     config: &LogConfig,
 ) -> Result<(VecDeque<Arc<SealedSegment>>, Active)> {
     let vfs = files.vfs();
-    let empty = |base: u64| Active {
-        base_offset: base,
-        path: dir.join(segment_file_name(base, LOG_EXTENSION)),
-        index: SegmentIndex::new(base),
-        exists: false,
-        started_ms: now_ms(),
-    };
+    let empty = |base: u64| empty_active(dir, base);
     if !vfs.exists(dir) {
         return Ok((VecDeque::new(), empty(0)));
     }

@@ -556,9 +556,15 @@ impl Context<'_> {
     /// [`Context::keep_stream`]. A pipeline appending to one key takes it from the connection's
     /// cache: no catalog lock, no hashing, no reference count traffic shared with other cores.
     fn take_stream(&mut self, key: &[u8]) -> Option<(Arc<Stream>, u64)> {
+        self.take_cached_stream(key)
+            .or_else(|| self.broker.stream_bound(key))
+    }
+
+    /// The connection's cached handle, if it is for `key` and still current.
+    fn take_cached_stream(&mut self, key: &[u8]) -> Option<(Arc<Stream>, u64)> {
         match self.session.last_stream.take() {
             Some(cached) if cached.is_current(key) => Some((cached.stream, cached.binding)),
-            _ => self.broker.stream_bound(key),
+            _ => None,
         }
     }
 

@@ -165,10 +165,10 @@ fn defer(
             if deferred.targets.len() >= DEFERRED_TARGETS_MAX {
                 deferred.flush(context.broker, context.pending);
             }
-            let (stream, binding) = match context.take_stream(key) {
+            let (stream, binding) = match context.take_cached_stream(key) {
                 Some(found) => found,
-                // A new stream is created now (empty until the flush commits the entry, as
-                // every entry is invisible until its commit is durable); a refusal (a name
+                // Looked up, or created now if new (empty until the flush commits the entry,
+                // as every entry is invisible until its commit is durable); a refusal (a name
                 // too long) is the ordinary path's to answer.
                 None => match context.broker.stream_or_create_bound(key) {
                     Ok(found) => found,
