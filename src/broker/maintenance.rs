@@ -1,7 +1,7 @@
 //! The broker's background work, on one thread (`potok-maintenance`), every 100 ms:
 //!
 //! - **Deleted entities' files** go once their deletion is durable.
-//! - **Tail memory**: a log whose tail passed 4 MiB is written to its segment files.
+//! - **Tail memory**: a log whose tail passed 1 MiB is written to its segment files at once.
 //! - **Checkpoints**, once the write-ahead log holds [`BrokerConfig::checkpoint_wal_bytes`], or
 //!   all tails together hold [`BrokerConfig::tail_bytes_max`], or
 //!   [`BrokerConfig::checkpoint_interval`] passed with changes ([`Broker::checkpoint`]): a
@@ -50,10 +50,22 @@ struct Clock {
     topic_cursor: Option<Bytes>,
 }
 
+/// What wakes the background thread: a stop request, or a log whose tail wants writing out.
+#[derive(Default)]
+struct Signal {
+    state: Mutex<Wanted>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Wanted {
+    stop: bool,
+    write_out: bool,
+}
+
 /// The background thread's handle and its schedule.
 pub struct Maintenance {
-    stop: Mutex<bool>,
-    wake: Condvar,
+    signal: Arc<Signal>,
     thread: Mutex<Option<JoinHandle<()>>>,
     clock: Mutex<Clock>,
     /// One checkpoint at a time.
@@ -66,8 +78,7 @@ impl Maintenance {
     pub(super) fn new(_config: &BrokerConfig) -> Maintenance {
         let now = Instant::now();
         Maintenance {
-            stop: Mutex::new(false),
-            wake: Condvar::new(),
+            signal: Arc::default(),
             thread: Mutex::new(None),
             clock: Mutex::new(Clock {
                 last_checkpoint: now,
@@ -82,8 +93,8 @@ impl Maintenance {
 
     /// Stop the thread and wait for it.
     pub(super) fn stop(&self) {
-        *lock(&self.stop) = true;
-        self.wake.notify_all();
+        lock(&self.signal.state).stop = true;
+        self.signal.wake.notify_all();
         if let Some(thread) = lock(&self.thread).take() {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
@@ -92,28 +103,51 @@ impl Maintenance {
     }
 }
 
-/// Start the maintenance thread of `broker`.
+/// Start the maintenance thread of `broker`. Besides its rounds every [`TICK`], it writes a
+/// log's tail out as soon as the tail passes 1 MiB, so a fast producer's tail stays near that
+/// size instead of growing for a whole round.
 pub(super) fn start(broker: &Arc<Broker>) {
+    let signal = Arc::clone(&broker.maintenance.signal);
+    let waker = Arc::clone(&signal);
+    broker.store.logs().set_on_wanting_write(Arc::new(move || {
+        lock(&waker.state).write_out = true;
+        waker.wake.notify_all();
+    }));
     let weak: Weak<Broker> = Arc::downgrade(broker);
     let spawned = std::thread::Builder::new()
         .name("potok-maintenance".into())
-        .spawn(move || loop {
-            let Some(broker) = weak.upgrade() else { return };
-            {
-                let stop = lock(&broker.maintenance.stop);
-                if *stop {
-                    return;
+        .spawn(move || {
+            let mut last_round = Instant::now();
+            loop {
+                let write_out = {
+                    let mut state = lock(&signal.state);
+                    loop {
+                        let waited = last_round.elapsed();
+                        if state.stop || state.write_out || waited >= TICK {
+                            break;
+                        }
+                        state = signal
+                            .wake
+                            .wait_timeout(state, TICK - waited)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    if state.stop {
+                        return;
+                    }
+                    std::mem::take(&mut state.write_out)
+                };
+                let Some(broker) = weak.upgrade() else { return };
+                if write_out {
+                    if let Err(e) = broker.enforce_tail_budget() {
+                        tracing::warn!(error = %e, "writing entity logs out failed");
+                    }
                 }
-                let (stop, _) = broker
-                    .maintenance
-                    .wake
-                    .wait_timeout(stop, TICK)
-                    .unwrap_or_else(|e| e.into_inner());
-                if *stop {
-                    return;
+                if last_round.elapsed() >= TICK {
+                    broker.tick();
+                    last_round = Instant::now();
                 }
             }
-            broker.tick();
         });
     match spawned {
         Ok(thread) => *lock(&broker.maintenance.thread) = Some(thread),
@@ -184,7 +218,7 @@ impl Broker {
         }
     }
 
-    /// Write out the tails that grew past 4 MiB.
+    /// Write out the tails that grew past 1 MiB.
     fn enforce_tail_budget(&self) -> Result<(), BrokerError> {
         for log in self.store.logs().take_wanting_write() {
             log.materialize()?;

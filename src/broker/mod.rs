@@ -104,7 +104,7 @@ pub struct BrokerConfig {
     /// ... or this long after the last checkpoint, if anything changed (30 s).
     pub checkpoint_interval: Duration,
     /// Bytes the entity logs may hold in memory before a checkpoint writes them all out (256
-    /// MiB); one log's tail is written once it reaches 4 MiB.
+    /// MiB); one log's tail is written once it reaches 1 MiB (at once, not on the next maintenance round).
     pub tail_bytes_max: u64,
     /// Evict entities unused this long (their memory and descriptors go; 60 s).
     pub idle_eviction: Duration,

@@ -79,10 +79,13 @@ pub struct LogShared {
     tail_bytes: AtomicU64,
     /// Logs whose tail passed [`TAIL_BYTES_WRITE`], for the broker to write out.
     wanting_write: Mutex<Vec<EntityLog>>,
+    /// Called when a log joins `wanting_write`, so the writer runs at once rather than on its
+    /// next round (a fast producer fills several MiB in a round).
+    on_wanting_write: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 /// A log whose tail reaches this many bytes asks to be written out.
-pub const TAIL_BYTES_WRITE: u64 = 4 * 1024 * 1024;
+pub const TAIL_BYTES_WRITE: u64 = 1024 * 1024;
 
 impl LogShared {
     pub fn new(files: FileCache) -> LogShared {
@@ -90,7 +93,14 @@ impl LogShared {
             files,
             tail_bytes: AtomicU64::new(0),
             wanting_write: Mutex::new(Vec::new()),
+            on_wanting_write: Mutex::new(None),
         }
+    }
+
+    /// Have `wake` called whenever a log's tail passes [`TAIL_BYTES_WRITE`] (the broker wakes
+    /// its maintenance thread, which writes the tail out).
+    pub fn set_on_wanting_write(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *lock(&self.on_wanting_write) = Some(wake);
     }
 
     /// The logs whose tails grew past [`TAIL_BYTES_WRITE`] since the last call.
@@ -113,7 +123,7 @@ impl LogShared {
 }
 
 /// Bytes written to a segment file per system call while materializing.
-const MATERIALIZE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+const MATERIALIZE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// A batch in memory, not yet written to the active segment.
 #[derive(Clone)]
@@ -417,6 +427,10 @@ impl EntityLog {
         };
         if tail_bytes >= TAIL_BYTES_WRITE && !self.inner.wants_write.swap(true, Ordering::AcqRel) {
             lock(&self.inner.shared.wanting_write).push(self.clone());
+            let wake = lock(&self.inner.shared.on_wanting_write).clone();
+            if let Some(wake) = wake {
+                wake();
+            }
         }
         if visible {
             self.notify_visible();
