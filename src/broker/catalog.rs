@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use byteorder::{ByteOrder, LittleEndian as LE};
 use bytes::Bytes;
 
+use super::key::Key;
 use super::store::{domain, Store};
 use crate::storage::meta_store::MetaItem;
 use crate::storage::{self, Commit};
@@ -185,17 +186,21 @@ pub enum Applied {
 }
 
 /// The names of one kind of entity: sorted for listings (KEYS, SCAN) and hashed for lookups
-/// (every command names a key; a sorted map costs a string comparison per level).
+/// (every command names a key; a sorted map costs a string comparison per level). The hashed
+/// index keeps short names inline ([`Key`]), so a lookup does not follow a pointer to compare.
 #[derive(Default)]
 struct Names {
     sorted: BTreeMap<Bytes, u64>,
-    index: HashMap<Bytes, u64>,
+    index: HashMap<Key, u64>,
 }
 
 impl Names {
     fn from_sorted(list: Vec<(Bytes, u64)>) -> Names {
         Names {
-            index: list.iter().cloned().collect(),
+            index: list
+                .iter()
+                .map(|(name, id)| (Key::new(name), *id))
+                .collect(),
             sorted: list.into_iter().collect(),
         }
     }
@@ -205,8 +210,8 @@ impl Names {
     }
 
     fn insert(&mut self, name: Bytes, id: u64) {
-        self.sorted.insert(name.clone(), id);
-        self.index.insert(name, id);
+        self.index.insert(Key::new(&name), id);
+        self.sorted.insert(name, id);
     }
 
     fn remove(&mut self, name: &[u8]) {

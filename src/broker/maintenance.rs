@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::catalog::EntityKind;
+use super::key::Key;
 use super::{lock, Broker, BrokerConfig, BrokerError};
 use crate::storage::meta_store::MetaItem;
 
@@ -352,7 +353,7 @@ impl Broker {
     pub fn evict_idle(&self) {
         let mut state = self.write();
         let idle = |used: bool, strong: usize| !used && strong == 1;
-        let streams: Vec<Bytes> = state
+        let streams: Vec<Key> = state
             .streams
             .iter()
             .filter(|(_, s)| {
@@ -361,12 +362,12 @@ impl Broker {
             .map(|(name, _)| name.clone())
             .collect();
         for name in &streams {
-            if let Some(stream) = state.streams.remove(name) {
+            if let Some(stream) = state.streams.remove(name.as_bytes()) {
                 stream.detach();
                 stream.close();
             }
         }
-        let topics: Vec<Bytes> = state
+        let topics: Vec<Key> = state
             .topics
             .iter()
             .filter(|(_, t)| idle(t.take_used(), Arc::strong_count(t)) && t.log().tail_bytes() == 0)
@@ -374,7 +375,7 @@ impl Broker {
             .collect();
         let evicted = streams.len() + topics.len();
         for name in topics {
-            if let Some(topic) = state.topics.remove(&name) {
+            if let Some(topic) = state.topics.remove(name.as_bytes()) {
                 topic.close();
             }
         }

@@ -22,6 +22,7 @@ pub mod amqp;
 pub mod budget;
 pub mod catalog;
 pub mod group;
+pub mod key;
 pub mod maintenance;
 pub mod store;
 pub mod stream;
@@ -43,6 +44,7 @@ use bytes::Bytes;
 use crate::storage::io::{OsVfs, Vfs};
 use crate::storage::wal::{WalEntry, WalTxn};
 pub use crate::storage::{Commit, Durability};
+use key::Key;
 /// What storage operations of the broker's API fail with.
 pub type StorageError = crate::storage::Error;
 
@@ -160,8 +162,8 @@ impl BrokerConfig {
 
 struct State {
     /// Open streams and topics (the rest are opened on first use).
-    streams: HashMap<Bytes, Arc<Stream>>,
-    topics: HashMap<Bytes, Arc<Topic>>,
+    streams: HashMap<Key, Arc<Stream>>,
+    topics: HashMap<Key, Arc<Topic>>,
     /// Readers blocked on names that do not exist yet.
     creation_waiters: HashMap<Bytes, Arc<Waiters>>,
     /// What the write-ahead log holds for entities not opened since the restart: (LSN, entry).
@@ -431,7 +433,7 @@ impl Broker {
             replay,
         )?;
         let stream = Arc::new(stream);
-        state.streams.insert(name, Arc::clone(&stream));
+        state.streams.insert(Key::new(&name), Arc::clone(&stream));
         Ok(Some(stream))
     }
 
@@ -464,7 +466,7 @@ impl Broker {
             &self.entity_dir(EntityKind::Stream, id),
             self.config.stream_log.clone(),
         )?);
-        state.streams.insert(name.clone(), Arc::clone(&stream));
+        state.streams.insert(Key::new(&name), Arc::clone(&stream));
         if let Some(waiters) = state.creation_waiters.remove(&name) {
             waiters.wake_all();
         }
@@ -522,7 +524,7 @@ impl Broker {
             self.config.topic_log.clone(),
             replay,
         )?);
-        state.topics.insert(name, Arc::clone(&topic));
+        state.topics.insert(Key::new(&name), Arc::clone(&topic));
         Ok(Some(topic))
     }
 
@@ -549,7 +551,7 @@ impl Broker {
             self.config.topic_log.clone(),
             Vec::new(),
         )?);
-        state.topics.insert(name, Arc::clone(&topic));
+        state.topics.insert(Key::new(&name), Arc::clone(&topic));
         Ok(topic)
     }
 
@@ -699,7 +701,7 @@ impl Broker {
         self.store.catalog().apply(from_id, commit.lsn(), rename);
         if let Some(stream) = state.streams.remove(from) {
             stream.detach();
-            state.streams.insert(to.clone(), stream);
+            state.streams.insert(Key::new(&to), stream);
         }
         if let Some(waiters) = state.creation_waiters.remove(&to) {
             waiters.wake_all();
