@@ -431,7 +431,7 @@ impl Stream {
         let mut order: Vec<usize> = (0..batches.len()).collect();
         order.sort_by_key(|&i| (batches[i].0.id, i));
         let now = clock_ms();
-        let mut txn = WalTxn::new();
+        let mut txn = WalTxn::with_capacity(order.len());
         let mut locked: Vec<(MutexGuard<'_, StreamState>, StreamId)> =
             Vec::with_capacity(order.len());
         let mut ids = vec![Vec::new(); batches.len()];

@@ -93,6 +93,13 @@ impl WalTxn {
         WalTxn::default()
     }
 
+    /// A transaction with room for `items` appends and operations.
+    pub fn with_capacity(items: usize) -> WalTxn {
+        WalTxn {
+            items: Vec::with_capacity(items),
+        }
+    }
+
     /// Append `records` to `log` (merged into this transaction's earlier append to the same
     /// log, if any, so one log gets one batch).
     pub fn append(&mut self, log: &EntityLog, records: Vec<Record>) {
@@ -249,7 +256,7 @@ impl Wal {
         let timestamp = now_ms();
         let guard = lock(&self.inner.append_lock);
         let mut records = Vec::with_capacity(txn.items.len());
-        let mut prepared: Vec<(EntityLog, PreparedAppend)> = Vec::new();
+        let mut prepared: Vec<(EntityLog, PreparedAppend)> = Vec::with_capacity(txn.items.len());
         for item in txn.items {
             match item {
                 Item::Append(log, batch) => {

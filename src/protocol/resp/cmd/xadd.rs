@@ -110,8 +110,11 @@ impl DeferredAdds {
                         pending.add(commit, index);
                         self.settled.push((index, Reply::Id(id)));
                     }
-                    let exhausted = stream_error(StreamError::IdsExhausted);
-                    self.settle_all(indices.collect(), &exhausted);
+                    let unanswered: Vec<usize> = indices.collect();
+                    if !unanswered.is_empty() {
+                        let exhausted = stream_error(StreamError::IdsExhausted);
+                        self.settle_all(unanswered, &exhausted);
+                    }
                 }
             }
             Err(e) => {
