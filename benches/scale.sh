@@ -50,6 +50,8 @@ stats "after loading"
 echo "  files: $(find "$work/data" -type f | wc -l), directories: $(find "$work/data" -type d | wc -l)"
 sleep 70 # idle: checkpoints run, idle entities are evicted
 stats "idle 70 s later"
+sleep 110 # the first checkpoint writes every new entity's files; eviction follows it
+stats "idle 180 s later"
 echo "  files: $(find "$work/data" -type f | wc -l), directories: $(find "$work/data" -type d | wc -l), apparent size $(du -sh --apparent-size "$work/data" | cut -f1)"
 check
 t0="$(now)"; kill -TERM "$pid"; wait "$pid" || true; pid=""

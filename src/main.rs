@@ -219,6 +219,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is dropped, not a panic.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {

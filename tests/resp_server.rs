@@ -1609,3 +1609,52 @@ fn pipelined_xadds_to_many_streams_all_land_while_other_clients_create_streams()
         .sum();
     assert_eq!(total, 20 + 100 * 64);
 }
+
+/// A server whose log output cannot be written (stderr on a full disk: here `/dev/full`) keeps
+/// serving and stops on SIGTERM: a failed log write is dropped. It used to panic the thread
+/// that logged: connections closed at their first event, and a panic in the write-ahead log's
+/// sync thread left every later commit and shutdown waiting forever.
+#[test]
+fn a_log_that_cannot_be_written_neither_stops_commands_nor_shutdown() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_potok"))
+        .env("RUST_LOG", "trace")
+        .args([
+            "serve",
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--amqp-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--fsync", "always"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create("/dev/full").unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let mut server = Server { child, port };
+    for round in 0..3 {
+        let mut con = server.connect();
+        let id = xadd(&mut con, "logged", "*", &[("round", &round.to_string())]).unwrap();
+        assert!(id.contains('-'), "{id}");
+        let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+        assert_eq!(pong, "PONG");
+    }
+    assert_eq!(xrange(&mut server.connect(), "logged", "-", "+").len(), 3);
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let started = std::time::Instant::now();
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGTERM did not stop the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -115,41 +115,39 @@ pub(super) fn start(broker: &Arc<Broker>) {
         waker.wake.notify_all();
     }));
     let weak: Weak<Broker> = Arc::downgrade(broker);
-    let spawned = std::thread::Builder::new()
-        .name("potok-maintenance".into())
-        .spawn(move || {
-            let mut last_round = Instant::now();
-            loop {
-                let write_out = {
-                    let mut state = lock(&signal.state);
-                    loop {
-                        let waited = last_round.elapsed();
-                        if state.stop || state.write_out || waited >= TICK {
-                            break;
-                        }
-                        state = signal
-                            .wake
-                            .wait_timeout(state, TICK - waited)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
+    let spawned = crate::storage::background::spawn_essential("potok-maintenance", move || {
+        let mut last_round = Instant::now();
+        loop {
+            let write_out = {
+                let mut state = lock(&signal.state);
+                loop {
+                    let waited = last_round.elapsed();
+                    if state.stop || state.write_out || waited >= TICK {
+                        break;
                     }
-                    if state.stop {
-                        return;
-                    }
-                    std::mem::take(&mut state.write_out)
-                };
-                let Some(broker) = weak.upgrade() else { return };
-                if write_out {
-                    if let Err(e) = broker.enforce_tail_budget() {
-                        tracing::warn!(error = %e, "writing entity logs out failed");
-                    }
+                    state = signal
+                        .wake
+                        .wait_timeout(state, TICK - waited)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
-                if last_round.elapsed() >= TICK {
-                    broker.tick();
-                    last_round = Instant::now();
+                if state.stop {
+                    return;
+                }
+                std::mem::take(&mut state.write_out)
+            };
+            let Some(broker) = weak.upgrade() else { return };
+            if write_out {
+                if let Err(e) = broker.enforce_tail_budget() {
+                    tracing::warn!(error = %e, "writing entity logs out failed");
                 }
             }
-        });
+            if last_round.elapsed() >= TICK {
+                broker.tick();
+                last_round = Instant::now();
+            }
+        }
+    });
     match spawned {
         Ok(thread) => *lock(&broker.maintenance.thread) = Some(thread),
         Err(e) => tracing::error!(error = %e, "could not start the maintenance thread"),

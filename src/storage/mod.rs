@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`background`]: background threads whose panic ends the process rather than hanging it.
 //! - [`io`]: the I/O seam ([`io::Vfs`], [`io::VFile`]) with the OS and fault-injecting backends.
 //! - [`record`], [`batch`]: the byte format of records and checksummed batches.
 //! - [`index`]: sparse offset and time indexes of one segment.
@@ -21,6 +22,7 @@
 //! `storage-format.md` at the project root specifies every byte and the recovery procedure.
 //! The storage layer knows bytes, offsets and timestamps; nothing of protocols or routing.
 
+pub mod background;
 pub mod batch;
 pub mod config;
 pub mod entity_log;

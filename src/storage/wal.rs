@@ -418,33 +418,31 @@ impl WalInner {
 /// The `always` policy's sync thread: whenever commits are waiting, lead group-commit rounds
 /// until everything written is durable.
 fn spawn_syncer(wal: Weak<WalInner>) {
-    let spawned = std::thread::Builder::new()
-        .name("potok-wal-sync".into())
-        .spawn(move || loop {
-            let Some(inner) = wal.upgrade() else { return };
-            {
-                let mut syncer = lock(&inner.syncer);
-                while !syncer.requested && !syncer.stop {
-                    // Woken by commits; the timeout only lets the thread notice a dropped log.
-                    syncer = inner
-                        .sync_wanted
-                        .wait_timeout(syncer, Duration::from_millis(500))
-                        .map(|(guard, _)| guard)
-                        .unwrap_or_else(|e| e.into_inner().0);
-                    if Arc::strong_count(&inner) == 1 {
-                        return;
-                    }
-                }
-                if syncer.stop {
+    let spawned = crate::storage::background::spawn_essential("potok-wal-sync", move || loop {
+        let Some(inner) = wal.upgrade() else { return };
+        {
+            let mut syncer = lock(&inner.syncer);
+            while !syncer.requested && !syncer.stop {
+                // Woken by commits; the timeout only lets the thread notice a dropped log.
+                syncer = inner
+                    .sync_wanted
+                    .wait_timeout(syncer, Duration::from_millis(500))
+                    .map(|(guard, _)| guard)
+                    .unwrap_or_else(|e| e.into_inner().0);
+                if Arc::strong_count(&inner) == 1 {
                     return;
                 }
-                syncer.requested = false;
             }
-            if let Err(e) = inner.log.sync_now() {
-                tracing::error!(error = %e, "write-ahead log sync failed; commits fail until restart");
+            if syncer.stop {
                 return;
             }
-        });
+            syncer.requested = false;
+        }
+        if let Err(e) = inner.log.sync_now() {
+            tracing::error!(error = %e, "write-ahead log sync failed; commits fail until restart");
+            return;
+        }
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the write-ahead log sync thread");
     }

@@ -12,18 +12,16 @@ use std::time::Duration;
 use super::*;
 
 pub(super) fn spawn_flusher(log: Weak<LogInner>, period: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("potok-flusher".into())
-        .spawn(move || loop {
-            std::thread::sleep(period);
-            let Some(log) = log.upgrade() else { return };
-            if log.closed.load(Ordering::Acquire) || log.failed.load(Ordering::Acquire) {
-                return;
-            }
-            let written = log.read_shared().active.written.next_offset;
-            // A failure poisons the log; appends report it.
-            let _ = log.wait_until_durable(written);
-        });
+    let spawned = crate::storage::background::spawn_essential("potok-flusher", move || loop {
+        std::thread::sleep(period);
+        let Some(log) = log.upgrade() else { return };
+        if log.closed.load(Ordering::Acquire) || log.failed.load(Ordering::Acquire) {
+            return;
+        }
+        let written = log.read_shared().active.written.next_offset;
+        // A failure poisons the log; appends report it.
+        let _ = log.wait_until_durable(written);
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the flusher thread; data syncs at roll and close only");
     }
@@ -49,14 +47,12 @@ fn run_in_background(job: BackgroundJob) {
     static QUEUE: OnceLock<Option<Mutex<mpsc::Sender<BackgroundJob>>>> = OnceLock::new();
     let queue = QUEUE.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<BackgroundJob>();
-        std::thread::Builder::new()
-            .name("potok-zero-fill".into())
-            .spawn(move || receiver.into_iter().for_each(|job| job()))
-            .map_err(
-                |e| tracing::warn!(error = %e, "no background I/O thread; zero-filling inline"),
-            )
-            .ok()
-            .map(|_| Mutex::new(sender))
+        crate::storage::background::spawn_essential("potok-zero-fill", move || {
+            receiver.into_iter().for_each(|job| job())
+        })
+        .map_err(|e| tracing::warn!(error = %e, "no background I/O thread; zero-filling inline"))
+        .ok()
+        .map(|_| Mutex::new(sender))
     });
     match queue {
         Some(sender) => {
