@@ -1658,3 +1658,39 @@ fn a_log_that_cannot_be_written_neither_stops_commands_nor_shutdown() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Pipelined `XADD key * ...` (held back and flushed as one commit) to a stream whose last ID
+/// is the largest possible: each gets Redis's error, the entries before it in the same flush
+/// to other streams land, and nothing is added to the full stream.
+#[test]
+fn pipelined_xadds_past_the_last_possible_id_each_get_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut con = server.connect();
+    let max = "18446744073709551615-18446744073709551615";
+    assert_eq!(xadd(&mut con, "full", max, &[("f", "v")]).unwrap(), max);
+    let mut pipe = redis::pipe();
+    for key in ["other", "full", "full", "other"] {
+        pipe.cmd("XADD").arg(key).arg("*").arg("f").arg("v");
+    }
+    // The crate reports a pipeline with failed entries as one error naming them.
+    let failure = pipe
+        .query::<Vec<redis::Value>>(&mut con)
+        .unwrap_err()
+        .to_string();
+    let exhausted = "The stream has exhausted the last possible ID, unable to add more items";
+    for index in [1, 2] {
+        assert!(
+            failure.contains(&format!(
+                "(Index {index}, error: ResponseError: {exhausted})"
+            )),
+            "{failure}"
+        );
+    }
+    assert!(
+        !failure.contains("Index 0") && !failure.contains("Index 3"),
+        "{failure}"
+    );
+    assert_eq!(xrange(&mut con, "full", "-", "+").len(), 1);
+    assert_eq!(xrange(&mut con, "other", "-", "+").len(), 2);
+}
