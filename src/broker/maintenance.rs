@@ -28,6 +28,9 @@ use crate::storage::meta_store::MetaItem;
 const TICK: Duration = Duration::from_millis(100);
 /// Evicting at least this many entities at once hands freed memory back to the OS.
 const EVICTED_TRIM_MIN: usize = 1024;
+/// Entities closed (eviction) or snapshots kept (checkpoints) per hold of the broker's write
+/// lock: every lookup waits while it is held.
+pub(super) const EVICTED_PER_LOCK: usize = 4096;
 
 /// Give memory freed by the allocator back to the OS (glibc keeps it otherwise, and a server
 /// that once held a million open streams would keep their footprint for good).
@@ -323,7 +326,6 @@ impl Broker {
         streams: &[Arc<super::Stream>],
         full: bool,
     ) -> (Vec<MetaItem>, Vec<u64>) {
-        let mut state = self.write();
         if full {
             self.store.catalog().mark_all_dirty(&[]);
             for stream in streams {
@@ -335,12 +337,25 @@ impl Broker {
             items.push((super::stream::meta_key(*id), None));
             items.push((super::amqp::queue::meta_key(*id), None));
         }
+        let mut kept = Vec::new();
         for stream in streams {
             if let Some((key, value)) = stream.take_snapshot() {
                 if let Some(value) = &value {
-                    state.stream_snapshots.insert(stream.id(), value.clone());
+                    kept.push((stream.id(), value.clone()));
                 }
                 items.push((key, value));
+            }
+        }
+        // What a stream reopened after eviction starts from. Kept under the broker's write lock
+        // a chunk at a time (a million streams in one hold stalled every client for a second);
+        // a stream deleted meanwhile has had its snapshot forgotten and is skipped.
+        for chunk in kept.chunks(EVICTED_PER_LOCK) {
+            let mut state = self.write();
+            let catalog = self.store.catalog();
+            for (id, value) in chunk {
+                if catalog.entry(*id).is_some() {
+                    state.stream_snapshots.insert(*id, value.clone());
+                }
             }
         }
         (items, deleted)
@@ -349,35 +364,72 @@ impl Broker {
     /// Close streams and topics unused since the last sweep that hold nothing a checkpoint
     /// still needs and that nobody holds or waits for.
     pub fn evict_idle(&self) {
-        let mut state = self.write();
         let idle = |used: bool, strong: usize| !used && strong == 1;
-        let streams: Vec<Key> = state
-            .streams
-            .iter()
-            .filter(|(_, s)| {
-                idle(s.take_used(), Arc::strong_count(s)) && s.is_settled() && !s.has_waiters()
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &streams {
-            if let Some(stream) = state.streams.remove(name.as_bytes()) {
-                stream.detach();
-                stream.close();
-            }
+        // Candidates are found under the read lock, so lookups go on meanwhile ...
+        let (streams, topics): (Vec<Key>, Vec<Key>) = {
+            let state = self.read();
+            let streams = state
+                .streams
+                .iter()
+                .filter(|(_, s)| {
+                    idle(s.take_used(), Arc::strong_count(s)) && s.is_settled() && !s.has_waiters()
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            let topics = state
+                .topics
+                .iter()
+                .filter(|(_, t)| {
+                    idle(t.take_used(), Arc::strong_count(t)) && t.log().tail_bytes() == 0
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            (streams, topics)
+        };
+        // ... and closed under the write lock a chunk at a time, each checked again (a lookup
+        // since marked it used or holds it); their memory is freed after the lock is let go.
+        // With a million streams, one pass under the write lock held every client for seconds.
+        let mut evicted = 0;
+        for chunk in streams.chunks(EVICTED_PER_LOCK) {
+            let closed: Vec<Arc<super::Stream>> = {
+                let mut state = self.write();
+                chunk
+                    .iter()
+                    .filter_map(|name| {
+                        let s = state.streams.get(name.as_bytes())?;
+                        if !idle(s.is_used(), Arc::strong_count(s))
+                            || !s.is_settled()
+                            || s.has_waiters()
+                        {
+                            return None;
+                        }
+                        let stream = state.streams.remove(name.as_bytes())?;
+                        stream.detach();
+                        stream.close();
+                        Some(stream)
+                    })
+                    .collect()
+            };
+            evicted += closed.len();
         }
-        let topics: Vec<Key> = state
-            .topics
-            .iter()
-            .filter(|(_, t)| idle(t.take_used(), Arc::strong_count(t)) && t.log().tail_bytes() == 0)
-            .map(|(name, _)| name.clone())
-            .collect();
-        let evicted = streams.len() + topics.len();
-        for name in topics {
-            if let Some(topic) = state.topics.remove(name.as_bytes()) {
-                topic.close();
-            }
+        for chunk in topics.chunks(EVICTED_PER_LOCK) {
+            let closed: Vec<Arc<super::Topic>> = {
+                let mut state = self.write();
+                chunk
+                    .iter()
+                    .filter_map(|name| {
+                        let t = state.topics.get(name.as_bytes())?;
+                        if !idle(t.is_used(), Arc::strong_count(t)) || t.log().tail_bytes() != 0 {
+                            return None;
+                        }
+                        let topic = state.topics.remove(name.as_bytes())?;
+                        topic.close();
+                        Some(topic)
+                    })
+                    .collect()
+            };
+            evicted += closed.len();
         }
-        drop(state);
         if evicted > 0 {
             tracing::debug!(evicted, "closed idle streams and topics");
         }

@@ -340,6 +340,11 @@ impl Stream {
         }
     }
 
+    /// Whether the stream was used since the last [`Stream::take_used`].
+    pub fn is_used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
     /// Clear the use mark; returns whether it was set (the broker's eviction sweep).
     pub fn take_used(&self) -> bool {
         self.used.swap(false, Ordering::Relaxed)

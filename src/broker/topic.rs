@@ -168,6 +168,11 @@ impl Topic {
         }
     }
 
+    /// Whether the topic was used since the last [`Topic::take_used`].
+    pub fn is_used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
     pub fn take_used(&self) -> bool {
         self.used.swap(false, Ordering::Relaxed)
     }
