@@ -276,6 +276,43 @@ impl SealedSegment {
         self.next_offset - self.base_offset
     }
 
+    /// Read batches from offset `from` on (at least this segment's base) into `out`, up to
+    /// `max_bytes` (at least one batch), through the memory map and the sparse index. Returns
+    /// the bytes added. A read that must return something (`out` still empty) and finds
+    /// nothing is a corrupt segment: its index promised the offset.
+    pub fn read_into(
+        &self,
+        vfs: &dyn Vfs,
+        index_interval_bytes: u64,
+        from: u64,
+        max_bytes: u64,
+        out: &mut Vec<BatchView>,
+    ) -> Result<u64> {
+        let from = from.max(self.base_offset);
+        let (start_position, start_offset) = self
+            .index(vfs, index_interval_bytes)
+            .position_for_offset(from);
+        let read = SegmentRead {
+            path: &self.log_path,
+            bytes: SegmentBytes::Mapped(&self.map),
+            start_position,
+            start_offset,
+            end_position: self.size_bytes(),
+        };
+        let added = read.read_into(from, max_bytes, out)?;
+        if out.is_empty() {
+            return Err(Error::Corrupt {
+                path: self.log_path.clone(),
+                position: self.size_bytes(),
+                reason: FormatError::UnexpectedOffset {
+                    expected: from,
+                    found: self.next_offset,
+                },
+            });
+        }
+        Ok(added)
+    }
+
     /// The segment's indexes: from its files when they check out, else rebuilt by a scan (and
     /// written back when the scan finds the whole segment valid).
     pub fn index(&self, vfs: &dyn Vfs, interval_bytes: u64) -> Arc<SegmentIndex> {

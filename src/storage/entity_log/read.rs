@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Chunk, EntityLog};
 use crate::storage::batch::BatchView;
-use crate::storage::error::{Error, FormatError, Result};
+use crate::storage::error::Result;
 use crate::storage::log::ITER_READ_BYTES;
 use crate::storage::log::{LogIter, ReadBatches, ReadResult};
 use crate::storage::segment::{SealedSegment, SegmentBytes, SegmentRead};
@@ -62,28 +62,13 @@ impl EntityLog {
                 Located::End => break,
                 Located::Sealed(segment) => {
                     cursor = cursor.max(segment.base_offset);
-                    let vfs = self.files().vfs();
-                    let index = segment.index(&**vfs, self.inner.config.index_interval_bytes);
-                    let (start_position, start_offset) = index.position_for_offset(cursor);
-                    let read = SegmentRead {
-                        path: &segment.log_path,
-                        bytes: SegmentBytes::Mapped(&segment.map),
-                        start_position,
-                        start_offset,
-                        end_position: segment.size_bytes(),
-                    };
-                    let added = read.read_into(cursor, budget, &mut result.batches)?;
-                    if before == 0 && result.batches.is_empty() {
-                        return Err(Error::Corrupt {
-                            path: segment.log_path.clone(),
-                            position: segment.size_bytes(),
-                            reason: FormatError::UnexpectedOffset {
-                                expected: cursor,
-                                found: segment.next_offset,
-                            },
-                        });
-                    }
-                    added
+                    segment.read_into(
+                        &**self.files().vfs(),
+                        self.inner.config.index_interval_bytes,
+                        cursor,
+                        budget,
+                        &mut result.batches,
+                    )?
                 }
                 Located::Active {
                     path,

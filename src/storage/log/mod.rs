@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 
 use super::batch::{encode_batch, encoded_batch_len, BatchView};
 use super::config::{Durability, LogConfig};
-use super::error::{Error, FormatError, Result};
+use super::error::{Error, Result};
 use super::index::SegmentIndex;
 use super::io::{write_atomically, OpenMode, VFile, Vfs};
 use super::meta::{CleanShutdown, RecoveryPoint, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};

@@ -91,27 +91,13 @@ impl LogInner {
                 Located::End => break,
                 Located::Sealed(segment) => {
                     cursor = cursor.max(segment.base_offset);
-                    let index = segment.index(&*self.vfs, self.config.index_interval_bytes);
-                    let (start_position, start_offset) = index.position_for_offset(cursor);
-                    let read = SegmentRead {
-                        path: &segment.log_path,
-                        bytes: SegmentBytes::Mapped(&segment.map),
-                        start_position,
-                        start_offset,
-                        end_position: segment.size_bytes(),
-                    };
-                    let added = read.read_into(cursor, budget, &mut result.batches)?;
-                    if before == 0 && result.batches.is_empty() {
-                        return Err(Error::Corrupt {
-                            path: segment.log_path.clone(),
-                            position: segment.size_bytes(),
-                            reason: FormatError::UnexpectedOffset {
-                                expected: cursor,
-                                found: segment.next_offset,
-                            },
-                        });
-                    }
-                    added
+                    segment.read_into(
+                        &*self.vfs,
+                        self.config.index_interval_bytes,
+                        cursor,
+                        budget,
+                        &mut result.batches,
+                    )?
                 }
                 Located::Active {
                     file,
