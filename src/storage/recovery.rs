@@ -77,8 +77,9 @@ fn read_small_file(vfs: &dyn Vfs, path: &Path) -> Option<Vec<u8>> {
     (*file).read_all().ok()
 }
 
-/// Remove leftovers of interrupted operations; returns the sorted segment base offsets.
-fn tidy_directory(vfs: &dyn Vfs, dir: &Path) -> io::Result<Vec<u64>> {
+/// Remove leftovers of interrupted operations (temporary files, indexes without their
+/// segment); returns the sorted segment base offsets. Shared by both log kinds.
+pub(crate) fn tidy_directory(vfs: &dyn Vfs, dir: &Path) -> io::Result<Vec<u64>> {
     let names = vfs.list_dir(dir)?;
     let mut bases: Vec<u64> = names
         .iter()

@@ -45,8 +45,7 @@ use super::record::Record;
 use super::recovery::now_ms;
 use super::retention::{self, Totals};
 use super::segment::{
-    parse_segment_file_name, scan_segment, segment_file_name, write_index_files, SealedSegment,
-    LOG_EXTENSION, OFFSET_INDEX_EXTENSION, TIME_INDEX_EXTENSION,
+    scan_segment, segment_file_name, write_index_files, SealedSegment, LOG_EXTENSION,
 };
 
 pub use read::EntityIter;
@@ -775,23 +774,7 @@ fn open_files(
     if !vfs.exists(dir) {
         return Ok((VecDeque::new(), empty(0)));
     }
-    let names = vfs.list_dir(dir)?;
-    let mut bases: Vec<u64> = names
-        .iter()
-        .filter_map(|n| parse_segment_file_name(n))
-        .filter(|(_, ext)| *ext == LOG_EXTENSION)
-        .map(|(base, _)| base)
-        .collect();
-    bases.sort_unstable();
-    for name in &names {
-        let orphan_index = parse_segment_file_name(name).is_some_and(|(base, ext)| {
-            (ext == OFFSET_INDEX_EXTENSION || ext == TIME_INDEX_EXTENSION)
-                && bases.binary_search(&base).is_err()
-        });
-        if name.ends_with(".tmp") || orphan_index {
-            vfs.remove_file(&dir.join(name))?;
-        }
-    }
+    let bases = crate::storage::recovery::tidy_directory(&**vfs, dir)?;
     let Some((&last, older)) = bases.split_last() else {
         return Ok((VecDeque::new(), empty(0)));
     };
