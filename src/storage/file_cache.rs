@@ -2,10 +2,11 @@
 //!
 //! A data directory may hold a million streams; the process may hold 1,024 descriptors. Entity
 //! logs therefore keep no descriptor of their own: they ask this cache for their active segment's
-//! file when they write or read it, and the cache closes the least recently used file once more
-//! than `files_max` are open. A handle handed out stays usable after it is dropped from the cache
-//! (the descriptor closes when its last user lets go), so eviction never breaks a read in flight;
-//! the budget can be exceeded by at most the number of reads in flight.
+//! file when they write or read it, and once `files_max` are open the cache closes the least
+//! recently used eighth of them (one pass over the cache per that many opens, not one per
+//! open). A handle handed out stays usable after it is dropped from the cache (the descriptor
+//! closes when its last user lets go), so eviction never breaks a read in flight; the budget can
+//! be exceeded by at most the number of reads in flight.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,6 +24,28 @@ struct Slot {
 struct Cache {
     slots: HashMap<PathBuf, Slot>,
     tick: u64,
+}
+
+impl Cache {
+    /// Remove the `count` least recently used slots; returns their files, for the caller to
+    /// close once it lets go of the lock. Ticks are unique, so exactly `count` go.
+    fn evict_oldest(&mut self, count: usize) -> Vec<Arc<dyn VFile>> {
+        let mut ticks: Vec<u64> = self.slots.values().map(|slot| slot.used).collect();
+        let count = count.min(ticks.len());
+        if count == 0 {
+            return Vec::new();
+        }
+        let (_, &mut newest_evicted, _) = ticks.select_nth_unstable(count - 1);
+        let mut evicted = Vec::with_capacity(count);
+        self.slots.retain(|_, slot| {
+            let old = slot.used <= newest_evicted;
+            if old {
+                evicted.push(Arc::clone(&slot.file));
+            }
+            !old
+        });
+        evicted
+    }
 }
 
 /// Open files by path, at most `files_max` of them held at once.
@@ -96,32 +119,35 @@ impl FileCache {
     }
 
     fn insert(&self, path: &Path, file: Arc<dyn VFile>) -> Arc<dyn VFile> {
-        let mut cache = self.lock();
-        cache.tick += 1;
-        let used = cache.tick;
-        // Another thread may have opened it meanwhile: keep one handle.
-        if let Some(slot) = cache.slots.get_mut(path) {
-            slot.used = used;
-            return Arc::clone(&slot.file);
-        }
-        while cache.slots.len() >= self.files_max {
-            let Some(oldest) = cache
-                .slots
-                .iter()
-                .min_by_key(|(_, slot)| slot.used)
-                .map(|(path, _)| path.clone())
-            else {
-                break;
+        let evicted;
+        {
+            let mut cache = self.lock();
+            cache.tick += 1;
+            let used = cache.tick;
+            // Another thread may have opened it meanwhile: keep one handle.
+            if let Some(slot) = cache.slots.get_mut(path) {
+                slot.used = used;
+                return Arc::clone(&slot.file);
+            }
+            evicted = if cache.slots.len() >= self.files_max {
+                // The oldest eighth goes at once: one pass over the slots per that many
+                // inserts, not one per insert (a checkpoint opens every log in turn).
+                let keep = self.files_max - self.files_max / 8 - 1;
+                let excess = cache.slots.len() - keep;
+                cache.evict_oldest(excess)
+            } else {
+                Vec::new()
             };
-            cache.slots.remove(&oldest);
+            cache.slots.insert(
+                path.to_path_buf(),
+                Slot {
+                    file: Arc::clone(&file),
+                    used,
+                },
+            );
         }
-        cache.slots.insert(
-            path.to_path_buf(),
-            Slot {
-                file: Arc::clone(&file),
-                used,
-            },
-        );
+        // Closed (when no reader holds them) without the lock held.
+        drop(evicted);
         file
     }
 
@@ -171,5 +197,34 @@ mod tests {
         cache.forget_dir(Path::new("/d"));
         assert_eq!(cache.open_count(), 0);
         assert!(cache.open(&PathBuf::from("/d/missing")).is_err());
+    }
+
+    #[test]
+    fn a_full_cache_evicts_its_oldest_eighth_and_never_a_recent_file() {
+        let vfs = FaultVfs::new(1);
+        vfs.create_dir_all(Path::new("/d")).unwrap();
+        let cache = FileCache::new(Arc::new(vfs.clone()), 64);
+        let path = |i: u32| PathBuf::from(format!("/d/{i}"));
+        for i in 0..64 {
+            cache.create(&path(i)).unwrap();
+        }
+        assert_eq!(cache.open_count(), 64);
+        // Touch the first ten: they are now the most recently used.
+        for i in 0..10 {
+            cache.open(&path(i)).unwrap();
+        }
+        cache.create(&path(64)).unwrap();
+        // 64 - 64/8 - 1 = 55 kept, then the new one: 56.
+        assert_eq!(cache.open_count(), 56);
+        for i in (0..10).chain(19..65) {
+            assert!(cache.cached(&path(i)).is_some(), "{i} is recent");
+        }
+        for i in 10..19 {
+            assert!(cache.cached(&path(i)).is_none(), "{i} was the oldest");
+        }
+        for i in 65..200 {
+            cache.create(&path(i)).unwrap();
+            assert!(cache.open_count() <= 64);
+        }
     }
 }

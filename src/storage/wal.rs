@@ -153,8 +153,9 @@ struct WalInner {
     durability: Durability,
     /// Serializes commits, so entity offsets follow the order of the entries.
     append_lock: Mutex<()>,
-    /// Durable-visibility appends waiting for their commit, in LSN order.
-    touched: Mutex<VecDeque<(u64, EntityLog)>>,
+    /// Durable-visibility appends waiting for their commit, in LSN order: (the commit's LSN,
+    /// the log, the offset the append ends at).
+    touched: Mutex<VecDeque<(u64, EntityLog, u64)>>,
     syncer: Mutex<Syncer>,
     sync_wanted: Condvar,
     checkpoint: Mutex<u64>,
@@ -278,10 +279,10 @@ impl Wal {
             let mut touched = lock(&self.inner.touched);
             for (log, append) in prepared {
                 appends.push(append.info());
+                let end = log.publish(append);
                 if log.visibility() == Visibility::Durable {
-                    touched.push_back((lsn, log.clone()));
+                    touched.push_back((lsn, log, end));
                 }
-                log.publish(append, lsn);
             }
         }
         drop(guard);
@@ -394,23 +395,25 @@ impl WalInner {
     /// all of a log's appends up to that point).
     fn drain_touched(&self) {
         let durable = self.log.visible_next_offset();
-        let covered: Vec<EntityLog> = {
+        let covered: Vec<(EntityLog, u64)> = {
             let mut touched = lock(&self.touched);
-            let mut covered: Vec<EntityLog> = Vec::new();
-            while touched.front().is_some_and(|(lsn, _)| *lsn <= durable) {
-                let Some((_, log)) = touched.pop_front() else {
+            let mut covered: Vec<(EntityLog, u64)> = Vec::new();
+            while touched.front().is_some_and(|(lsn, ..)| *lsn <= durable) {
+                let Some((_, log, end)) = touched.pop_front() else {
                     break;
                 };
-                // Commits to one log tend to come in runs: skip the repeats of the last few.
+                // Commits to one log tend to come in runs: a repeat of one of the last few
+                // moves its end on (offsets only grow, in LSN order).
                 let recent = covered.len().saturating_sub(8);
-                if !covered[recent..].iter().any(|l| l.same_log(&log)) {
-                    covered.push(log);
+                match covered[recent..].iter_mut().find(|(l, _)| l.same_log(&log)) {
+                    Some(seen) => seen.1 = end,
+                    None => covered.push((log, end)),
                 }
             }
             covered
         };
-        for log in covered {
-            log.mark_durable(durable);
+        for (log, end) in covered {
+            log.show_through(end);
         }
     }
 }

@@ -30,7 +30,7 @@ mod read;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 
@@ -154,9 +154,6 @@ struct Shared {
     written_next: u64,
     /// One past the last record readers may see.
     visible_next: u64,
-    /// Appends waiting for the write-ahead log, in order: (log sequence number that makes
-    /// them durable, the next offset they end at).
-    awaiting: VecDeque<(u64, u64)>,
 }
 
 impl Shared {
@@ -179,7 +176,8 @@ struct EntityInner {
     deleted: AtomicBool,
     /// Queued in [`LogShared::take_wanting_write`] and not yet written.
     wants_write: AtomicBool,
-    listener: Mutex<Option<VisibilityListener>>,
+    /// Set once, when the owner opens the log.
+    listener: OnceLock<VisibilityListener>,
 }
 
 /// An append encoded as the log's next batch, not yet part of the log: the write-ahead log
@@ -281,13 +279,12 @@ impl EntityLog {
                     tail_bytes: 0,
                     written_next: end,
                     visible_next: end,
-                    awaiting: VecDeque::new(),
                 }),
                 writing: Mutex::new(()),
                 failed: AtomicBool::new(false),
                 deleted: AtomicBool::new(false),
                 wants_write: AtomicBool::new(false),
-                listener: Mutex::new(None),
+                listener: OnceLock::new(),
             }),
         }
     }
@@ -315,14 +312,14 @@ impl EntityLog {
     }
 
     /// Run `listener` whenever records become visible (on the thread that made them visible,
-    /// with no lock held: it must be quick).
+    /// with no lock held: it must be quick). A log has one listener: a second call is ignored.
     pub fn set_visibility_listener(&self, listener: VisibilityListener) {
-        *lock(&self.inner.listener) = Some(listener);
+        let first = self.inner.listener.set(listener).is_ok();
+        debug_assert!(first, "a log's visibility listener is set once");
     }
 
     fn notify_visible(&self) {
-        let listener = lock(&self.inner.listener).clone();
-        if let Some(listener) = listener {
+        if let Some(listener) = self.inner.listener.get() {
             listener();
         }
     }
@@ -397,14 +394,14 @@ impl EntityLog {
         })
     }
 
-    /// Add a prepared batch to the log. `lsn` is the write-ahead log sequence number that
-    /// makes it durable: a log with [`Visibility::Durable`] shows it to readers only after
-    /// [`EntityLog::mark_durable`] reaches it; others show it at once.
-    pub fn publish(&self, prepared: PreparedAppend, lsn: u64) {
+    /// Add a prepared batch to the log; returns the offset it ends at. A log with
+    /// [`Visibility::Durable`] shows it to readers only once the write-ahead log has made it
+    /// durable and calls [`EntityLog::show_through`] with that offset; others show it at once.
+    pub fn publish(&self, prepared: PreparedAppend) -> u64 {
+        let end = prepared.header.next_offset();
         let (visible, tail_bytes) = {
             let mut shared = self.write_shared();
             debug_assert_eq!(prepared.header.base_offset, shared.written_next);
-            let end = prepared.header.next_offset();
             shared.written_next = end;
             shared.tail_bytes += prepared.bytes.len() as u64;
             self.inner.shared.grow(prepared.bytes.len() as u64);
@@ -412,16 +409,10 @@ impl EntityLog {
                 header: prepared.header,
                 bytes: prepared.bytes,
             });
-            let visible = match self.inner.visibility {
-                Visibility::Immediate => {
-                    shared.visible_next = end;
-                    true
-                }
-                Visibility::Durable => {
-                    shared.awaiting.push_back((lsn, end));
-                    false
-                }
-            };
+            let visible = self.inner.visibility == Visibility::Immediate;
+            if visible {
+                shared.visible_next = end;
+            }
             (visible, shared.tail_bytes)
         };
         if tail_bytes >= TAIL_BYTES_WRITE && !self.inner.wants_write.swap(true, Ordering::AcqRel) {
@@ -434,6 +425,7 @@ impl EntityLog {
         if visible {
             self.notify_visible();
         }
+        end
     }
 
     /// Append without the write-ahead log (non-durable queues): visible at once, kept in
@@ -442,28 +434,21 @@ impl EntityLog {
         debug_assert_eq!(self.inner.visibility, Visibility::Immediate);
         let prepared = self.prepare(records)?;
         let info = prepared.info();
-        self.publish(prepared, 0);
+        self.publish(prepared);
         Ok(info)
     }
 
-    /// The write-ahead log is durable below `durable_lsn`: show the appends it covers.
-    pub fn mark_durable(&self, durable_lsn: u64) {
+    /// Everything published up to offset `end` is durable (the write-ahead log's sync thread,
+    /// in commit order): show it to readers.
+    pub fn show_through(&self, end: u64) {
         let advanced = {
             let mut shared = self.write_shared();
-            let mut end = None;
-            while let Some(&(lsn, next)) = shared.awaiting.front() {
-                if lsn > durable_lsn {
-                    break;
-                }
-                end = Some(next);
-                shared.awaiting.pop_front();
-            }
-            match end {
-                Some(end) if end > shared.visible_next => {
-                    shared.visible_next = end;
-                    true
-                }
-                _ => false,
+            debug_assert!(end <= shared.written_next);
+            if end > shared.visible_next {
+                shared.visible_next = end;
+                true
+            } else {
+                false
             }
         };
         if advanced {
