@@ -122,3 +122,21 @@ fn entries_decode_and_garbage_is_refused() {
     bad[0] = 77;
     assert_eq!(decode_entry(&Bytes::from(bad)), None);
 }
+
+#[test]
+fn one_sync_shows_every_commit_it_covers_up_to_each_logs_last() {
+    let vfs = FaultVfs::new(7);
+    let wal = open(&vfs);
+    let (a, b) = (entity(&vfs, 1), entity(&vfs, 2));
+    // Three commits (a, b, a) synced by one fsync: `a` is shown through its later append.
+    let mut last = Commit::NONE;
+    for (log, body) in [(&a, "a0"), (&b, "b0"), (&a, "a1")] {
+        let mut txn = WalTxn::new();
+        txn.append(log, vec![Record::new(1, body)]);
+        last = wal.commit(txn).unwrap().commit;
+    }
+    assert_eq!((a.visible_next_offset(), b.visible_next_offset()), (0, 0));
+    wal.wait(last).unwrap();
+    assert_eq!(a.visible_next_offset(), 2, "both of a's appends");
+    assert_eq!(b.visible_next_offset(), 1);
+}
