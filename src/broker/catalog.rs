@@ -17,13 +17,14 @@
 //! Each entry remembers the LSN of the last operation applied to it, so replaying the
 //! write-ahead log from the checkpoint skips what a snapshot already holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 use bytes::Bytes;
 
 use super::key::Key;
-use super::store::{domain, Store};
+use super::store::{domain, op_bytes, Store};
 use crate::storage::meta_store::MetaItem;
 use crate::storage::{self, Commit};
 
@@ -114,7 +115,12 @@ fn take_slice<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
 impl CatalogOp {
     // Format: { tag u8 | Create: kind u8, name bytes, config bytes | Rename: name bytes }
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let fields = match self {
+            CatalogOp::Create { name, config, .. } => 8 + name.len() + config.len(),
+            CatalogOp::Delete => 0,
+            CatalogOp::Rename { name } => 4 + name.len(),
+        };
+        let mut out = Vec::with_capacity(2 + fields);
         match self {
             CatalogOp::Create { kind, name, config } => {
                 out.push(OP_CREATE);
@@ -173,6 +179,31 @@ pub fn create(
     Ok((id, commit))
 }
 
+/// [`create`] without a commit of its own: the operation is deferred to the write-ahead log's
+/// next commit ([`Wal::defer_op`](crate::storage::Wal::defer_op)), which writes it ahead of
+/// everything committed after this call, so no append to the new entity can be durable
+/// without its creation. For an entity created because something is about to be written to it
+/// (XADD to a new key): that write's commit makes the creation durable, and one commit instead
+/// of two is the whole cost of a new stream under `always`. Returns the id.
+///
+/// The entry is applied with LSN 0 (its operation has no LSN yet): the entry's LSN only
+/// decides which replayed operations it already reflects, and every operation on the entity
+/// comes after its creation.
+pub fn create_deferred(store: &Store, kind: EntityKind, name: &Bytes, config: Bytes) -> u64 {
+    let op = CatalogOp::Create {
+        kind,
+        name: name.clone(),
+        config,
+    };
+    let encoded = op_bytes(domain::CATALOG, &op.encode());
+    let mut catalog = store.catalog();
+    let id = catalog.reserve_id();
+    // Under the catalog lock, so deferred creations reach the log in the order applied.
+    store.wal().defer_op(id, encoded);
+    catalog.apply(id, 0, op);
+    id
+}
+
 /// What applying an operation did, for the owner of the entity objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -228,10 +259,11 @@ impl Names {
 #[derive(Default)]
 pub struct Catalog {
     next_id: u64,
-    entries: HashMap<u64, CatalogEntry>,
+    /// By id (ids are the broker's own, so a fast hash is safe; names keep SipHash).
+    entries: FxHashMap<u64, CatalogEntry>,
     names: [Names; 3],
     /// Entries changed (or deleted) since the last checkpoint.
-    dirty: HashSet<u64>,
+    dirty: FxHashSet<u64>,
 }
 
 /// The metadata store key of entity `id`'s entry.

@@ -379,7 +379,16 @@ impl Broker {
     }
 
     fn entity_dir(&self, kind: EntityKind, id: u64) -> PathBuf {
-        self.dir.join(kind.dir_name()).join(id.to_string())
+        let mut digits = itoa::Buffer::new();
+        let id = digits.format(id);
+        let kind = kind.dir_name();
+        // One allocation: every new stream, topic and queue names its directory.
+        let mut dir =
+            PathBuf::with_capacity(self.dir.as_os_str().len() + kind.len() + id.len() + 2);
+        dir.push(&self.dir);
+        dir.push(kind);
+        dir.push(id);
+        dir
     }
 
     /// The stream called `name`, if it exists (opened on first use).
@@ -437,8 +446,10 @@ impl Broker {
         Ok(Some(stream))
     }
 
-    /// The stream called `name`, created if it does not exist. The creation is a commit of
-    /// its own; any later commit (the append that follows) covers it.
+    /// The stream called `name`, created if it does not exist. The creation has no commit of
+    /// its own: the next commit (the append or group change that follows, whoever makes it)
+    /// writes it first, so it is durable with that commit; a creation nothing follows is
+    /// written by the next checkpoint or shutdown, and a crash before then forgets it.
     pub fn stream_or_create(&self, name: &[u8]) -> Result<Arc<Stream>, BrokerError> {
         self.stream_or_create_bound(name).map(|(stream, _)| stream)
     }
@@ -459,7 +470,9 @@ impl Broker {
             return Ok((stream, binding));
         }
         let name = Bytes::copy_from_slice(name);
-        let id = self.create_entity(EntityKind::Stream, &name)?;
+        // The caller is about to write to it (XADD, XGROUP CREATE MKSTREAM): that commit
+        // carries the creation, which needs no commit of its own.
+        let id = catalog::create_deferred(&self.store, EntityKind::Stream, &name, Bytes::new());
         let stream = Arc::new(Stream::create(
             Arc::clone(&self.store),
             id,

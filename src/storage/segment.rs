@@ -21,10 +21,17 @@ pub const SEGMENT_NAME_DIGITS: usize = 20;
 
 /// `00000000000000000042.log` and friends.
 pub fn segment_file_name(base_offset: u64, extension: &str) -> String {
-    format!(
-        "{base_offset:0width$}.{extension}",
-        width = SEGMENT_NAME_DIGITS
-    )
+    // Written by hand rather than with `format!`: every new stream names its first segment.
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(base_offset);
+    let mut name = String::with_capacity(SEGMENT_NAME_DIGITS + 1 + extension.len());
+    for _ in digits.len()..SEGMENT_NAME_DIGITS {
+        name.push('0');
+    }
+    name.push_str(digits);
+    name.push('.');
+    name.push_str(extension);
+    name
 }
 
 /// The base offset and extension of a segment file name, if it is one.

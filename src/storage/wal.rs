@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -153,6 +154,10 @@ struct WalInner {
     durability: Durability,
     /// Serializes commits, so entity offsets follow the order of the entries.
     append_lock: Mutex<()>,
+    /// Operations recorded with [`Wal::defer_op`], written first by the next commit.
+    deferred: Mutex<Vec<(u64, Bytes)>>,
+    /// Whether `deferred` holds anything (checked without its lock by every commit).
+    has_deferred: AtomicBool,
     /// Durable-visibility appends waiting for their commit, in LSN order: (the commit's LSN,
     /// the log, the offset the append ends at).
     touched: Mutex<VecDeque<(u64, EntityLog, u64)>>,
@@ -201,6 +206,8 @@ impl Wal {
             data_dir: data_dir.to_path_buf(),
             durability,
             append_lock: Mutex::new(()),
+            deferred: Mutex::new(Vec::new()),
+            has_deferred: AtomicBool::new(false),
             touched: Mutex::new(VecDeque::new()),
             syncer: Mutex::new(Syncer {
                 requested: false,
@@ -251,12 +258,16 @@ impl Wal {
     /// memory), and every entry goes into one write-ahead batch. Returns the commit to wait
     /// for; under `always` the sync thread makes it durable soon, whoever waits.
     pub fn commit(&self, txn: WalTxn) -> Result<Committed> {
-        if txn.items.is_empty() {
+        if txn.items.is_empty() && !self.inner.has_deferred.load(Ordering::Acquire) {
             return Ok(Committed::default());
         }
         let timestamp = now_ms();
         let guard = lock(&self.inner.append_lock);
-        let mut records = Vec::with_capacity(txn.items.len());
+        let deferred = self.inner.take_deferred();
+        let mut records = Vec::with_capacity(deferred.len() + txn.items.len());
+        for (owner, op) in deferred {
+            records.push(entry_record(timestamp, KIND_OP, owner, &op));
+        }
         let mut prepared: Vec<(EntityLog, PreparedAppend)> = Vec::with_capacity(txn.items.len());
         for item in txn.items {
             match item {
@@ -272,6 +283,9 @@ impl Wal {
                 }
                 Item::Op(owner, op) => records.push(entry_record(timestamp, KIND_OP, owner, &op)),
             }
+        }
+        if records.is_empty() {
+            return Ok(Committed::default());
         }
         let lsn = self.inner.log.append_without_waiting(&records)?.next_offset;
         let mut appends = Vec::with_capacity(prepared.len());
@@ -295,6 +309,18 @@ impl Wal {
             commit: Commit(lsn),
             appends,
         })
+    }
+
+    /// Record an operation on `owner`'s state without a commit of its own: the next commit
+    /// (whoever makes it) writes it first, ahead of its own entries, so everything committed
+    /// after this call is ordered after the operation and durable only with it. For a change
+    /// nobody waits for by itself, such as creating the stream an XADD is about to append to
+    /// (the append's commit carries the creation). [`Wal::sync`] and [`Wal::close`] write what
+    /// is still deferred.
+    pub fn defer_op(&self, owner: u64, op: Bytes) {
+        let mut deferred = lock(&self.inner.deferred);
+        deferred.push((owner, op));
+        self.inner.has_deferred.store(true, Ordering::Release);
     }
 
     /// Whether replies must wait for commits (the `always` policy).
@@ -334,6 +360,7 @@ impl Wal {
     /// Make everything committed so far durable now, whatever the policy (checkpoints and
     /// shutdown).
     pub fn sync(&self) -> Result<()> {
+        self.commit(WalTxn::new())?;
         if self.inner.durability == Durability::Always {
             self.inner.log.sync_now()?;
         } else {
@@ -383,6 +410,16 @@ impl Wal {
 }
 
 impl WalInner {
+    /// The deferred operations, taken for the commit being made (under the append lock).
+    fn take_deferred(&self) -> Vec<(u64, Bytes)> {
+        if !self.has_deferred.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut deferred = lock(&self.deferred);
+        self.has_deferred.store(false, Ordering::Release);
+        std::mem::take(&mut *deferred)
+    }
+
     fn request_sync(&self) {
         let mut syncer = lock(&self.syncer);
         if !syncer.requested {

@@ -140,3 +140,40 @@ fn one_sync_shows_every_commit_it_covers_up_to_each_logs_last() {
     assert_eq!(a.visible_next_offset(), 2, "both of a's appends");
     assert_eq!(b.visible_next_offset(), 1);
 }
+
+#[test]
+fn a_deferred_operation_is_written_by_the_next_commit_ahead_of_its_entries() {
+    let vfs = FaultVfs::new(3);
+    let wal = open(&vfs);
+    let a = entity(&vfs, 1);
+    wal.defer_op(1, Bytes::from_static(b"create a"));
+    assert_eq!(wal.next_lsn(), 0, "nothing written yet");
+    let mut txn = WalTxn::new();
+    txn.append(&a, vec![Record::new(1, "a0")]);
+    let commit = wal.commit(txn).unwrap().commit;
+    wal.wait(commit).unwrap();
+    // Deferred with nothing after it: written (and made durable) by a sync.
+    wal.defer_op(2, Bytes::from_static(b"create b"));
+    wal.sync().unwrap();
+    drop((wal, a));
+    vfs.crash(CrashMode::TornWrites);
+    let wal = open(&vfs);
+    let found: Vec<WalEntry> = entries(&wal).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(
+        found[0],
+        WalEntry::Op {
+            owner: 1,
+            op: Bytes::from_static(b"create a")
+        },
+        "the creation comes before the append it carries"
+    );
+    assert!(matches!(found[1], WalEntry::Append { log: 1, .. }));
+    assert_eq!(
+        found[2],
+        WalEntry::Op {
+            owner: 2,
+            op: Bytes::from_static(b"create b")
+        }
+    );
+}
