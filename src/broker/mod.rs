@@ -480,8 +480,11 @@ impl Broker {
             self.config.stream_log.clone(),
         )?);
         state.streams.insert(Key::new(&name), Arc::clone(&stream));
-        if let Some(waiters) = state.creation_waiters.remove(&name) {
-            waiters.wake_all();
+        // Checked first: hashing the name costs more than the usual answer (nobody waits).
+        if !state.creation_waiters.is_empty() {
+            if let Some(waiters) = state.creation_waiters.remove(&name) {
+                waiters.wake_all();
+            }
         }
         let binding = stream.binding();
         Ok((stream, binding))

@@ -134,7 +134,9 @@ struct Chunk {
 /// The written part of the newest segment.
 struct Active {
     base_offset: u64,
-    path: PathBuf,
+    /// The segment file's path, built when first needed (a new log may never be written:
+    /// creating a stream should not format a path).
+    path: OnceLock<PathBuf>,
     /// Covers exactly the bytes written to the file: `index.next_offset` is the first offset
     /// still only in the tail, `index.covered_bytes` the file's length.
     index: SegmentIndex,
@@ -142,6 +144,14 @@ struct Active {
     exists: bool,
     /// Timestamp that starts the segment's age.
     started_ms: i64,
+}
+
+impl Active {
+    /// The segment file of this active segment in log directory `dir`.
+    fn path(&self, dir: &Path) -> &PathBuf {
+        self.path
+            .get_or_init(|| dir.join(segment_file_name(self.base_offset, LOG_EXTENSION)))
+    }
 }
 
 struct Shared {
@@ -243,7 +253,7 @@ impl EntityLog {
     ) -> Result<EntityLog> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let active = empty_active(&dir, 0);
+        let active = empty_active(0);
         Ok(EntityLog::with_files(
             shared,
             id,
@@ -566,7 +576,11 @@ impl EntityLog {
         let (path, exists, position) = {
             let shared = self.read_shared();
             let a = &shared.active;
-            (a.path.clone(), a.exists, a.index.covered_bytes)
+            (
+                a.path(&self.inner.dir).clone(),
+                a.exists,
+                a.index.covered_bytes,
+            )
         };
         let file = if exists {
             self.files().open(&path)
@@ -612,7 +626,11 @@ impl EntityLog {
         let (path, base, mut index) = {
             let shared = self.read_shared();
             let a = &shared.active;
-            (a.path.clone(), a.base_offset, a.index.clone())
+            (
+                a.path(&self.inner.dir).clone(),
+                a.base_offset,
+                a.index.clone(),
+            )
         };
         if index.covered_bytes == 0 {
             return Ok(());
@@ -641,7 +659,7 @@ impl EntityLog {
             shared.sealed.push_back(sealed);
             shared.active = Active {
                 base_offset: next,
-                path: next_path,
+                path: OnceLock::from(next_path),
                 index: SegmentIndex::new(next),
                 exists: true,
                 started_ms: now_ms(),
@@ -732,16 +750,16 @@ impl EntityLog {
 
     /// Drop the cached descriptor of the active segment (the log goes idle).
     pub fn release_files(&self) {
-        let path = self.read_shared().active.path.clone();
+        let path = self.read_shared().active.path(&self.inner.dir).clone();
         self.files().forget(&path);
     }
 }
 
 /// The active segment of a log with nothing written from `base` on.
-fn empty_active(dir: &Path, base: u64) -> Active {
+fn empty_active(base: u64) -> Active {
     Active {
         base_offset: base,
-        path: dir.join(segment_file_name(base, LOG_EXTENSION)),
+        path: OnceLock::new(),
         index: SegmentIndex::new(base),
         exists: false,
         started_ms: now_ms(),
@@ -755,7 +773,7 @@ fn open_files(
     config: &LogConfig,
 ) -> Result<(VecDeque<Arc<SealedSegment>>, Active)> {
     let vfs = files.vfs();
-    let empty = |base: u64| empty_active(dir, base);
+    let empty = empty_active;
     if !vfs.exists(dir) {
         return Ok((VecDeque::new(), empty(0)));
     }
@@ -789,7 +807,7 @@ fn open_files(
         sealed,
         Active {
             base_offset: last,
-            path,
+            path: OnceLock::from(path),
             index: outcome.index,
             exists: true,
             started_ms,

@@ -141,7 +141,7 @@ impl EntityLog {
         if cursor >= active.base_offset {
             let (start_position, start_offset) = active.index.position_for_offset(cursor);
             return Located::Active {
-                path: active.path.clone(),
+                path: active.path(&self.inner.dir).clone(),
                 start_position,
                 start_offset,
                 end_position: active.index.covered_bytes,
