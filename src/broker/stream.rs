@@ -116,9 +116,9 @@ fn auto_id(last: StreamId, now_ms: u64) -> Option<StreamId> {
 }
 
 /// How a stream entry is stored: its ID as the record key (and timestamp), its fields as headers.
-/// One stream's share of [`Stream::add_auto_batches`]: the stream and its entries' fields,
-/// in order.
-pub type AutoBatch<'a> = (&'a Stream, Vec<Vec<(Bytes, Bytes)>>);
+/// One entry of [`Stream::add_auto_entries`]: the index of its stream in the streams given,
+/// and its fields.
+pub type AutoEntry = (usize, Vec<(Bytes, Bytes)>);
 
 fn entry_record(id: StreamId, fields: Vec<(Bytes, Bytes)>) -> Record {
     Record {
@@ -413,57 +413,59 @@ impl Stream {
         &self,
         entries: Vec<Vec<(Bytes, Bytes)>>,
     ) -> Result<(Vec<StreamId>, Commit), StreamError> {
-        let stream: &Stream = self;
-        let (mut ids, commit) = Stream::add_auto_batches(vec![(stream, entries)])?;
-        let ids = ids.pop().unwrap_or_default();
+        let entries = entries.into_iter().map(|fields| (0, fields)).collect();
+        let (ids, commit) = Stream::add_auto_entries(&[self], entries)?;
+        let ids: Vec<StreamId> = ids.into_iter().map_while(|id| id).collect();
         if ids.is_empty() {
             return Err(StreamError::IdsExhausted);
         }
         Ok((ids, commit))
     }
 
-    /// [`Stream::add_auto_many`] for several streams at once: one commit for all (a pipeline's
-    /// XADDs to many streams). Returns the IDs added to each stream, in the order given (empty
-    /// for a stream whose IDs are exhausted).
-    pub fn add_auto_batches(
-        batches: Vec<AutoBatch<'_>>,
-    ) -> Result<(Vec<Vec<StreamId>>, Commit), StreamError> {
-        let Some(store) = batches.first().map(|(s, _)| Arc::clone(&s.store)) else {
+    /// Entries with generated IDs for several streams at once, as one commit (a pipeline's
+    /// XADDs to many streams): each of `entries` names its stream by index into `streams`.
+    /// Each stream gets its entries in the order given, as one batch. Returns each entry's ID
+    /// in the order given (`None` past its stream's last possible ID: not added) and the
+    /// commit to wait for.
+    pub fn add_auto_entries(
+        streams: &[&Stream],
+        mut entries: Vec<AutoEntry>,
+    ) -> Result<(Vec<Option<StreamId>>, Commit), StreamError> {
+        let Some(first) = streams.first() else {
             return Ok((Vec::new(), Commit::NONE));
         };
-        // Streams are locked in id order, so two batches over the same streams cannot deadlock;
-        // a stream named twice takes both its batches, in the order given, under one lock.
-        let mut order: Vec<usize> = (0..batches.len()).collect();
-        order.sort_by_key(|&i| (batches[i].0.id, i));
+        let store = Arc::clone(&first.store);
+        // Streams are locked in id order, so two commits over the same streams cannot
+        // deadlock; a stream given twice is locked once and takes its entries in order.
+        let stream_of = |entry: &AutoEntry| streams[entry.0];
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&i| (stream_of(&entries[i]).id, i));
         let now = clock_ms();
-        let mut txn = WalTxn::with_capacity(order.len());
+        let mut ids = vec![None; entries.len()];
+        let mut txn = WalTxn::with_capacity(streams.len());
         let mut locked: Vec<(MutexGuard<'_, StreamState>, StreamId)> =
-            Vec::with_capacity(order.len());
-        let mut ids = vec![Vec::new(); batches.len()];
-        let mut batches = batches;
-        let mut previous: Option<u64> = None;
-        for &i in &order {
-            let stream = batches[i].0;
-            if previous != Some(stream.id) {
-                let state = stream.lock();
-                let last = state.last_id;
-                locked.push((state, last));
-                previous = Some(stream.id);
+            Vec::with_capacity(streams.len());
+        let mut next = 0;
+        while let Some(&i) = order.get(next) {
+            let stream = stream_of(&entries[i]);
+            let run = order[next..]
+                .iter()
+                .take_while(|&&j| stream_of(&entries[j]).id == stream.id)
+                .count();
+            let state = stream.lock();
+            let mut last = state.last_id;
+            let mut records = Vec::with_capacity(run);
+            for &j in &order[next..next + run] {
+                let Some(id) = auto_id(last, now) else { break };
+                records.push(entry_record(id, std::mem::take(&mut entries[j].1)));
+                ids[j] = Some(id);
+                last = id;
             }
-            let Some(held) = locked.last_mut() else {
-                continue;
-            };
-            let last = &mut held.1;
-            let mut records = Vec::with_capacity(batches[i].1.len());
-            for fields in std::mem::take(&mut batches[i].1) {
-                let Some(id) = auto_id(*last, now) else { break };
-                records.push(entry_record(id, fields));
-                ids[i].push(id);
-                *last = id;
-            }
+            next += run;
             if !records.is_empty() {
                 txn.append(&stream.log, records);
             }
+            locked.push((state, last));
         }
         let committed = store.commit(txn)?;
         for (mut state, last) in locked {

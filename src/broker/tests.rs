@@ -167,17 +167,17 @@ fn one_commit_over_many_streams_takes_every_batch_even_for_a_stream_named_twice(
     let broker = open(&vfs);
     let a = broker.stream_or_create(b"a").unwrap();
     let b = broker.stream_or_create(b"b").unwrap();
-    let fields = |v: &str| vec![vec![(Bytes::from("f"), Bytes::from(v.to_string()))]];
-    let (ids, commit) = Stream::add_auto_batches(vec![
-        (&*b, fields("b1")),
-        (&*a, fields("a1")),
-        (&*b, fields("b2")),
-    ])
+    let fields = |v: &str| vec![(Bytes::from("f"), Bytes::from(v.to_string()))];
+    // `b` given twice (indices 0 and 2), with entries for it through both.
+    let (ids, commit) = Stream::add_auto_entries(
+        &[&*b, &*a, &*b],
+        vec![(0, fields("b1")), (1, fields("a1")), (2, fields("b2"))],
+    )
     .unwrap();
     broker.wait(commit).unwrap();
-    assert!(ids.iter().all(|ids| ids.len() == 1), "{ids:?}");
-    // The two batches to `b` keep their order.
-    assert!(ids[0][0] < ids[2][0]);
+    assert!(ids.iter().all(Option::is_some), "{ids:?}");
+    // The two entries to `b` keep their order.
+    assert!(ids[0] < ids[2]);
     let values: Vec<Bytes> = b
         .range(StreamId::MIN, StreamId::MAX, None)
         .unwrap()

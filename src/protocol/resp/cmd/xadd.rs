@@ -1,11 +1,13 @@
 //! `XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] *|ms-*|id field value
 //! [field value ...]`
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::xtrim::TrimParser;
 use super::{CachedStream, Context, PendingAcks, Reply};
-use crate::broker::{Broker, IdSpec, Stream, StreamError, StreamId};
+use crate::broker::{AutoEntry, Broker, IdSpec, Stream, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
 
 pub const INVALID_STREAM_ID: &str = "ERR Invalid stream ID specified as stream command argument";
@@ -46,18 +48,14 @@ pub fn stream_error(e: StreamError) -> Reply {
 #[derive(Default)]
 pub struct DeferredAdds {
     /// The streams the held-back entries go to, in order of first use.
-    targets: Vec<Target>,
-    entries: usize,
+    targets: Vec<CachedStream>,
+    /// The held-back entries in arrival order: (index into `targets`, fields).
+    held: Vec<AutoEntry>,
+    /// The reply slot of each held-back entry (parallel to `held`).
+    reply_indices: Vec<usize>,
     bytes: usize,
     /// Replies a flush produced: (index in the round, reply).
     settled: Vec<(usize, Reply)>,
-}
-
-/// One stream's held-back entries and the reply slots they answer.
-struct Target {
-    stream: CachedStream,
-    entries: Vec<Vec<(Bytes, Bytes)>>,
-    reply_indices: Vec<usize>,
 }
 
 /// A flush happens at least this often, keeping each append well inside the batch limit (an
@@ -69,66 +67,66 @@ const DEFERRED_TARGETS_MAX: usize = 64;
 
 impl DeferredAdds {
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+        self.held.is_empty()
     }
 
     /// Append what is held back, as one commit, and settle its replies (see
     /// [`DeferredAdds::settle_into`]).
     pub fn flush(&mut self, broker: &Broker, pending: &mut PendingAcks) {
-        let targets = std::mem::take(&mut self.targets);
-        (self.entries, self.bytes) = (0, 0);
-        if targets.is_empty() {
+        self.bytes = 0;
+        if self.held.is_empty() {
+            self.targets.clear();
             return;
         }
         // Deleted or renamed since (by another client): the appends land where the key points
-        // now, as they would have had they run then.
-        let mut streams = Vec::with_capacity(targets.len());
-        let mut batches = Vec::with_capacity(targets.len());
-        for target in targets {
-            let stream = if target.stream.is_live() {
-                Ok(target.stream.stream)
+        // now, as they would have had they run then. A target that cannot be had answers its
+        // entries with the error (`None` in `found`).
+        let mut streams: Vec<Arc<Stream>> = Vec::with_capacity(self.targets.len());
+        let mut found: Vec<Result<usize, Reply>> = Vec::with_capacity(self.targets.len());
+        for target in self.targets.drain(..) {
+            let stream = if target.is_live() {
+                Ok(target.stream)
             } else {
                 broker
-                    .stream_or_create(&target.stream.key)
+                    .stream_or_create(&target.key)
                     .map_err(|e| Reply::error(format!("ERR {e}")))
             };
-            match stream {
+            found.push(stream.map(|stream| {
+                streams.push(stream);
+                streams.len() - 1
+            }));
+        }
+        let mut entries = Vec::with_capacity(self.held.len());
+        let mut indices = Vec::with_capacity(self.held.len());
+        for ((target, fields), index) in self.held.drain(..).zip(self.reply_indices.drain(..)) {
+            match &found[target] {
                 Ok(stream) => {
-                    streams.push(stream);
-                    batches.push((target.entries, target.reply_indices));
+                    entries.push((*stream, fields));
+                    indices.push(index);
                 }
-                Err(reply) => self.settle_all(target.reply_indices, &reply),
+                Err(reply) => self.settled.push((index, reply.clone())),
             }
         }
-        let (entries, indices): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
-        let request: Vec<_> = streams.iter().map(|s| &**s).zip(entries).collect();
-        match Stream::add_auto_batches(request) {
+        let request: Vec<&Stream> = streams.iter().map(|s| &**s).collect();
+        match Stream::add_auto_entries(&request, entries) {
             Ok((ids, commit)) => {
-                for (ids, indices) in ids.into_iter().zip(indices) {
-                    let mut indices = indices.into_iter();
-                    for (id, index) in ids.into_iter().zip(indices.by_ref()) {
-                        pending.add(commit, index);
-                        self.settled.push((index, Reply::Id(id)));
-                    }
-                    let unanswered: Vec<usize> = indices.collect();
-                    if !unanswered.is_empty() {
-                        let exhausted = stream_error(StreamError::IdsExhausted);
-                        self.settle_all(unanswered, &exhausted);
-                    }
+                for (id, index) in ids.into_iter().zip(indices) {
+                    let reply = match id {
+                        Some(id) => {
+                            pending.add(commit, index);
+                            Reply::Id(id)
+                        }
+                        None => stream_error(StreamError::IdsExhausted),
+                    };
+                    self.settled.push((index, reply));
                 }
             }
             Err(e) => {
                 let reply = stream_error(e);
-                for indices in indices {
-                    self.settle_all(indices, &reply);
-                }
+                self.settled
+                    .extend(indices.into_iter().map(|index| (index, reply.clone())));
             }
         }
-    }
-
-    fn settle_all(&mut self, indices: Vec<usize>, reply: &Reply) {
-        self.settled
-            .extend(indices.into_iter().map(|index| (index, reply.clone())));
     }
 
     /// Put the replies of flushed requests into their slots of the round.
@@ -161,9 +159,9 @@ fn defer(
     let held = deferred
         .targets
         .iter()
-        .position(|target| target.stream.key == *key);
-    let index = match held {
-        Some(index) => index,
+        .position(|target| target.key == *key);
+    let target = match held {
+        Some(target) => target,
         None => {
             if deferred.targets.len() >= DEFERRED_TARGETS_MAX {
                 deferred.flush(context.broker, context.pending);
@@ -181,24 +179,18 @@ fn defer(
                     }
                 },
             };
-            deferred.targets.push(Target {
-                stream: CachedStream {
-                    key: key.clone(),
-                    stream,
-                    binding,
-                },
-                entries: Vec::new(),
-                reply_indices: Vec::new(),
+            deferred.targets.push(CachedStream {
+                key: key.clone(),
+                stream,
+                binding,
             });
             deferred.targets.len() - 1
         }
     };
-    let target = &mut deferred.targets[index];
-    target.entries.push(fields);
-    target.reply_indices.push(context.reply_index);
+    deferred.held.push((target, fields));
+    deferred.reply_indices.push(context.reply_index);
     deferred.bytes += entry_bytes;
-    deferred.entries += 1;
-    if deferred.bytes >= DEFERRED_BYTES_MAX || deferred.entries >= DEFERRED_ENTRIES_MAX {
+    if deferred.bytes >= DEFERRED_BYTES_MAX || deferred.held.len() >= DEFERRED_ENTRIES_MAX {
         deferred.flush(context.broker, context.pending);
     }
     Ok(Reply::Silent)
