@@ -219,9 +219,14 @@ pub enum Applied {
 /// The names of one kind of entity: sorted for listings (KEYS, SCAN) and hashed for lookups
 /// (every command names a key; a sorted map costs a string comparison per level). The hashed
 /// index keeps short names inline ([`Key`]), so a lookup does not follow a pointer to compare.
+///
+/// New names wait in `unsorted` until a listing or a removal needs the sorted map: creating a
+/// stream costs a hash insert, and sorting happens in bulk (a listing reads every name anyway).
 #[derive(Default)]
 struct Names {
     sorted: BTreeMap<Bytes, u64>,
+    /// Names added since the sorted map was last brought up to date, in no order.
+    unsorted: Vec<(Bytes, u64)>,
     index: HashMap<Key, u64>,
 }
 
@@ -233,6 +238,7 @@ impl Names {
                 .map(|(name, id)| (Key::new(name), *id))
                 .collect(),
             sorted: list.into_iter().collect(),
+            unsorted: Vec::new(),
         }
     }
 
@@ -242,12 +248,35 @@ impl Names {
 
     fn insert(&mut self, name: Bytes, id: u64) {
         self.index.insert(Key::new(&name), id);
-        self.sorted.insert(name, id);
+        self.unsorted.push((name, id));
     }
 
     fn remove(&mut self, name: &[u8]) {
+        self.settle();
         self.sorted.remove(name);
         self.index.remove(name);
+    }
+
+    /// Move the unsorted names into the sorted map: one by one when they are few beside it,
+    /// else as one sorted merge.
+    fn settle(&mut self) {
+        if self.unsorted.is_empty() {
+            return;
+        }
+        let added = std::mem::take(&mut self.unsorted);
+        if added.len() * 8 < self.sorted.len() {
+            self.sorted.extend(added);
+        } else {
+            // Built from a sort, then merged: linear in both, where inserts cost a log each.
+            let mut added: BTreeMap<Bytes, u64> = added.into_iter().collect();
+            self.sorted.append(&mut added);
+        }
+    }
+
+    /// Every name with its id, sorted by name.
+    fn sorted(&mut self) -> &BTreeMap<Bytes, u64> {
+        self.settle();
+        &self.sorted
     }
 
     fn len(&self) -> usize {
@@ -327,9 +356,9 @@ impl Catalog {
     }
 
     /// Names of every entity of `kind` with their ids, sorted by name.
-    pub fn names(&self, kind: EntityKind) -> impl Iterator<Item = (&Bytes, u64)> {
+    pub fn names(&mut self, kind: EntityKind) -> impl Iterator<Item = (&Bytes, u64)> {
         self.names[kind.slot()]
-            .sorted
+            .sorted()
             .iter()
             .map(|(n, id)| (n, *id))
     }
@@ -527,7 +556,7 @@ mod tests {
         for (id, lsn, op) in history[1..].iter().cloned() {
             replayed.apply(id, lsn, op);
         }
-        for catalog in [&live, &replayed] {
+        for catalog in [&mut live, &mut replayed] {
             let names: Vec<_> = catalog.names(EntityKind::Stream).collect();
             assert_eq!(
                 names,
@@ -538,5 +567,53 @@ mod tests {
             );
         }
         assert_eq!(replayed.reserve_id(), 4, "ids are never reused");
+    }
+
+    #[test]
+    fn names_are_listed_sorted_whatever_the_order_of_creations_and_removals() {
+        let mut catalog = Catalog::default();
+        // Each operation gets the next id (for a creation) and the next LSN.
+        let mut next = 1;
+        let mut apply = |catalog: &mut Catalog, op: CatalogOp, id: Option<u64>| {
+            next += 1;
+            let id = id.unwrap_or(next);
+            catalog.apply(id, next, op);
+            id
+        };
+        let names = |catalog: &mut Catalog| -> Vec<String> {
+            catalog
+                .names(EntityKind::Stream)
+                .map(|(n, _)| String::from_utf8(n.to_vec()).unwrap())
+                .collect()
+        };
+        // Many created, one removed while still unsorted, then listed.
+        let mut ids = Vec::new();
+        for i in (0..50).rev() {
+            ids.push(apply(&mut catalog, create(&format!("k{i:02}")), None));
+        }
+        apply(&mut catalog, CatalogOp::Delete, Some(ids[0])); // k49
+        let listed = names(&mut catalog);
+        let expected: Vec<String> = (0..49).map(|i| format!("k{i:02}")).collect();
+        assert_eq!(listed, expected);
+        // A few more beside many sorted ones (inserted one by one), a rename among them.
+        apply(&mut catalog, create("a"), None);
+        let z = apply(&mut catalog, create("z"), None);
+        apply(
+            &mut catalog,
+            CatalogOp::Rename {
+                name: Bytes::from_static(b"b"),
+            },
+            Some(z),
+        );
+        let listed = names(&mut catalog);
+        assert_eq!(listed.first().map(String::as_str), Some("a"));
+        assert_eq!(listed.get(1).map(String::as_str), Some("b"));
+        assert_eq!(listed.len(), 51);
+        assert_eq!(catalog.len(EntityKind::Stream), 51);
+        assert!(catalog.lookup(EntityKind::Stream, b"z").is_none());
+        assert_eq!(
+            catalog.lookup(EntityKind::Stream, b"b").map(|e| e.id),
+            Some(z)
+        );
     }
 }

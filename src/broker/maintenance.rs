@@ -446,7 +446,7 @@ impl Broker {
         };
         let cutoff = crate::storage::recovery::now_ms() - age.as_millis() as i64;
         let names: Vec<Bytes> = {
-            let catalog = self.store.catalog();
+            let mut catalog = self.store.catalog();
             let cursor = lock(&self.maintenance.clock).topic_cursor.clone();
             let names = catalog.names(EntityKind::Topic);
             match cursor {

@@ -332,10 +332,10 @@ impl VirtualHost {
             }
         }
         let entries: Vec<_> = {
-            let catalog = store.catalog();
-            catalog
-                .names(EntityKind::Queue)
-                .filter_map(|(_, id)| catalog.entry(id).cloned())
+            let mut catalog = store.catalog();
+            let ids: Vec<u64> = catalog.names(EntityKind::Queue).map(|(_, id)| id).collect();
+            ids.into_iter()
+                .filter_map(|id| catalog.entry(id).cloned())
                 .collect()
         };
         let vhost = VirtualHost {
