@@ -272,7 +272,7 @@ impl Stream {
         let last_id = tail_id.max(meta.last_id_floor);
         let waiters = Arc::new(Waiters::default());
         let wake = Arc::clone(&waiters);
-        log.set_visibility_listener(Arc::new(move || wake.wake_all()));
+        log.set_armed_visibility_listener(Arc::new(move || wake.wake_all()));
         Ok(Stream {
             id,
             log,
@@ -301,6 +301,8 @@ impl Stream {
     /// Wake `notify` once when new entries become visible.
     pub fn register_waiter(&self, notify: &Arc<tokio::sync::Notify>) {
         self.waiters.register(notify);
+        // After registering: the next visible entry wakes every registered reader.
+        self.log.arm_listener();
     }
 
     /// Whether blocked readers wait for this stream (it must then stay open).
@@ -463,7 +465,8 @@ impl Stream {
             }
             next += run;
             if !records.is_empty() {
-                txn.append(&stream.log, records);
+                // Each stream's entries are one run of `order`: one append per log.
+                txn.append_unique(&stream.log, records);
             }
             locked.push((state, last));
         }

@@ -115,6 +115,19 @@ impl WalTxn {
         self.items.push(Item::Append(log.clone(), records));
     }
 
+    /// [`WalTxn::append`] for a caller that appends to `log` once in this transaction (so
+    /// nothing needs merging): no search of the earlier appends.
+    pub fn append_unique(&mut self, log: &EntityLog, records: Vec<Record>) {
+        debug_assert!(
+            !self
+                .items
+                .iter()
+                .any(|item| matches!(item, Item::Append(l, _) if l.same_log(log))),
+            "a second append to one log in a transaction"
+        );
+        self.items.push(Item::Append(log.clone(), records));
+    }
+
     /// Record an operation on `owner`'s state.
     pub fn op(&mut self, owner: u64, op: impl Into<Bytes>) {
         self.items.push(Item::Op(owner, op.into()));

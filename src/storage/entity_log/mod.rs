@@ -186,8 +186,10 @@ struct EntityInner {
     deleted: AtomicBool,
     /// Queued in [`LogShared::take_wanting_write`] and not yet written.
     wants_write: AtomicBool,
-    /// Set once, when the owner opens the log.
-    listener: OnceLock<VisibilityListener>,
+    /// Set once, when the owner opens the log; with whether it runs only when armed.
+    listener: OnceLock<(VisibilityListener, bool)>,
+    /// An armed listener runs on the next visibility change (see [`EntityLog::arm_listener`]).
+    armed: AtomicBool,
 }
 
 /// An append encoded as the log's next batch, not yet part of the log: the write-ahead log
@@ -295,6 +297,7 @@ impl EntityLog {
                 deleted: AtomicBool::new(false),
                 wants_write: AtomicBool::new(false),
                 listener: OnceLock::new(),
+                armed: AtomicBool::new(false),
             }),
         }
     }
@@ -324,12 +327,38 @@ impl EntityLog {
     /// Run `listener` whenever records become visible (on the thread that made them visible,
     /// with no lock held: it must be quick). A log has one listener: a second call is ignored.
     pub fn set_visibility_listener(&self, listener: VisibilityListener) {
-        let first = self.inner.listener.set(listener).is_ok();
+        let first = self.inner.listener.set((listener, false)).is_ok();
         debug_assert!(first, "a log's visibility listener is set once");
     }
 
+    /// [`EntityLog::set_visibility_listener`] for a listener that runs only on the first
+    /// visibility change after each [`EntityLog::arm_listener`]: blocked readers arm it, and
+    /// the appends nobody waits for (nearly all of them) call nothing.
+    pub fn set_armed_visibility_listener(&self, listener: VisibilityListener) {
+        let first = self.inner.listener.set((listener, true)).is_ok();
+        debug_assert!(first, "a log's visibility listener is set once");
+    }
+
+    /// Have an armed listener run on the next visibility change. A reader arms, then checks
+    /// for records, then waits: arming and every visibility change take the log's state lock,
+    /// so either the change sees the arming or the check sees the change.
+    pub fn arm_listener(&self) {
+        let _shared = self.read_shared();
+        self.inner.armed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the listener is due for a visibility change being made now (called with the
+    /// state write lock held; disarms an armed listener).
+    fn listener_due(&self) -> bool {
+        match self.inner.listener.get() {
+            None => false,
+            Some((_, false)) => true,
+            Some((_, true)) => self.inner.armed.swap(false, Ordering::Relaxed),
+        }
+    }
+
     fn notify_visible(&self) {
-        if let Some(listener) = self.inner.listener.get() {
+        if let Some((listener, _)) = self.inner.listener.get() {
             listener();
         }
     }
@@ -423,7 +452,7 @@ impl EntityLog {
             if visible {
                 shared.visible_next = end;
             }
-            (visible, shared.tail_bytes)
+            (visible && self.listener_due(), shared.tail_bytes)
         };
         if tail_bytes >= TAIL_BYTES_WRITE && !self.inner.wants_write.swap(true, Ordering::AcqRel) {
             lock(&self.inner.shared.wanting_write).push(self.clone());
@@ -456,7 +485,7 @@ impl EntityLog {
             debug_assert!(end <= shared.written_next);
             if end > shared.visible_next {
                 shared.visible_next = end;
-                true
+                self.listener_due()
             } else {
                 false
             }

@@ -183,3 +183,60 @@ fn volatile_logs_need_no_write_ahead_log() {
     assert_eq!(log.tail_bytes(), 0);
     assert_eq!(bodies(&log, 0), expected(0..30));
 }
+
+#[test]
+fn an_armed_listener_runs_once_per_arming_and_a_plain_one_on_every_change() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let vfs = FaultVfs::new(5);
+    let shared = files(&vfs);
+    let armed = EntityLog::create(
+        shared.clone(),
+        1,
+        "/data/e/1",
+        small(),
+        Visibility::Immediate,
+    )
+    .unwrap();
+    let plain = EntityLog::create(shared, 2, "/data/e/2", small(), Visibility::Immediate).unwrap();
+    let counter = |log: &EntityLog, when_armed: bool| {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let listener: VisibilityListener = Arc::new(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        if when_armed {
+            log.set_armed_visibility_listener(listener);
+        } else {
+            log.set_visibility_listener(listener);
+        }
+        calls
+    };
+    let (armed_calls, plain_calls) = (counter(&armed, true), counter(&plain, false));
+    for n in 0..3 {
+        armed.append_volatile(&[record(n)]).unwrap();
+        plain.append_volatile(&[record(n)]).unwrap();
+    }
+    assert_eq!(armed_calls.load(Ordering::SeqCst), 0, "nobody armed it");
+    assert_eq!(plain_calls.load(Ordering::SeqCst), 3);
+    armed.arm_listener();
+    armed.append_volatile(&[record(3)]).unwrap();
+    armed.append_volatile(&[record(4)]).unwrap();
+    assert_eq!(armed_calls.load(Ordering::SeqCst), 1, "once per arming");
+    // Armed through a durable visibility change too (the write-ahead log's path).
+    let wal = Wal::open(
+        Arc::new(vfs.clone()),
+        Path::new("/data"),
+        Durability::Always,
+    )
+    .unwrap();
+    let durable = open(&vfs, 3);
+    let durable_calls = counter(&durable, true);
+    durable.arm_listener();
+    let mut txn = WalTxn::new();
+    txn.append(&durable, vec![record(0)]);
+    let commit = wal.commit(txn).unwrap().commit;
+    assert_eq!(durable_calls.load(Ordering::SeqCst), 0, "not visible yet");
+    wal.wait(commit).unwrap();
+    assert_eq!(durable_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(bodies(&durable, 0), expected(0..1));
+}
