@@ -285,13 +285,18 @@ impl Wal {
         for item in txn.items {
             match item {
                 Item::Append(log, batch) => {
-                    let append = log.prepare(&batch)?;
-                    records.push(entry_record(
-                        timestamp,
-                        KIND_APPEND,
-                        log.id(),
-                        append.bytes(),
-                    ));
+                    // The entity's batch is encoded once, after the entry's prefix: the entry
+                    // and the log's tail share the buffer.
+                    let mut prefix = [0; ENTRY_PREFIX_BYTES];
+                    prefix[0] = KIND_APPEND;
+                    LE::write_u64(&mut prefix[1..], log.id());
+                    let (append, body) = log.prepare_after(&prefix, &batch)?;
+                    records.push(Record {
+                        timestamp_ms: timestamp,
+                        key: None,
+                        headers: Vec::new(),
+                        body,
+                    });
                     prepared.push((log, append));
                 }
                 Item::Op(owner, op) => records.push(entry_record(timestamp, KIND_OP, owner, &op)),

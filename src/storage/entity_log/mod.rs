@@ -411,6 +411,17 @@ impl EntityLog {
     /// The caller holds the write-ahead log's append lock, under which every append to this
     /// log is made, so nothing can append between this and [`EntityLog::publish`].
     pub fn prepare(&self, records: &[Record]) -> Result<PreparedAppend> {
+        Ok(self.prepare_after(&[], records)?.0)
+    }
+
+    /// [`EntityLog::prepare`] with the batch encoded right after `prefix`, in one buffer:
+    /// returns the prepared append and `prefix` followed by the batch (the write-ahead log's
+    /// entry for it), sharing that one allocation.
+    pub fn prepare_after(
+        &self,
+        prefix: &[u8],
+        records: &[Record],
+    ) -> Result<(PreparedAppend, Bytes)> {
         if records.is_empty() {
             return Err(Error::InvalidArgument(
                 "an append needs at least one record".into(),
@@ -425,12 +436,15 @@ impl EntityLog {
             });
         }
         let base = self.next_offset();
-        let mut buf = Vec::with_capacity(batch_bytes as usize);
+        let mut buf = Vec::with_capacity(prefix.len() + batch_bytes as usize);
+        buf.extend_from_slice(prefix);
         let header = encode_batch(base, records, &mut buf);
-        Ok(PreparedAppend {
+        let whole = Bytes::from(buf);
+        let prepared = PreparedAppend {
             header,
-            bytes: Bytes::from(buf),
-        })
+            bytes: whole.slice(prefix.len()..),
+        };
+        Ok((prepared, whole))
     }
 
     /// Add a prepared batch to the log; returns the offset it ends at. A log with
