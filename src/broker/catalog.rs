@@ -24,7 +24,7 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use bytes::Bytes;
 
 use super::key::Key;
-use super::store::{domain, op_bytes, Store};
+use super::store::{domain, Store};
 use crate::storage::meta_store::MetaItem;
 use crate::storage::{self, Commit};
 
@@ -115,12 +115,19 @@ fn take_slice<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
 impl CatalogOp {
     // Format: { tag u8 | Create: kind u8, name bytes, config bytes | Rename: name bytes }
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_after(&[])
+    }
+
+    /// The operation encoded after `prefix` (a write-ahead log operation's domain byte), in
+    /// one allocation.
+    pub fn encode_after(&self, prefix: &[u8]) -> Vec<u8> {
         let fields = match self {
             CatalogOp::Create { name, config, .. } => 8 + name.len() + config.len(),
             CatalogOp::Delete => 0,
             CatalogOp::Rename { name } => 4 + name.len(),
         };
-        let mut out = Vec::with_capacity(2 + fields);
+        let mut out = Vec::with_capacity(prefix.len() + 2 + fields);
+        out.extend_from_slice(prefix);
         match self {
             CatalogOp::Create { kind, name, config } => {
                 out.push(OP_CREATE);
@@ -134,7 +141,7 @@ impl CatalogOp {
                 put_bytes(&mut out, name);
             }
         }
-        debug_assert_eq!(CatalogOp::decode(&out).as_ref(), Some(self));
+        debug_assert_eq!(CatalogOp::decode(&out[prefix.len()..]).as_ref(), Some(self));
         out
     }
 
@@ -195,7 +202,7 @@ pub fn create_deferred(store: &Store, kind: EntityKind, name: &Bytes, config: By
         name: name.clone(),
         config,
     };
-    let encoded = op_bytes(domain::CATALOG, &op.encode());
+    let encoded = Bytes::from(op.encode_after(&[domain::CATALOG]));
     let mut catalog = store.catalog();
     let id = catalog.reserve_id();
     // Under the catalog lock, so deferred creations reach the log in the order applied.
