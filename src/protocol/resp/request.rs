@@ -130,11 +130,14 @@ fn decode_multibulk(
         buf.advance(len);
         return Ok(Some(Vec::new()));
     }
-    if let Some((args, consumed)) = split_plain_multibulk(buf, limits) {
+    let mut ranges = ArgRanges::default();
+    if let Some(consumed) = split_plain_multibulk(buf, limits, &mut ranges) {
         let frame = buf.split_to(consumed).freeze();
         return Ok(Some(
-            args.into_iter()
-                .map(|(start, end)| frame.slice(start..end))
+            ranges
+                .as_slice()
+                .iter()
+                .map(|&(start, end)| frame.slice(start..end))
                 .collect(),
         ));
     }
@@ -162,18 +165,55 @@ fn decode_multibulk(
     }
 }
 
-/// Argument ranges of a complete request in canonical form within the limits, and its length;
-/// `None` for anything else, which the general path then decodes (or rejects, or waits for).
+/// Where a request's arguments lie in the buffer: the first few on the stack (nearly every
+/// command), the rest on the heap.
+#[derive(Default)]
+struct ArgRanges {
+    inline: [(usize, usize); ARG_RANGES_INLINE],
+    len: usize,
+    more: Vec<(usize, usize)>,
+}
+
+const ARG_RANGES_INLINE: usize = 8;
+
+impl ArgRanges {
+    fn push(&mut self, range: (usize, usize)) {
+        if self.len < ARG_RANGES_INLINE {
+            self.inline[self.len] = range;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.inline);
+            }
+            self.more.push(range);
+        }
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[(usize, usize)] {
+        if self.len <= ARG_RANGES_INLINE {
+            &self.inline[..self.len]
+        } else {
+            &self.more
+        }
+    }
+}
+
+/// Record the argument ranges of a complete request in canonical form within the limits in
+/// `args`, and return its length; `None` for anything else, which the general path then
+/// decodes (or rejects, or waits for).
 fn split_plain_multibulk(
     buf: &[u8],
     limits: &RequestLimits,
-) -> Option<(Vec<(usize, usize)>, usize)> {
+    args: &mut ArgRanges,
+) -> Option<usize> {
     let (count, mut pos) = plain_length(buf, 0, b'*')?;
     if count == 0 || count > limits.args_max {
         return None;
     }
     // Bounded by what the buffer could hold, so a huge count cannot reserve memory.
-    let mut args = Vec::with_capacity((count as usize).min(buf.len() / 4));
+    if count as usize > ARG_RANGES_INLINE {
+        args.more.reserve((count as usize).min(buf.len() / 4));
+    }
     let mut total = 0u64;
     for _ in 0..count {
         let (len, start) = plain_length(buf, pos, b'$')?;
@@ -188,7 +228,7 @@ fn split_plain_multibulk(
         args.push((start, end));
         pos = end + 2;
     }
-    Some((args, pos))
+    Some(pos)
 }
 
 /// `<tag><digits>\r\n` at `pos`, digits without sign or leading zeros: the number and the
@@ -324,6 +364,13 @@ fn hex_pair(pair: Option<&[u8]>) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut's argument ranges as a vector, and the request's length.
+    fn split_ranges(buf: &[u8], limits: &RequestLimits) -> Option<(Vec<(usize, usize)>, usize)> {
+        let mut ranges = ArgRanges::default();
+        let consumed = split_plain_multibulk(buf, limits, &mut ranges)?;
+        Some((ranges.as_slice().to_vec(), consumed))
+    }
 
     fn decode_all(input: &[u8]) -> (Vec<Vec<Bytes>>, Option<ProtocolError>, usize) {
         let mut buf = BytesMut::from(input);
@@ -470,7 +517,7 @@ mod tests {
         /// complete canonical request.
         #[test]
         fn plain_multibulk_shortcut_agrees_with_redis_protocol(
-            args in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 1..6),
+            args in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 1..12),
             cut in proptest::prelude::any::<proptest::sample::Index>(),
             at in proptest::prelude::any::<proptest::sample::Index>(),
             byte in proptest::sample::select(b"0123456789\r\n$*-+ a".to_vec()),
@@ -478,7 +525,7 @@ mod tests {
         ) {
             let whole = encode_request(&args);
             let limits = RequestLimits::default();
-            let (ranges, consumed) = split_plain_multibulk(&whole, &limits).expect("canonical");
+            let (ranges, consumed) = split_ranges(&whole, &limits).expect("canonical");
             proptest::prop_assert_eq!(consumed, whole.len());
             proptest::prop_assert_eq!(Some((ranges, consumed)), reference_split(&whole));
             let mut input = whole.clone();
@@ -487,7 +534,7 @@ mod tests {
                 1 => input[at.index(whole.len())] = byte,
                 _ => input.extend_from_slice(b"*1\r\n$4\r\nPING\r\n"),
             }
-            if let Some(split) = split_plain_multibulk(&input, &limits) {
+            if let Some(split) = split_ranges(&input, &limits) {
                 proptest::prop_assert_eq!(Some(split), reference_split(&input));
             }
         }
@@ -504,16 +551,13 @@ mod tests {
             b"*1\r\n$4\r\nPINGXX",
             b"*1\n$4\r\nPING\r\n",
         ] {
-            assert_eq!(split_plain_multibulk(odd, &limits), None, "{odd:?}");
+            assert_eq!(split_ranges(odd, &limits), None, "{odd:?}");
         }
         let tight = RequestLimits {
             args_max: 1,
             ..limits
         };
-        assert_eq!(
-            split_plain_multibulk(b"*2\r\n$1\r\na\r\n$1\r\nb\r\n", &tight),
-            None
-        );
+        assert_eq!(split_ranges(b"*2\r\n$1\r\na\r\n$1\r\nb\r\n", &tight), None);
         let mut buf = BytesMut::from(&b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"[..]);
         assert_eq!(
             decode_request(&mut buf, &tight),
