@@ -240,6 +240,20 @@ fn errors_match_redis_and_change_nothing() {
     assert!(xadd(&mut con, "fresh", "0-0", &[("f", "v")]).is_err());
     let exists: i64 = redis::cmd("EXISTS").arg("fresh").query(&mut con).unwrap();
     assert_eq!(exists, 0);
+    // Nor by an entry too large for a batch (16 MiB), held back or not.
+    let huge = vec![b'x'; 17 * 1024 * 1024];
+    for id in ["*", "1-1"] {
+        let refused: RedisResult<String> = redis::cmd("XADD")
+            .arg("huge")
+            .arg(id)
+            .arg("f")
+            .arg(&huge[..])
+            .query(&mut con);
+        let text = error_text(refused.map(redis::Value::SimpleString));
+        assert!(text.contains("exceeds the limit"), "{text}");
+        let exists: i64 = redis::cmd("EXISTS").arg("huge").query(&mut con).unwrap();
+        assert_eq!(exists, 0, "XADD huge {id}");
+    }
     assert_eq!(xrange(&mut con, "s", "-", "+").len(), 1);
 }
 

@@ -454,6 +454,12 @@ impl Broker {
         self.stream_or_create_bound(name).map(|(stream, _)| stream)
     }
 
+    /// Refuse an entry too large for a stream's batches (the error its XADD would get), before
+    /// anything is created for it.
+    pub fn check_entry_size(&self, fields: &[(Bytes, Bytes)]) -> Result<(), StreamError> {
+        stream::check_entry_size(&self.config.stream_log, fields)
+    }
+
     /// [`Broker::stream_or_create`] with the handle's binding (see [`Broker::stream_bound`]).
     pub fn stream_or_create_bound(&self, name: &[u8]) -> Result<(Arc<Stream>, u64), BrokerError> {
         if name.len() > NAME_BYTES_MAX {

@@ -129,6 +129,21 @@ fn entry_record(id: StreamId, fields: Vec<(Bytes, Bytes)>) -> Record {
     }
 }
 
+/// Refuse an entry too large for one batch of a log configured by `config`, with the error its
+/// append would return: checked before a stream is created for it, so a refused XADD creates
+/// nothing.
+pub fn check_entry_size(config: &LogConfig, fields: &[(Bytes, Bytes)]) -> Result<(), StreamError> {
+    let record = entry_record(StreamId::MAX, fields.to_vec());
+    let bytes = crate::storage::batch::encoded_batch_len(std::slice::from_ref(&record));
+    if bytes > config.batch_bytes_max {
+        return Err(StreamError::Storage(storage::Error::BatchTooLarge {
+            bytes,
+            limit: config.batch_bytes_max,
+        }));
+    }
+    Ok(())
+}
+
 /// A stream entry appended but perhaps not yet durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Added {

@@ -276,11 +276,7 @@ impl Wal {
         }
         let timestamp = now_ms();
         let guard = lock(&self.inner.append_lock);
-        let deferred = self.inner.take_deferred();
-        let mut records = Vec::with_capacity(deferred.len() + txn.items.len());
-        for (owner, op) in deferred {
-            records.push(entry_record(timestamp, KIND_OP, owner, &op));
-        }
+        let mut records = Vec::with_capacity(txn.items.len());
         let mut prepared: Vec<(EntityLog, PreparedAppend)> = Vec::with_capacity(txn.items.len());
         for item in txn.items {
             match item {
@@ -302,10 +298,29 @@ impl Wal {
                 Item::Op(owner, op) => records.push(entry_record(timestamp, KIND_OP, owner, &op)),
             }
         }
+        // Taken only once nothing of this commit can be refused any more, and put back if the
+        // write fails: deferred operations are never dropped, whoever's commit fails.
+        let deferred = self.inner.take_deferred();
+        if !deferred.is_empty() {
+            let mut all = Vec::with_capacity(deferred.len() + records.len());
+            all.extend(
+                deferred
+                    .iter()
+                    .map(|(owner, op)| entry_record(timestamp, KIND_OP, *owner, op)),
+            );
+            all.append(&mut records);
+            records = all;
+        }
         if records.is_empty() {
             return Ok(Committed::default());
         }
-        let lsn = self.inner.log.append_without_waiting(&records)?.next_offset;
+        let lsn = match self.inner.log.append_without_waiting(&records) {
+            Ok(appended) => appended.next_offset,
+            Err(e) => {
+                self.inner.restore_deferred(deferred);
+                return Err(e);
+            }
+        };
         let mut appends = Vec::with_capacity(prepared.len());
         {
             let mut touched = lock(&self.inner.touched);
@@ -436,6 +451,17 @@ impl WalInner {
         let mut deferred = lock(&self.deferred);
         self.has_deferred.store(false, Ordering::Release);
         std::mem::take(&mut *deferred)
+    }
+
+    /// Put back deferred operations a failed commit took, ahead of any deferred since.
+    fn restore_deferred(&self, taken: Vec<(u64, Bytes)>) {
+        if taken.is_empty() {
+            return;
+        }
+        let mut deferred = lock(&self.deferred);
+        let later = std::mem::replace(&mut *deferred, taken);
+        deferred.extend(later);
+        self.has_deferred.store(true, Ordering::Release);
     }
 
     fn request_sync(&self) {

@@ -177,3 +177,45 @@ fn a_deferred_operation_is_written_by_the_next_commit_ahead_of_its_entries() {
         }
     );
 }
+
+#[test]
+fn a_refused_commit_leaves_deferred_operations_for_the_next() {
+    let vfs = FaultVfs::new(4);
+    let wal = open(&vfs);
+    let files = Arc::new(crate::storage::entity_log::LogShared::new(FileCache::new(
+        Arc::new(vfs.clone()),
+        4,
+    )));
+    let tiny = LogConfig {
+        batch_bytes_max: 200,
+        ..LogConfig::default()
+    };
+    let small = EntityLog::open(files, 1, "/data/e/1", tiny, Visibility::Durable).unwrap();
+    let other = entity(&vfs, 2);
+    wal.defer_op(2, Bytes::from_static(b"create other"));
+    // Refused (the batch is over its log's limit): nothing written, the creation kept.
+    let mut txn = WalTxn::new();
+    txn.append(&small, vec![Record::new(1, vec![b'x'; 500])]);
+    assert!(wal.commit(txn).is_err());
+    assert_eq!(wal.next_lsn(), 0);
+    let mut txn = WalTxn::new();
+    txn.append(&other, vec![Record::new(1, "o0")]);
+    let commit = wal.commit(txn).unwrap().commit;
+    wal.wait(commit).unwrap();
+    drop((wal, small, other));
+    vfs.crash(CrashMode::TornWrites);
+    let wal = open(&vfs);
+    let found: Vec<WalEntry> = entries(&wal).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(
+        found.first(),
+        Some(&WalEntry::Op {
+            owner: 2,
+            op: Bytes::from_static(b"create other")
+        }),
+        "{found:?}"
+    );
+    assert!(matches!(
+        found.get(1),
+        Some(WalEntry::Append { log: 2, .. })
+    ));
+}

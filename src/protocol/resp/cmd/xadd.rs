@@ -237,10 +237,18 @@ pub fn xadd(args: &mut Args, context: &mut Context<'_>) -> Result<Reply, Reply> 
     let (stream, binding) = match context.take_stream(&key) {
         Some(found) => found,
         None if !make_stream => return Ok(Reply::Nil),
-        None => context
-            .broker
-            .stream_or_create_bound(&key)
-            .map_err(|e| Reply::error(format!("ERR {e}")))?,
+        None => {
+            // Large entries only reach this path (they are not held back): one too large for a
+            // batch is refused before its stream is created.
+            context
+                .broker
+                .check_entry_size(&fields)
+                .map_err(stream_error)?;
+            context
+                .broker
+                .stream_or_create_bound(&key)
+                .map_err(|e| Reply::error(format!("ERR {e}")))?
+        }
     };
     let added = stream.add(spec, fields).map_err(stream_error)?;
     // The reply waits for the commit (shared by the pipeline); under `interval` and `never`
