@@ -191,12 +191,14 @@ pub fn create(
 /// everything committed after this call, so no append to the new entity can be durable
 /// without its creation. For an entity created because something is about to be written to it
 /// (XADD to a new key): that write's commit makes the creation durable, and one commit instead
-/// of two is the whole cost of a new stream under `always`. Returns the id.
+/// of two is the whole cost of a new stream under `always`.
 ///
-/// The entry is applied with LSN 0 (its operation has no LSN yet): the entry's LSN only
-/// decides which replayed operations it already reflects, and every operation on the entity
-/// comes after its creation.
-pub fn create_deferred(store: &Store, kind: EntityKind, name: &Bytes, config: Bytes) -> u64 {
+/// `id` was taken earlier with [`Catalog::reserve_id`], so the caller can build the entity's
+/// objects before it takes its own lock (an id reserved and not used is a gap; ids are never
+/// reused anyway). The entry is applied with LSN 0 (its operation has no LSN yet): the entry's
+/// LSN only decides which replayed operations it already reflects, and every operation on the
+/// entity comes after its creation.
+pub fn create_deferred(store: &Store, id: u64, kind: EntityKind, name: &Bytes, config: Bytes) {
     let op = CatalogOp::Create {
         kind,
         name: name.clone(),
@@ -204,11 +206,9 @@ pub fn create_deferred(store: &Store, kind: EntityKind, name: &Bytes, config: By
     };
     let encoded = Bytes::from(op.encode_after(&[domain::CATALOG]));
     let mut catalog = store.catalog();
-    let id = catalog.reserve_id();
     // Under the catalog lock, so deferred creations reach the log in the order applied.
     store.wal().defer_op(id, encoded);
     catalog.apply(id, 0, op);
-    id
 }
 
 /// What applying an operation did, for the owner of the entity objects.

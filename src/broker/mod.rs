@@ -469,22 +469,44 @@ impl Broker {
             stream.mark_used();
             return Ok((Arc::clone(stream), stream.binding()));
         }
+        // A new name: the stream's objects are built before the write lock is taken (both
+        // connection threads create streams, and the lock is what they would queue on). The
+        // catalog entry is made under the lock, after checking again, as before; a stream
+        // built for a name someone else created meanwhile is dropped (it has written nothing).
+        let build = || -> Result<(u64, Arc<Stream>, Bytes), BrokerError> {
+            let id = self.store.catalog().reserve_id();
+            let stream = Stream::create(
+                Arc::clone(&self.store),
+                id,
+                &self.entity_dir(EntityKind::Stream, id),
+                self.config.stream_log.clone(),
+            )?;
+            Ok((id, Arc::new(stream), Bytes::copy_from_slice(name)))
+        };
+        let fresh = if self
+            .store
+            .catalog()
+            .lookup(EntityKind::Stream, name)
+            .is_none()
+        {
+            Some(build()?)
+        } else {
+            None
+        };
         let mut guard = self.write();
         let state = &mut *guard;
         if let Some(stream) = self.open_stream(state, name)? {
             let binding = stream.binding();
             return Ok((stream, binding));
         }
-        let name = Bytes::copy_from_slice(name);
+        let (id, stream, name) = match fresh {
+            Some(fresh) => fresh,
+            // It was in the catalog a moment ago and is gone now (deleted meanwhile).
+            None => build()?,
+        };
         // The caller is about to write to it (XADD, XGROUP CREATE MKSTREAM): that commit
         // carries the creation, which needs no commit of its own.
-        let id = catalog::create_deferred(&self.store, EntityKind::Stream, &name, Bytes::new());
-        let stream = Arc::new(Stream::create(
-            Arc::clone(&self.store),
-            id,
-            &self.entity_dir(EntityKind::Stream, id),
-            self.config.stream_log.clone(),
-        )?);
+        catalog::create_deferred(&self.store, id, EntityKind::Stream, &name, Bytes::new());
         state.streams.insert(Key::new(&name), Arc::clone(&stream));
         // Checked first: hashing the name costs more than the usual answer (nobody waits).
         if !state.creation_waiters.is_empty() {
