@@ -55,7 +55,9 @@ pub fn now_ms() -> i64 {
 use crate::storage::{FileCache, LogConfig, LogShared, MetaStore, Wal};
 use catalog::{Applied, Catalog, CatalogOp, EntityKind, NAME_BYTES_MAX};
 use store::{domain, op_bytes, split_op, Store};
-pub use stream::{Added, AutoEntry, Entry, IdSpec, Stream, StreamError, StreamInfo, TrimStrategy};
+pub use stream::{
+    Added, AutoAdded, AutoEntry, Entry, IdSpec, Stream, StreamError, StreamInfo, TrimStrategy,
+};
 pub use stream_groups::{
     AutoClaimed, ClaimOptions, ConsumerInfo, GroupInfo, GroupStart, PendingFilter, PendingRow,
     PendingSummary,

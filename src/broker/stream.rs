@@ -120,6 +120,18 @@ fn auto_id(last: StreamId, now_ms: u64) -> Option<StreamId> {
 /// and its fields.
 pub type AutoEntry = (usize, Vec<(Bytes, Bytes)>);
 
+/// What became of one entry of [`Stream::add_auto_entries`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoAdded {
+    /// Added with this ID.
+    Id(StreamId),
+    /// Not added: past its stream's last possible ID.
+    Exhausted,
+    /// Not added: its stream was deleted (DEL, RENAME over it) since the caller looked it up.
+    /// The entry's fields are left in place, for the caller to add where the key points now.
+    Deleted,
+}
+
 fn entry_record(id: StreamId, fields: Vec<(Bytes, Bytes)>) -> Record {
     Record {
         timestamp_ms: id.timestamp_ms(),
@@ -430,9 +442,18 @@ impl Stream {
         &self,
         entries: Vec<Vec<(Bytes, Bytes)>>,
     ) -> Result<(Vec<StreamId>, Commit), StreamError> {
-        let entries = entries.into_iter().map(|fields| (0, fields)).collect();
-        let (ids, commit) = Stream::add_auto_entries(&[self], entries)?;
-        let ids: Vec<StreamId> = ids.into_iter().map_while(|id| id).collect();
+        let mut entries: Vec<AutoEntry> = entries.into_iter().map(|fields| (0, fields)).collect();
+        let (added, commit) = Stream::add_auto_entries(&[self], &mut entries)?;
+        let mut ids = Vec::with_capacity(added.len());
+        for outcome in added {
+            match outcome {
+                AutoAdded::Id(id) => ids.push(id),
+                AutoAdded::Deleted if ids.is_empty() => {
+                    return Err(StreamError::Storage(storage::Error::Closed))
+                }
+                _ => break,
+            }
+        }
         if ids.is_empty() {
             return Err(StreamError::IdsExhausted);
         }
@@ -441,13 +462,14 @@ impl Stream {
 
     /// Entries with generated IDs for several streams at once, as one commit (a pipeline's
     /// XADDs to many streams): each of `entries` names its stream by index into `streams`.
-    /// Each stream gets its entries in the order given, as one batch. Returns each entry's ID
-    /// in the order given (`None` past its stream's last possible ID: not added) and the
-    /// commit to wait for.
+    /// Each stream gets its entries in the order given, as one batch. Returns what became of
+    /// each entry, in the order given, and the commit to wait for. The fields of added entries
+    /// are taken; those of entries not added are left in place. A stream deleted meanwhile
+    /// refuses only its own entries ([`AutoAdded::Deleted`]), not the others'.
     pub fn add_auto_entries(
         streams: &[&Stream],
-        mut entries: Vec<AutoEntry>,
-    ) -> Result<(Vec<Option<StreamId>>, Commit), StreamError> {
+        entries: &mut [AutoEntry],
+    ) -> Result<(Vec<AutoAdded>, Commit), StreamError> {
         let Some(first) = streams.first() else {
             return Ok((Vec::new(), Commit::NONE));
         };
@@ -458,7 +480,7 @@ impl Stream {
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by_key(|&i| (stream_of(&entries[i]).id, i));
         let now = clock_ms();
-        let mut ids = vec![None; entries.len()];
+        let mut added = vec![AutoAdded::Exhausted; entries.len()];
         let mut txn = WalTxn::with_capacity(streams.len());
         let mut locked: Vec<(MutexGuard<'_, StreamState>, StreamId)> =
             Vec::with_capacity(streams.len());
@@ -469,16 +491,23 @@ impl Stream {
                 .iter()
                 .take_while(|&&j| stream_of(&entries[j]).id == stream.id)
                 .count();
+            let entries_of_stream = next..next + run;
+            next += run;
             let state = stream.lock();
+            if stream.log.is_deleted() {
+                for &j in &order[entries_of_stream] {
+                    added[j] = AutoAdded::Deleted;
+                }
+                continue;
+            }
             let mut last = state.last_id;
             let mut records = Vec::with_capacity(run);
-            for &j in &order[next..next + run] {
+            for &j in &order[entries_of_stream] {
                 let Some(id) = auto_id(last, now) else { break };
                 records.push(entry_record(id, std::mem::take(&mut entries[j].1)));
-                ids[j] = Some(id);
+                added[j] = AutoAdded::Id(id);
                 last = id;
             }
-            next += run;
             if !records.is_empty() {
                 // Each stream's entries are one run of `order`: one append per log.
                 txn.append_unique(&stream.log, records);
@@ -489,7 +518,7 @@ impl Stream {
         for (mut state, last) in locked {
             state.last_id = last;
         }
-        Ok((ids, committed.commit))
+        Ok((added, committed.commit))
     }
 
     /// Record metadata operations in one commit and apply them. The caller holds the state

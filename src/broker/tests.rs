@@ -169,13 +169,16 @@ fn one_commit_over_many_streams_takes_every_batch_even_for_a_stream_named_twice(
     let b = broker.stream_or_create(b"b").unwrap();
     let fields = |v: &str| vec![(Bytes::from("f"), Bytes::from(v.to_string()))];
     // `b` given twice (indices 0 and 2), with entries for it through both.
-    let (ids, commit) = Stream::add_auto_entries(
-        &[&*b, &*a, &*b],
-        vec![(0, fields("b1")), (1, fields("a1")), (2, fields("b2"))],
-    )
-    .unwrap();
+    let mut entries = vec![(0, fields("b1")), (1, fields("a1")), (2, fields("b2"))];
+    let (added, commit) = Stream::add_auto_entries(&[&*b, &*a, &*b], &mut entries).unwrap();
     broker.wait(commit).unwrap();
-    assert!(ids.iter().all(Option::is_some), "{ids:?}");
+    let ids: Vec<StreamId> = added
+        .iter()
+        .map(|a| match a {
+            AutoAdded::Id(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
     // The two entries to `b` keep their order.
     assert!(ids[0] < ids[2]);
     let values: Vec<Bytes> = b
@@ -186,4 +189,27 @@ fn one_commit_over_many_streams_takes_every_batch_even_for_a_stream_named_twice(
         .collect();
     assert_eq!(values, [Bytes::from("b1"), Bytes::from("b2")]);
     assert_eq!(a.len(), 1);
+}
+
+#[test]
+fn a_stream_deleted_meanwhile_refuses_only_its_own_entries() {
+    let vfs = FaultVfs::new(11);
+    let broker = open(&vfs);
+    let a = broker.stream_or_create(b"a").unwrap();
+    let b = broker.stream_or_create(b"b").unwrap();
+    let fields = |v: &str| vec![(Bytes::from("f"), Bytes::from(v.to_string()))];
+    // `a` is deleted after its handle was taken (another client's DEL).
+    let (deleted, commit) = broker.delete(b"a").unwrap();
+    assert!(deleted);
+    broker.wait(commit).unwrap();
+    let mut entries = vec![(0, fields("a1")), (1, fields("b1")), (0, fields("a2"))];
+    let (added, commit) = Stream::add_auto_entries(&[&*a, &*b], &mut entries).unwrap();
+    broker.wait(commit).unwrap();
+    assert_eq!(added[0], AutoAdded::Deleted);
+    assert!(matches!(added[1], AutoAdded::Id(_)));
+    assert_eq!(added[2], AutoAdded::Deleted);
+    // The refused entries keep their fields, for the caller to add where the key points now.
+    assert_eq!(entries[0].1, fields("a1"));
+    assert_eq!(entries[2].1, fields("a2"));
+    assert_eq!(b.len(), 1);
 }

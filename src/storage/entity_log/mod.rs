@@ -791,6 +791,11 @@ impl EntityLog {
         self.inner.deleted.store(true, Ordering::Release);
     }
 
+    /// Whether the log's entity was deleted (appends to it are refused).
+    pub fn is_deleted(&self) -> bool {
+        self.inner.deleted.load(Ordering::Acquire)
+    }
+
     /// Drop the cached descriptor of the active segment (the log goes idle).
     pub fn release_files(&self) {
         let path = self.read_shared().active.path(&self.inner.dir).clone();

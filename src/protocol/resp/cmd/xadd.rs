@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::xtrim::TrimParser;
 use super::{CachedStream, Context, PendingAcks, Reply};
-use crate::broker::{AutoEntry, Broker, IdSpec, Stream, StreamError, StreamId};
+use crate::broker::{AutoAdded, AutoEntry, Broker, IdSpec, Stream, StreamError, StreamId};
 use crate::protocol::resp::args::Args;
 
 pub const INVALID_STREAM_ID: &str = "ERR Invalid stream ID specified as stream command argument";
@@ -82,6 +82,7 @@ impl DeferredAdds {
         // now, as they would have had they run then. A target that cannot be had answers its
         // entries with the error (`None` in `found`).
         let mut streams: Vec<Arc<Stream>> = Vec::with_capacity(self.targets.len());
+        let mut keys: Vec<Bytes> = Vec::with_capacity(self.targets.len());
         let mut found: Vec<Result<usize, Reply>> = Vec::with_capacity(self.targets.len());
         for target in self.targets.drain(..) {
             let stream = if target.is_live() {
@@ -93,6 +94,7 @@ impl DeferredAdds {
             };
             found.push(stream.map(|stream| {
                 streams.push(stream);
+                keys.push(target.key);
                 streams.len() - 1
             }));
         }
@@ -107,25 +109,71 @@ impl DeferredAdds {
                 Err(reply) => self.settled.push((index, reply.clone())),
             }
         }
-        let request: Vec<&Stream> = streams.iter().map(|s| &**s).collect();
-        match Stream::add_auto_entries(&request, entries) {
-            Ok((ids, commit)) => {
-                for (id, index) in ids.into_iter().zip(indices) {
-                    let reply = match id {
-                        Some(id) => {
-                            pending.add(commit, index);
-                            Reply::Id(id)
-                        }
-                        None => stream_error(StreamError::IdsExhausted),
-                    };
-                    self.settled.push((index, reply));
+        // A stream deleted or renamed over since it was looked up refuses only its own
+        // entries: they are added once more, where their key points now (as they would have
+        // been had they run then).
+        for attempt in 0..2 {
+            let request: Vec<&Stream> = streams.iter().map(|s| &**s).collect();
+            let (added, commit) = match Stream::add_auto_entries(&request, &mut entries) {
+                Ok(done) => done,
+                Err(e) => {
+                    let reply = stream_error(e);
+                    self.settled
+                        .extend(indices.into_iter().map(|index| (index, reply.clone())));
+                    return;
+                }
+            };
+            let mut again = Vec::new();
+            for ((outcome, index), entry) in added.into_iter().zip(indices).zip(entries) {
+                let reply = match outcome {
+                    AutoAdded::Id(id) => {
+                        pending.add(commit, index);
+                        Reply::Id(id)
+                    }
+                    AutoAdded::Exhausted => stream_error(StreamError::IdsExhausted),
+                    AutoAdded::Deleted if attempt == 0 => {
+                        again.push((entry, index));
+                        continue;
+                    }
+                    AutoAdded::Deleted => {
+                        stream_error(StreamError::Storage(crate::storage::Error::Closed))
+                    }
+                };
+                self.settled.push((index, reply));
+            }
+            if again.is_empty() {
+                return;
+            }
+            // Each deleted stream's key, looked up (or created) again, once.
+            let mut renewed: Vec<(usize, Result<usize, Reply>)> = Vec::new();
+            let (mut next_streams, mut next_keys) = (Vec::new(), Vec::new());
+            entries = Vec::with_capacity(again.len());
+            indices = Vec::with_capacity(again.len());
+            for ((old, fields), index) in again {
+                let slot = match renewed.iter().find(|(was, _)| *was == old) {
+                    Some((_, slot)) => slot.clone(),
+                    None => {
+                        let slot = broker
+                            .stream_or_create(&keys[old])
+                            .map(|stream| {
+                                next_streams.push(stream);
+                                next_keys.push(keys[old].clone());
+                                next_streams.len() - 1
+                            })
+                            .map_err(|e| Reply::error(format!("ERR {e}")));
+                        renewed.push((old, slot.clone()));
+                        slot
+                    }
+                };
+                match slot {
+                    Ok(stream) => {
+                        entries.push((stream, fields));
+                        indices.push(index);
+                    }
+                    Err(reply) => self.settled.push((index, reply)),
                 }
             }
-            Err(e) => {
-                let reply = stream_error(e);
-                self.settled
-                    .extend(indices.into_iter().map(|index| (index, reply.clone())));
-            }
+            (streams, keys) = (next_streams, next_keys);
         }
     }
 
