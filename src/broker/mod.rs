@@ -679,12 +679,38 @@ impl Broker {
         };
         let mut txn = WalTxn::new();
         txn.op(id, op_bytes(domain::CATALOG, &CatalogOp::Delete.encode()));
-        let commit = self.store.commit(txn)?.commit;
+        let doomed = match kind {
+            EntityKind::Stream => state.streams.get(name).cloned().into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let commit = self.commit_deletion(txn, doomed)?;
         self.store
             .catalog()
             .apply(id, commit.lsn(), CatalogOp::Delete);
         self.forget_entity(state, kind, name, id, commit);
         Ok((true, commit))
+    }
+
+    /// Commit `txn`, which deletes the open streams `doomed` (among other things), with no
+    /// append to them in flight: their state locks are held (taken in id order, as appends
+    /// take them) from before the commit until their logs are marked deleted. An append that
+    /// got a stream's lock first is in the log before the deletion; one that comes after sees
+    /// the stream deleted and goes where its key points now. So an XADD acknowledged after a
+    /// DEL's reply is never in the deleted stream.
+    fn commit_deletion(
+        &self,
+        txn: WalTxn,
+        mut doomed: Vec<Arc<Stream>>,
+    ) -> Result<Commit, BrokerError> {
+        doomed.sort_by_key(|stream| stream.id());
+        doomed.dedup_by_key(|stream| stream.id());
+        let guards: Vec<_> = doomed.iter().map(|stream| stream.lock()).collect();
+        let commit = self.store.commit(txn)?.commit;
+        for stream in &doomed {
+            stream.log().mark_deleted();
+        }
+        drop(guards);
+        Ok(commit)
     }
 
     /// Drop a deleted entity from memory and schedule its files' removal.
@@ -737,7 +763,11 @@ impl Broker {
             );
         }
         txn.op(from_id, op_bytes(domain::CATALOG, &rename.encode()));
-        let commit = self.store.commit(txn)?.commit;
+        let doomed = match replaced {
+            Some(_) => state.streams.get(&to[..]).cloned().into_iter().collect(),
+            None => Vec::new(),
+        };
+        let commit = self.commit_deletion(txn, doomed)?;
         if let Some(replaced) = replaced {
             self.store
                 .catalog()
@@ -774,7 +804,11 @@ impl Broker {
             for (_, id) in &ids {
                 txn.op(*id, op_bytes(domain::CATALOG, &CatalogOp::Delete.encode()));
             }
-            let done = self.store.commit(txn)?.commit;
+            let doomed = ids
+                .iter()
+                .filter_map(|(name, _)| state.streams.get(&name[..]).cloned())
+                .collect();
+            let done = self.commit_deletion(txn, doomed)?;
             for (name, id) in ids {
                 self.store
                     .catalog()
