@@ -219,8 +219,12 @@ impl StreamMeta {
 
     /// Live entries in `[first_offset, end)`.
     pub fn live_count(&self, end: u64) -> u64 {
-        let span = end.saturating_sub(self.first_offset);
-        span - self.deleted.range(self.first_offset..end).count() as u64
+        // `end` may lie before `first_offset`: a trim can pass entries appended but not yet
+        // durable (and so not yet visible); none of them is live to a reader.
+        if end <= self.first_offset {
+            return 0;
+        }
+        end - self.first_offset - self.deleted.range(self.first_offset..end).count() as u64
     }
 
     /// The offset after skipping `count` live entries from `first_offset`.
@@ -721,5 +725,20 @@ mod tests {
         assert_eq!(meta.offset_after_live(3), 15);
         assert_eq!(meta.offset_after_live(4), 17);
         assert_eq!(meta.live_count(18), 5);
+    }
+
+    #[test]
+    fn live_count_before_the_first_offset_is_zero() {
+        // A trim can pass entries appended but not yet visible: the visible end then lies
+        // before `first_offset` (an XREADGROUP in that window used to panic here).
+        let mut meta = StreamMeta::default();
+        meta.apply(&MetaOp::Delete {
+            offset: 12,
+            id: StreamId::new(12, 0),
+        });
+        meta.apply(&MetaOp::Trim { first_offset: 10 });
+        assert_eq!(meta.live_count(7), 0);
+        assert_eq!(meta.live_count(10), 0);
+        assert_eq!(meta.live_count(15), 4);
     }
 }
