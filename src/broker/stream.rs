@@ -100,6 +100,13 @@ pub enum StreamError {
     Storage(#[from] storage::Error),
 }
 
+impl StreamError {
+    /// The error an append to a deleted stream gets (the log refuses it as closed).
+    pub fn deleted() -> StreamError {
+        StreamError::Storage(storage::Error::Closed)
+    }
+}
+
 /// The wall clock in milliseconds, as XADD's `*` reads it.
 fn clock_ms() -> u64 {
     u64::try_from(crate::storage::recovery::now_ms()).unwrap_or(0)
@@ -448,9 +455,7 @@ impl Stream {
         for outcome in added {
             match outcome {
                 AutoAdded::Id(id) => ids.push(id),
-                AutoAdded::Deleted if ids.is_empty() => {
-                    return Err(StreamError::Storage(storage::Error::Closed))
-                }
+                AutoAdded::Deleted if ids.is_empty() => return Err(StreamError::deleted()),
                 _ => break,
             }
         }

@@ -135,9 +135,7 @@ impl DeferredAdds {
                         again.push((entry, index));
                         continue;
                     }
-                    AutoAdded::Deleted => {
-                        stream_error(StreamError::Storage(crate::storage::Error::Closed))
-                    }
+                    AutoAdded::Deleted => stream_error(StreamError::deleted()),
                 };
                 self.settled.push((index, reply));
             }
